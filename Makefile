@@ -1,0 +1,62 @@
+# robustprune: `make run` and `make test` are all a newcomer needs (both set up what is missing first).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.robustprune-setup
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+PORT ?= 5000
+PARAMS ?= params.yaml
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+export NLTK_DATA := $(CURDIR)/nltk_data
+
+.PHONY: help setup run test test-fast lint format ui repro bench clean
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP)-$(REQ_HASH):
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo "installing pinned dependencies into $(VENV) (first time: a few minutes)"
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(STAMP)-*; touch $@
+
+setup: $(STAMP)-$(REQ_HASH)  ## create .venv, install pins, fetch the offline default resources (idempotent)
+	@$(BIN)/python -m robustprune.resources fetch minilm rotten_tomatoes political_speeches
+	@test -d .dvc || $(BIN)/dvc init -q
+
+run: setup  ## run the default pipeline (Prefect flow; DVC-cached stages skipped) and print the report
+	$(BIN)/python -m flows.pipeline --params $(PARAMS)
+
+repro: setup  ## the same pipeline stage by stage through `dvc repro`
+	$(BIN)/dvc repro
+
+test: setup  ## run the whole test suite (unit + integration on tiny configs)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## unit tests only
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+lint: setup  ## ruff check + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup  ## ruff fix + format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+ui: setup  ## MLflow UI over the project's sqlite store on http://127.0.0.1:$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(PORT)
+
+bench: setup  ## pruning-kernel micro-benchmark (prints a table, writes benchmarks/results/)
+	$(BIN)/python benchmarks/bench_kernels.py
+
+clean:  ## remove pipeline outputs and caches (keeps .venv and downloaded wheels)
+	rm -rf data/prepared data/calibration models/base models/finetuned models/soup models/pruned reports/*.json reports/*.md reports/plots .cache/prune-work .cache/resources mlruns.db mlartifacts .prefect dvc.lock

@@ -1,0 +1,47 @@
+"""prune: every (method, sparsity) branch, block by block, resumable (``python -m flows.prune``)."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+from prefect import flow
+
+import flows  # noqa: F401
+from robustprune.checkpoints import write_json
+from tasks.common import combo_name, load, section, stage_run
+from tasks.prune import prune_block_task, prune_finalize, prune_setup
+
+
+@flow(name="prune", log_prints=True)
+def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
+    params, layout = load(params_path, root)
+    results = {}
+    with stage_run(
+        "prune", params, layout.root, section(params, "prune", "soup.prune_source", "calibrate.batch_size")
+    ):
+        for method, sparsity in params.prune.combos:
+            name = combo_name(method, sparsity)
+            started = time.time()
+            with mlflow.start_run(run_name=name, nested=True, tags={"method": method, "sparsity": sparsity}):
+                setup = prune_setup(params, layout, method, sparsity)
+                for i in range(setup["num_blocks"]):
+                    rep = prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
+                        params, layout, method, sparsity, setup["work"], i
+                    )
+                    mlflow.log_metrics(
+                        {"block_output_error": rep["output_error"], "block_seconds": rep["seconds"]}, step=i
+                    )
+                metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
+                mlflow.log_params({"method": method, "sparsity": sparsity})
+                mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+                mlflow.log_artifact(str(layout.pruned_model(method, sparsity) / "layers.json"))
+            results[name] = metrics
+        write_json(layout.reports / "prune.json", results)
+    return results
+
+
+if __name__ == "__main__":
+    from flows._cli import main
+
+    main("prune", prune_flow)

@@ -1,0 +1,189 @@
+"""Loading models and finding the parts a pruner works on.
+
+One driver prunes BERT-family encoders and Llama-family decoders: this module knows, per architecture,
+where the transformer blocks live, which ``nn.Linear`` modules inside a block are prunable, and in which
+order they see their inputs. Everything else (embeddings, norms, the classification or LM head) is never
+pruned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_TRANSFORMERS_LOGGING_SET = False
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a family keeps its blocks, and its Linear groups in forward order."""
+
+    model_types: tuple[str, ...]
+    block_paths: tuple[str, ...]
+    groups: tuple[tuple[str, ...], ...]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert-encoder": Architecture(
+        model_types=("bert", "roberta", "xlm-roberta", "camembert", "electra"),
+        block_paths=("bert.encoder.layer", "roberta.encoder.layer", "electra.encoder.layer", "encoder.layer"),
+        groups=(
+            ("attention.self.query", "attention.self.key", "attention.self.value"),
+            ("attention.output.dense",),
+            ("intermediate.dense",),
+            ("output.dense",),
+        ),
+    ),
+    "mpnet-encoder": Architecture(
+        model_types=("mpnet",),
+        block_paths=("mpnet.encoder.layer", "encoder.layer"),
+        groups=(
+            ("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+            ("attention.attn.o",),
+            ("intermediate.dense",),
+            ("output.dense",),
+        ),
+    ),
+    "llama-decoder": Architecture(
+        model_types=("llama", "mistral", "qwen2", "qwen3"),
+        block_paths=("model.layers", "layers"),
+        groups=(
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            ("self_attn.o_proj",),
+            ("mlp.gate_proj", "mlp.up_proj"),
+            ("mlp.down_proj",),
+        ),
+    ),
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The model's architecture is not one the pruning driver knows."""
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for a in ARCHITECTURES.values() for t in a.model_types)
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for arch in ARCHITECTURES.values():
+        if model_type in arch.model_types:
+            return arch
+    raise UnsupportedModelError(
+        f"model_type {model_type!r} is not supported by the pruning driver; supported: {supported_model_types()}"
+    )
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of transformer blocks, in forward order."""
+    arch = architecture_of(model)
+    for path in arch.block_paths:
+        node: nn.Module | None = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise UnsupportedModelError(
+        f"no transformer blocks found at any of {arch.block_paths} in {type(model).__name__}"
+    )
+
+
+def linear_groups(
+    model: nn.Module, block: nn.Module, modules: str | None = None
+) -> list[dict[str, nn.Linear]]:
+    """Prunable Linears of one block, grouped by the order in which they see inputs.
+
+    ``modules`` is an optional regular expression on the Linear's name inside the block
+    (e.g. ``"attention"`` or ``"intermediate|output.dense"``); ``None`` selects all of them.
+    """
+    arch = architecture_of(model)
+    named = dict(block.named_modules())
+    groups = []
+    for group in arch.groups:
+        found = {}
+        for name in group:
+            mod = named.get(name)
+            if isinstance(mod, nn.Linear) and (modules is None or re.search(modules, name)):
+                found[name] = mod
+        if found:
+            groups.append(found)
+    return groups
+
+
+def prunable_linears(model: nn.Module, modules: str | None = None) -> dict[str, nn.Linear]:
+    """Every prunable Linear of the model by its full name (``bert.encoder.layer.0.intermediate.dense``)."""
+    arch = architecture_of(model)
+    blocks = find_blocks(model)
+    prefix = next(p for p in arch.block_paths if _get(model, p) is blocks)
+    out = {}
+    for i, block in enumerate(blocks):
+        for group in linear_groups(model, block, modules):
+            for name, lin in group.items():
+                out[f"{prefix}.{i}.{name}"] = lin
+    return out
+
+
+def _get(model: nn.Module, path: str) -> object:
+    node: object = model
+    for part in path.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def measured_sparsity(model: nn.Module, modules: str | None = None) -> float:
+    """Fraction of exact zeros over all prunable Linear weights."""
+    zeros = total = 0
+    for lin in prunable_linears(model, modules).values():
+        zeros += int((lin.weight == 0).sum())
+        total += lin.weight.numel()
+    return zeros / max(total, 1)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device is 'cuda' but no CUDA device is visible")
+    return torch.device(device)
+
+
+def quiet_transformers() -> None:
+    """Silence the 'some weights were newly initialised' chatter once."""
+    global _TRANSFORMERS_LOGGING_SET
+    if not _TRANSFORMERS_LOGGING_SET:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        _TRANSFORMERS_LOGGING_SET = True
+
+
+def load_classifier(
+    path: str | Path, num_labels: int | None = None, head_seed: int | None = None
+) -> nn.Module:
+    """A sequence classifier from a hub name or local directory.
+
+    With ``head_seed`` the freshly initialised classification head is identical for every call, so that
+    variants fine-tuned from it share one initialisation (a precondition for averaging them in a soup).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    if head_seed is not None:
+        torch.manual_seed(head_seed)
+    return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+
+def load_tokenizer(path: str | Path):  # noqa: ANN201 - transformers tokenizer
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,255 @@
+"""The layer-by-layer driver: capture block inputs, collect per-Linear statistics, prune, move on.
+
+SparseGPT (Frantar & Alistarh 2023, Sec. 3 and App. "sequential pruning") prunes one transformer block
+at a time; the inputs of block l come from the model whose blocks < l are already pruned, so each block
+compensates the error made before it. RAKP (Li et al. 2023, Sec. 4.2) keeps two streams: the pruned one
+(X̃, what the layer will see) and the dense one (X, what the dense model computes) and asks each layer
+to reproduce the dense output W·X from X̃. This driver therefore always runs both streams side by side on
+the same calibration batches (token-aligned), which also gives every method a "drift" figure: the
+relative error of the block's output against the dense model's.
+
+Within a block, every Linear's statistics are collected from the block's dense weights (as in the
+reference SparseGPT code), then all of them are pruned, then the pruned block is run to produce the
+next block's inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustprune.modeling import architecture_of, find_blocks, linear_groups
+from robustprune.pruning import Pattern, output_error, prune_weight, target_error
+from robustprune.pruning.hessian import accumulate_cross, accumulate_xtx
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Solver options shared by every layer of one pruning run."""
+
+    method: str
+    pattern: Pattern
+    block_size: int = 128
+    dampening: float = 0.01
+    alpha: float = 0.25
+    ridge: float = 0.1
+    next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
+    modules: str | None = None
+
+
+@dataclass
+class BlockInputs:
+    """Inputs of one block for every calibration batch: two hidden-state streams plus the call's extras."""
+
+    pruned: list[torch.Tensor]  # (B, T, d) per batch: X̃, from the model pruned so far
+    dense: list[torch.Tensor]  # (B, T, d) per batch: X, from the dense model
+    extras: list[tuple[tuple, dict[str, Any]]]  # positional args after hidden states, keyword args
+    token_mask: list[torch.Tensor]  # (B, T) bool: real (non-padding) tokens
+
+
+@dataclass
+class LayerReport:
+    name: str
+    error: float  # ‖(W − Ŵ)X̃‖² / ‖W X̃‖²: the layer's own reconstruction error
+    target_error: float  # ‖W X − Ŵ X̃‖² / ‖W X‖²: against the dense model's output (cumulative)
+    sparsity: float
+    damp: float | None
+    delta_norm: float
+    seconds: float
+
+
+@dataclass
+class BlockReport:
+    index: int
+    layers: list[LayerReport] = field(default_factory=list)
+    output_error: float = 0.0  # ‖Y_dense − Y_pruned‖² / ‖Y_dense‖² at the block's output
+    seconds: float = 0.0
+
+
+class _Stop(Exception):
+    pass
+
+
+@torch.inference_mode()
+def capture_block_inputs(
+    model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], device: torch.device | str = "cpu"
+) -> BlockInputs:
+    """Run the embeddings only and catch what the first block is called with (the "Catcher" trick)."""
+    blocks = find_blocks(model)
+    calls: list[tuple[tuple, dict[str, Any]]] = []
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        calls.append((args, dict(kwargs)))
+        raise _Stop
+
+    handle = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    is_decoder = architecture_of(model).groups[0][0].startswith("self_attn")
+    masks = []
+    try:
+        model.to(device).eval()
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()}
+            with contextlib.suppress(_Stop):
+                model(**b, use_cache=False) if is_decoder else model(**b)
+            am = b.get("attention_mask")
+            masks.append(
+                am.bool()
+                if am is not None
+                else torch.ones(b["input_ids"].shape, dtype=torch.bool, device=device)
+            )
+    finally:
+        handle.remove()
+    hidden, extras = [], []
+    for args, kwargs in calls:
+        if args:
+            h, rest = args[0], tuple(args[1:])
+        else:
+            h, rest = kwargs.pop("hidden_states"), ()
+        hidden.append(h.detach())
+        extras.append((rest, kwargs))
+    return BlockInputs(pruned=hidden, dense=[h.clone() for h in hidden], extras=extras, token_mask=masks)
+
+
+def block_forward(
+    block: nn.Module, hidden: torch.Tensor, extra: tuple[tuple, dict[str, Any]]
+) -> torch.Tensor:
+    args, kwargs = extra
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+@dataclass
+class _Stats:
+    H: torch.Tensor | None = None  # 2/N X̃ᵀX̃
+    H_dense: torch.Tensor | None = None  # 2/N XᵀX
+    cross: torch.Tensor | None = None  # 2/N (X − X̃)ᵀX̃
+    n: int = 0
+
+
+@torch.inference_mode()
+def collect_stats(
+    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs
+) -> tuple[dict[str, _Stats], list[torch.Tensor]]:
+    """Per-Linear statistics of both streams, and the dense block's outputs (the next dense inputs)."""
+    stats = {name: _Stats() for name in linears}
+    seen: dict[str, torch.Tensor] = {}
+    phase = {"dense": True, "mask": None}
+
+    def make_hook(name: str) -> Callable:
+        def hook(_mod: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
+            x = inp[0][phase["mask"]].float()  # (tokens, d_in), padding dropped
+            s = stats[name]
+            if phase["dense"]:
+                seen[name] = x
+                return
+            x_dense = seen.pop(name)
+            n = s.n
+            s.H, _ = accumulate_xtx(s.H, x, n)
+            s.H_dense, _ = accumulate_xtx(s.H_dense, x_dense, n)
+            s.cross, s.n = accumulate_cross(s.cross, x_dense, x, n)
+
+        return hook
+
+    handles = [lin.register_forward_hook(make_hook(name)) for name, lin in linears.items()]
+    dense_out = []
+    try:
+        for x_dense, x_pruned, extra, mask in zip(
+            inputs.dense, inputs.pruned, inputs.extras, inputs.token_mask, strict=True
+        ):
+            phase.update(dense=True, mask=mask)
+            dense_out.append(block_forward(block, x_dense, extra))
+            phase["dense"] = False
+            block_forward(block, x_pruned, extra)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, dense_out
+
+
+def _relative_error(
+    ref: Sequence[torch.Tensor], got: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]
+) -> float:
+    num = sum(float(((r - g)[m].float() ** 2).sum()) for r, g, m in zip(ref, got, masks, strict=True))
+    den = sum(float((r[m].float() ** 2).sum()) for r, m in zip(ref, masks, strict=True))
+    return num / max(den, 1e-30)
+
+
+@torch.inference_mode()
+def prune_block(
+    model: nn.Module, index: int, inputs: BlockInputs, opts: PruneOptions
+) -> tuple[BlockInputs, dict[str, torch.Tensor], BlockReport]:
+    """Prune block ``index`` in place; return the next block's inputs, the masks (by full name) and a report."""
+    t0 = time.perf_counter()
+    block = find_blocks(model)[index]
+    groups = linear_groups(model, block, opts.modules)
+    linears = {name: lin for g in groups for name, lin in g.items()}
+    stats, dense_out = collect_stats(block, linears, inputs)
+    report = BlockReport(index=index)
+    masks = {}
+    for name, lin in linears.items():
+        t1 = time.perf_counter()
+        s = stats[name]
+        W = lin.weight.data
+        res = prune_weight(
+            opts.method,
+            W,
+            opts.pattern,
+            H=s.H,
+            cross=s.cross,
+            block_size=opts.block_size,
+            dampening=opts.dampening,
+            alpha=opts.alpha,
+            ridge=opts.ridge,
+        )
+        err = output_error(W, res.weight, s.H)
+        terr = target_error(W, res.weight, s.H_dense, s.H, s.cross)
+        lin.weight.data.copy_(res.weight)
+        masks[f"{index}.{name}"] = res.mask.cpu()
+        report.layers.append(
+            LayerReport(
+                name=name,
+                error=err,
+                target_error=terr,
+                sparsity=1 - float(res.mask.float().mean()),
+                damp=res.damp,
+                delta_norm=res.delta_norm,
+                seconds=time.perf_counter() - t1,
+            )
+        )
+    pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
+    report.output_error = _relative_error(dense_out, pruned_out, inputs.token_mask)
+    report.seconds = time.perf_counter() - t0
+    next_pruned = dense_out if opts.next_input == "dense" else pruned_out
+    nxt = BlockInputs(pruned=next_pruned, dense=dense_out, extras=inputs.extras, token_mask=inputs.token_mask)
+    return nxt, masks, report
+
+
+@dataclass
+class PruneOutcome:
+    masks: dict[str, torch.Tensor]
+    blocks: list[BlockReport]
+
+
+def prune_model(
+    model: nn.Module,
+    batches: Sequence[dict[str, torch.Tensor]],
+    opts: PruneOptions,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> PruneOutcome:
+    """Prune every block of ``model`` in place, in order (the in-memory form of the pipeline's prune stage)."""
+    inputs = capture_block_inputs(model, batches, device)
+    outcome = PruneOutcome(masks={}, blocks=[])
+    for i in tqdm(range(len(find_blocks(model))), desc=f"prune {opts.method}", disable=not progress):
+        inputs, masks, report = prune_block(model, i, inputs, opts)
+        outcome.masks.update(masks)
+        outcome.blocks.append(report)
+    return outcome

