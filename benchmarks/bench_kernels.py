@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -83,12 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seqs", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels.json"
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
+    load_before = os.getloadavg()[0]  # other processes on the machine distort CPU timings badly
     rows = []
     header = f"{'shape':>10} {'pattern':>7} {'median s':>9} {'min s':>8} {'us/col':>8} {'out err':>8}"
     print(header)
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_before_after": [load_before, os.getloadavg()[0]],
         "python": platform.python_version(),
         "results": rows,
     }

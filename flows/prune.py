@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import mlflow
@@ -37,6 +38,10 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                 mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
                 mlflow.log_artifact(str(layout.pruned_model(method, sparsity) / "layers.json"))
             results[name] = metrics
+        wanted = {combo_name(m, s) for m, s in params.prune.combos}
+        for stale in layout.pruned.iterdir() if layout.pruned.exists() else []:
+            if stale.is_dir() and stale.name not in wanted and not stale.name.startswith("."):
+                shutil.rmtree(stale)  # a combination no longer in params.yaml: keep outs == params
         write_json(layout.reports / "prune.json", results)
     return results
 

@@ -197,17 +197,20 @@ def prune_block(
         t1 = time.perf_counter()
         s = stats[name]
         W = lin.weight.data
-        res = prune_weight(
-            opts.method,
-            W,
-            opts.pattern,
-            H=s.H,
-            cross=s.cross,
-            block_size=opts.block_size,
-            dampening=opts.dampening,
-            alpha=opts.alpha,
-            ridge=opts.ridge,
-        )
+        try:
+            res = prune_weight(
+                opts.method,
+                W,
+                opts.pattern,
+                H=s.H,
+                cross=s.cross,
+                block_size=opts.block_size,
+                dampening=opts.dampening,
+                alpha=opts.alpha,
+                ridge=opts.ridge,
+            )
+        except ValueError as e:
+            raise ValueError(f"block {index}, layer {name!r} (weight {tuple(W.shape)}): {e}") from e
         err = output_error(W, res.weight, s.H)
         terr = target_error(W, res.weight, s.H_dense, s.H, s.cross)
         lin.weight.data.copy_(res.weight)

@@ -1,0 +1,167 @@
+"""Shared fixtures: tiny random models built from a config, and a tiny self-contained project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # tiny models: one thread is faster than two, and never stalls when the machine is shared
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}.items():
+    os.environ.setdefault(key, value)
+
+POSITIVE = ["good", "great", "fun", "moving", "smart", "warm", "fresh", "bright", "witty", "lovely"]
+NEGATIVE = ["bad", "dull", "boring", "flat", "stale", "silly", "weak", "tired", "messy", "awful"]
+FILLER = [
+    "the",
+    "film",
+    "movie",
+    "is",
+    "a",
+    "story",
+    "plot",
+    "and",
+    "very",
+    "quite",
+    "this",
+    "cast",
+    "script",
+]
+
+
+def tiny_vocab() -> list[str]:
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return special + POSITIVE + NEGATIVE + FILLER + [".", ","]
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
+    """BertForSequenceClassification: vocab ~100, hidden 32, 2 layers, 4 heads."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=intermediate,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_tokenizer(directory: Path):
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(tiny_vocab()) + "\n")
+    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True, model_max_length=64)
+
+
+def synthetic_reviews(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Learnable sentiment snippets: the label is carried by positive/negative words among filler."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+        rng.shuffle(words)
+        rows.append((" ".join(words) + " .", label))
+    return rows
+
+
+@pytest.fixture
+def bert():
+    return tiny_bert()
+
+
+@pytest.fixture
+def llama():
+    return tiny_llama()
+
+
+@pytest.fixture
+def calib_batches():
+    """Two BERT-style batches with padding (the second shorter)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 99, (8, 12), generator=g)
+    mask = torch.ones(8, 12, dtype=torch.long)
+    mask[4:, 9:] = 0
+    ids[mask == 0] = 0
+    return [
+        {"input_ids": ids[:4], "attention_mask": mask[:4]},
+        {"input_ids": ids[4:, :9], "attention_mask": mask[4:, :9]},
+    ]
+
+
+def write_tiny_project(root: Path, *, n_rows: int = 240, extra_params: str = "") -> Path:
+    """A project root with a local tiny BERT, a CSV data set and a tiny params.yaml; returns params path."""
+    import csv
+
+    model_dir = root / "tiny-bert"
+    tok = tiny_tokenizer(model_dir)
+    tiny_bert().bert.save_pretrained(model_dir)  # a pre-trained encoder without a head, like the default
+    tok.save_pretrained(model_dir)
+    data = root / "reviews.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "sentiment"])
+        for text, label in synthetic_reviews(n_rows):
+            w.writerow([text, "pos" if label else "neg"])
+    params = root / "params.yaml"
+    params.write_text(f"""seed: 0
+data: {{source: {data}, text_column: sentence, label_column: sentiment, validation_size: 40, test_size: 40, max_length: 16}}
+model: {{name: {model_dir}}}
+finetune:
+  batch_size: 16
+  variants:
+    - {{name: a, learning_rate: 3.0e-3, epochs: 2, seed: 0}}
+    - {{name: b, learning_rate: 2.0e-3, epochs: 2, seed: 1}}
+calibrate: {{num_samples: 24, batch_size: 8}}
+prune: {{methods: [magnitude, sparsegpt, rakp], sparsities: [0.5, "2:4"], block_size: 16}}
+evaluate: {{batch_size: 32}}
+runtime: {{progress: false, device: cpu}}
+{extra_params}""")
+    return params
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    return write_tiny_project(tmp_path)

@@ -1,0 +1,68 @@
+"""`dvc repro` on the tiny config: every stage runs once, a second repro skips all, a sparsity change
+re-runs only prune and what depends on it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, write_tiny_project
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{cmd} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def _ran(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", out))
+
+
+def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path):
+    for d in ("src", "flows", "tasks"):
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    write_tiny_project(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["prune"] = {"methods": ["magnitude", "sparsegpt"], "sparsities": [0.5], "block_size": 16}
+    params["finetune"]["variants"] = params["finetune"]["variants"][:1]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / ".prefect"),
+        "PYTHONPATH": str(tmp_path / "src"),
+    }
+    _run(["git", "init", "-q"], tmp_path, env)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)
+
+    first = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
+    assert _ran(first) == {"prepare", "finetune", "soup", "calibrate", "prune", "evaluate", "report"}
+    assert (tmp_path / "reports" / "summary.md").exists() and (tmp_path / "dvc.lock").exists()
+
+    second = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
+    assert _ran(second) == set(), second
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], tmp_path, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first"], tmp_path, env)
+
+    params["prune"]["sparsities"] = ["2:4"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    third = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
+    assert _ran(third) == {"prune", "evaluate", "report"}, third
+    pruned = sorted(p.name for p in (tmp_path / "models" / "pruned").iterdir())
+    assert pruned == ["magnitude_2-4", "sparsegpt_2-4"]  # combos no longer in params are removed
+
+    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show"], tmp_path, env)
+    assert "sparsegpt_2-4" in metrics
+    diff = _run([sys.executable, "-m", "dvc", "params", "diff"], tmp_path, env)
+    assert "prune.sparsities" in diff

@@ -1,0 +1,146 @@
+"""The real flows on the tiny config: Prefect runs, MLflow records, files land where DVC expects them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from robustprune.checkpoints import load_masks, read_json
+from tests.conftest import ROOT
+from tests.integration.conftest import copy_project
+
+pytestmark = pytest.mark.integration
+COMBOS = ["magnitude_0.5", "magnitude_2-4", "sparsegpt_0.5", "sparsegpt_2-4", "rakp_0.5", "rakp_2-4"]
+
+
+def test_pipeline_produces_every_artifact(pipeline_run):
+    root, _, result = pipeline_run
+    assert set(result["ran"]) == {"prepare", "finetune", "soup", "calibrate", "prune", "evaluate", "report"}
+    for f in (
+        "summary.md",
+        "metrics.json",
+        "eval.json",
+        "plots/accuracy_vs_sparsity.png",
+        "plots/accuracy_vs_sparsity.csv",
+    ):
+        assert (root / "reports" / f).stat().st_size > 0, f
+    summary = (root / "reports" / "summary.md").read_text()
+    for combo in COMBOS:
+        assert f"| {combo} |" in summary
+    for split in ("train", "validation", "test"):
+        assert (root / "data" / "prepared" / f"{split}.parquet").exists()
+
+
+def test_finetuned_variants_learn_and_soup_matches_best(pipeline_run):
+    root = pipeline_run[0]
+    finetune, soup = read_json(root / "reports" / "finetune.json"), read_json(root / "reports" / "soup.json")
+    assert max(m["test_accuracy"] for m in finetune.values()) >= 0.75  # synthetic task is learnable
+    best_val = max(m["validation_accuracy"] for m in finetune.values())
+    assert soup["greedy"]["validation_accuracy"] >= best_val
+    assert soup["greedy"]["members"][0] == max(finetune, key=lambda k: finetune[k]["validation_accuracy"])
+
+
+def test_pruned_models_load_with_exact_sparsity_and_masks(pipeline_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from robustprune.modeling import prunable_linears
+
+    root = pipeline_run[0]
+    rows = {r["name"]: r for r in read_json(root / "reports" / "eval.json")}
+    for combo in COMBOS:
+        d = root / "models" / "pruned" / combo
+        model = AutoModelForSequenceClassification.from_pretrained(d)
+        masks = load_masks(d / "masks.safetensors")
+        linears = prunable_linears(model)
+        assert len(masks) == len(linears) == 12
+        for name, lin in linears.items():
+            key = name.removeprefix("bert.encoder.layer.")
+            assert torch.equal(lin.weight != 0, masks[key]), (combo, name)
+            if combo.endswith("2-4"):
+                assert int((lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1).max()) <= 2
+        assert rows[combo]["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
+        assert 0.0 <= rows[combo]["accuracy"] <= 1.0
+
+
+def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):
+    import mlflow
+
+    root = pipeline_run[0]
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["robustprune"], output_format="list")
+    parents = [r for r in runs if r.info.run_name == "pipeline"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.info.run_name for r in children} == {
+        "prepare",
+        "finetune",
+        "soup",
+        "calibrate",
+        "prune",
+        "evaluate",
+        "report",
+    }
+    prune = next(r for r in children if r.info.run_name == "prune")
+    assert prune.data.params["prune.methods"] == "['magnitude', 'sparsegpt', 'rakp']"
+    evaluate = next(r for r in children if r.info.run_name == "evaluate")
+    assert "sparsegpt_0.5.accuracy" in evaluate.data.metrics
+    report = next(r for r in children if r.info.run_name == "report")
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id, "report")}
+    assert "report/summary.md" in arts and "report/accuracy_vs_sparsity.png" in arts
+
+
+def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, tmp_path):
+    """kill -9 in the middle of pruning, start again: it resumes and ends with the uninterrupted masks."""
+    root, params, _ = pipeline_run
+    work = copy_project(
+        root, tmp_path / "p", skip=("models/pruned", ".cache/prune-work", "mlruns.db", "mlartifacts")
+    )
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    cmd = [sys.executable, "-m", "flows.prune", "--params", str(params), "--root", str(work)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list((work / ".cache" / "prune-work").glob("*/*/block_000.json")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_mid_way = not (work / "models" / "pruned" / COMBOS[-1]).exists()
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert killed_mid_way
+    assert "resuming" in res.stdout + res.stderr
+    for combo in COMBOS:
+        ref = load_masks(root / "models" / "pruned" / combo / "masks.safetensors")
+        got = load_masks(work / "models" / "pruned" / combo / "masks.safetensors")
+        assert all(torch.equal(ref[k], got[k]) for k in ref), combo
+    leftovers = [p for p in work.rglob("*") if p.name.endswith(".tmp") or ".old-" in p.name]
+    assert not leftovers
+
+
+def test_second_run_reuses_cached_evaluations(pipeline_run):
+    """Evaluate is keyed by model content: a re-run answers from Prefect's cache with the same numbers."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from flows.evaluate import evaluate_flow
+
+    root, params, _ = pipeline_run
+    before = json.loads((root / "reports" / "eval.json").read_text())
+    state = evaluate_flow(params_path=str(params), root=str(root), return_state=True)
+    rows = state.result()
+    assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in before]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
+    states = {r.name: r.state.name for r in runs if r.name.startswith("evaluate-")}
+    assert len(states) == len(before) and set(states.values()) == {"Cached"}, states

@@ -1,0 +1,143 @@
+"""params.yaml validation: each malformed input names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustprune.config import ConfigError, load_params, parse_params, parse_sparsity, sparsity_label
+from tests.conftest import ROOT
+
+
+def test_default_params_file_is_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.model.name == "minilm" and p.data.source == "rotten_tomatoes"
+    assert len(p.finetune.variants) >= 1 and p.prune.combos
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"prune": {"sparsityy": [0.5]}}, ["unknown key 'prune.sparsityy'", "sparsities"]),
+        ({"bogus": 1}, ["unknown key 'bogus'", "prune"]),
+        ({"calibrate": {"num_samples": "many"}}, ["calibrate.num_samples", "'many'", "integer"]),
+        ({"prune": {"sparsities": [1.0]}}, ["prune.sparsities", "1.0", "outside [0, 1)"]),
+        ({"prune": {"sparsities": [-0.1]}}, ["prune.sparsities", "outside [0, 1)"]),
+        ({"prune": {"sparsities": ["4:2"]}}, ["prune.sparsities", "'4:2'", "0 < N < M"]),
+        ({"prune": {"sparsities": ["2:2"]}}, ["'2:2'", "0 < N < M"]),
+        ({"prune": {"methods": ["obs"]}}, ["prune.methods.0", "'obs'", "'sparsegpt'"]),
+        (
+            {"data": {"source": "/nonexistent/reviews.csv"}},
+            ["data", "/nonexistent/reviews.csv", "does not exist"],
+        ),
+        ({"finetune": {"variants": []}}, ["finetune.variants", "at least 1"]),
+        ({"runtime": {"device": "tpu"}}, ["runtime.device", "'tpu'", "'cuda'"]),
+        ({"soup": {"prune_source": "median"}}, ["soup.prune_source", "'median'", "'greedy'"]),
+    ],
+)
+def test_bad_params_name_key_value_and_allowed(raw, expected):
+    with pytest.raises(ConfigError) as exc:
+        parse_params(raw)
+    msg = str(exc.value)
+    for part in expected:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as exc:
+        parse_params({"prune": {"methods": ["x"], "sparsities": [2]}, "seed": "a"})
+    assert len(str(exc.value).splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "label", "sparsity"),
+    [
+        (0.5, "0.5", 0.5),
+        ("2:4", "2:4", 0.5),
+        ("4:8", "4:8", 0.5),
+        (0.875, "0.875", 0.875),
+        ("0.75", "0.75", 0.75),
+    ],
+)
+def test_sparsity_labels(value, label, sparsity):
+    assert sparsity_label(value) == label
+    assert parse_sparsity(value)[0] == pytest.approx(sparsity)
+
+
+def test_overrides_apply_dotted_keys(tmp_path: Path):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"prune": {"methods": ["magnitude"]}}))
+    assert load_params(p, {"prune.sparsities": ["2:4"]}).prune.combos == [("magnitude", "2:4")]
+
+
+def _run_cli(params: Path, root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--params", str(params), "--root", str(root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("params_text", "expected"),
+    [
+        ("prune: {sparsities: [1.5]}\n", "prune.sparsities"),
+        ("prune: {methods: [magnitude], sparsities: ['3:2']}\n", "'3:2'"),
+        ("data: {sourc: x.csv}\n", "unknown key 'data.sourc'"),
+    ],
+)
+def test_cli_rejects_bad_params_before_touching_outputs(tmp_path: Path, params_text: str, expected: str):
+    """The real entry point exits 2 with the message, and leaves existing outputs untouched."""
+    params = tmp_path / "params.yaml"
+    params.write_text(params_text)
+    out = tmp_path / "models" / "pruned" / "keep.txt"
+    out.parent.mkdir(parents=True)
+    out.write_text("finished work")
+    before = out.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    res = _run_cli(params, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert expected in res.stderr and "nothing was run or written" in res.stderr
+    assert out.read_text() == "finished work" and out.stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "params.yaml"]
+    assert time.perf_counter() - t0 < 60  # generous bound; the measured figure is in the README
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
+    path.write_text("\n".join([",".join(header)] + [f"{t},{lab}" for t, lab in rows]) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "extra", "expected"),
+    [
+        (
+            [("good film", "pos")] * 3 + [("bad film", "neg")] * 3,
+            ("review", "label"),
+            "",
+            "text column 'text' not found",
+        ),
+        ([(f"good film {i}", "pos") for i in range(20)], ("text", "label"), "", "single class"),
+        (
+            [(f"good {i}", "pos") for i in range(5)] + [(f"bad {i}", "neg") for i in range(5)],
+            ("text", "label"),
+            "validation_size: 0.01, test_size: 0.01",
+            "empty",
+        ),
+    ],
+)
+def test_cli_rejects_bad_data(tmp_path: Path, rows, header, extra, expected):
+    data = _csv(tmp_path / "d.csv", rows, header)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"data: {{source: {data}, {extra}}}\n" if extra else f"data: {{source: {data}}}\n")
+    res = _run_cli(params, tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert expected in res.stderr, res.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()

@@ -1,0 +1,142 @@
+"""The layer-by-layer driver on tiny random BERT and Llama models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from robustprune.modeling import (
+    UnsupportedModelError,
+    find_blocks,
+    linear_groups,
+    measured_sparsity,
+    prunable_linears,
+)
+from robustprune.pruning import Pattern
+from robustprune.pruning.sequential import PruneOptions, prune_model
+
+UNSTRUCTURED = Pattern(sparsity=0.5)
+TWO_FOUR = Pattern(sparsity=0.5, n=2, m=4)
+
+
+def _opts(method: str, pattern: Pattern = UNSTRUCTURED, **kw) -> PruneOptions:
+    return PruneOptions(method=method, pattern=pattern, block_size=16, **kw)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "rakp"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.875])
+def test_exact_sparsity_every_layer(bert, calib_batches, method, sparsity):
+    prune_model(bert, calib_batches, _opts(method, Pattern(sparsity=sparsity)))
+    for name, lin in prunable_linears(bert).items():
+        zeros = int((lin.weight == 0).sum())
+        assert zeros == round(sparsity * lin.weight.numel()), name
+    assert measured_sparsity(bert) == pytest.approx(sparsity, abs=1e-3)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "rakp"])
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8)])
+def test_nm_structure_every_group(bert, calib_batches, method, n, m):
+    prune_model(bert, calib_batches, _opts(method, Pattern(sparsity=1 - n / m, n=n, m=m)))
+    for name, lin in prunable_linears(bert).items():
+        groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, m).sum(-1)
+        assert int(groups.max()) <= n, name
+
+
+def test_embeddings_and_head_are_never_pruned(bert, calib_batches):
+    before = {k: v.clone() for k, v in bert.state_dict().items() if "encoder.layer" not in k}
+    prune_model(bert, calib_batches, _opts("sparsegpt"))
+    after = bert.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def test_sparsegpt_block_errors_below_magnitude(bert, calib_batches):
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    sg = prune_model(a, calib_batches, _opts("sparsegpt"))
+    mg = prune_model(b, calib_batches, _opts("magnitude"))
+    for rs, rm in zip(sg.blocks, mg.blocks, strict=True):
+        assert rs.output_error <= rm.output_error
+        for ls, lm in zip(rs.layers, rm.layers, strict=True):
+            assert ls.error <= lm.error + 1e-9, ls.name
+
+
+def test_rakp_with_dense_inputs_equals_sparsegpt(bert, calib_batches):
+    """Feeding the dense stream to every layer makes X̃ = X, so the correction vanishes (Δ = 0)."""
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    ra = prune_model(a, calib_batches, _opts("rakp", next_input="dense", alpha=1.0))
+    sg = prune_model(b, calib_batches, _opts("sparsegpt", next_input="dense"))
+    for k in ra.masks:
+        assert torch.equal(ra.masks[k], sg.masks[k]), k
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+def test_rakp_differs_from_sparsegpt_once_error_accumulates(bert, calib_batches):
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    ra = prune_model(a, calib_batches, _opts("rakp", alpha=0.5))
+    sg = prune_model(b, calib_batches, _opts("sparsegpt"))
+    first = [k for k in ra.masks if k.startswith("0.")]
+    assert all(torch.equal(ra.masks[k], sg.masks[k]) for k in first)  # block 0: both streams identical
+    w = "bert.encoder.layer.1.attention.self.query.weight"
+    assert not torch.equal(a.state_dict()[w], b.state_dict()[w])
+    assert ra.blocks[1].layers[0].delta_norm > 0
+
+
+def test_pruning_is_deterministic(bert, calib_batches):
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    ma = prune_model(a, calib_batches, _opts("sparsegpt", TWO_FOUR)).masks
+    mb = prune_model(b, calib_batches, _opts("sparsegpt", TWO_FOUR)).masks
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_modules_regex_selects_layers(bert, calib_batches):
+    prune_model(bert, calib_batches, _opts("magnitude", modules="intermediate"))
+    for name, lin in prunable_linears(bert).items():
+        assert ((lin.weight == 0).float().mean() > 0.4) == ("intermediate" in name), name
+
+
+def test_llama_blocks_are_pruned_through_the_same_driver(llama):
+    ids = torch.randint(0, 99, (4, 16), generator=torch.Generator().manual_seed(0))
+    before = llama.model.embed_tokens.weight.clone()
+    out = prune_model(llama, [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}], _opts("rakp", TWO_FOUR))
+    names = {n.split(".", 1)[1] for n in out.masks}
+    assert names == {
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    }
+    assert measured_sparsity(llama) == pytest.approx(0.5)
+    assert torch.equal(llama.model.embed_tokens.weight, before)
+    assert torch.isfinite(llama(ids).logits).all()
+
+
+def test_groups_follow_forward_order(bert):
+    groups = linear_groups(bert, find_blocks(bert)[0])
+    assert [list(g) for g in groups] == [
+        ["attention.self.query", "attention.self.key", "attention.self.value"],
+        ["attention.output.dense"],
+        ["intermediate.dense"],
+        ["output.dense"],
+    ]
+
+
+def test_unsupported_architecture_lists_supported():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(UnsupportedModelError, match="gpt2.*supported.*bert.*llama"):
+        find_blocks(model)
+
+
+def test_nm_on_indivisible_width_names_the_layer(calib_batches):
+    from tests.conftest import tiny_bert
+
+    model = tiny_bert(intermediate=37)
+    with pytest.raises(ValueError, match="output.dense"):
+        prune_model(model, calib_batches, _opts("magnitude", TWO_FOUR))
