@@ -193,7 +193,8 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         anchor = ANCHORS.get(key, {})
 
         def fmt(v: Any, spec: str) -> str:
-            return format(v, spec) if isinstance(v, int | float) else "-"
+            width = int(spec.split(".")[0])
+            return format(v, spec) if isinstance(v, int | float) else "-".rjust(width)
 
         peak = r.get("prune_peak_rss_mb", r.get("eval_peak_rss_mb"))
         print(

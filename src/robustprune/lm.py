@@ -164,22 +164,34 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, verify: bool = True, atol: f
             model.generation_config.save_pretrained(tmp)
         save_tensors(tmp / "model.safetensors", state, metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp, legacy_format=False)  # tokenizer.json only, no slow vocab
-        (tmp / "conversion.json").write_text(
-            json.dumps({"source": gguf_path.name, "dtype": "float32", "tensors": len(state)}, indent=2) + "\n"
-        )
+        record: dict[str, Any] = {
+            "source": gguf_path.name,
+            "dtype": "float32",
+            "tensors": len(state),
+            "tie_word_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
+        }
         if verify:
-            ids = torch.tensor([tokenizer(VERIFY_TEXT, add_special_tokens=False)["input_ids"]])
-            reference = _logits(model, ids)
-            del model, state
-            converted = load_causal_lm(tmp)
-            got = _logits(converted, ids)
-            diff = float((got - reference).abs().max())
-            if got.shape != reference.shape or not diff <= atol:
-                raise RuntimeError(
-                    f"converted model of {gguf_path.name} disagrees with the GGUF-loaded model: "
-                    f"logits max |diff| = {diff:.3g} > {atol:g} on {ids.shape[1]} tokens"
-                )
+            record.update(_verify_conversion(model, tokenizer, tmp, atol, gguf_path.name))
+        (tmp / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
+
+
+def _verify_conversion(model: nn.Module, tokenizer: Any, directory: Path, atol: float, name: str) -> dict:
+    """Reload ``directory``; its tokenizer must encode and its model score :data:`VERIFY_TEXT` alike."""
+    expected = tokenizer(VERIFY_TEXT, add_special_tokens=False)["input_ids"]
+    got_ids = load_lm_tokenizer(directory)(VERIFY_TEXT, add_special_tokens=False)["input_ids"]
+    if list(got_ids) != list(expected):
+        raise RuntimeError(f"converted tokenizer of {name} encodes differently: {got_ids} != {expected}")
+    ids = torch.tensor([expected])
+    reference = _logits(model, ids)
+    got = _logits(load_causal_lm(directory), ids)
+    diff = float((got - reference).abs().max()) if got.shape == reference.shape else math.inf
+    if not diff <= atol:
+        raise RuntimeError(
+            f"converted model of {name} disagrees with the GGUF-loaded model: "
+            f"logits max |diff| = {diff:.3g} > {atol:g} on {ids.shape[1]} tokens"
+        )
+    return {"verify_tokens": ids.shape[1], "verify_logits_max_abs_diff": diff}
 
 
 # ---------------------------------------------------------------------------------------------- text

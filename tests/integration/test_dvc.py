@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robustprune.config import load_params
 from tests.conftest import ROOT, write_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +34,9 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path):
         shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     write_tiny_project(tmp_path)
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    # DVC reads the keys each stage lists in dvc.yaml, so params.yaml must spell them all out (as the
+    # repository's does): write the validated params with every default filled in.
+    params = load_params(tmp_path / "params.yaml").model_dump(mode="json")
     params["prune"] = {"methods": ["magnitude", "sparsegpt"], "sparsities": [0.5], "block_size": 16}
     params["finetune"]["variants"] = params["finetune"]["variants"][:1]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
