@@ -36,3 +36,19 @@ def test_greedy_soup_keeps_only_ingredients_that_do_not_hurt():
     torch.testing.assert_close(res.state_dict["w"], torch.tensor([1.1]))
     assert res.validation_accuracy >= max(score(good1), score(good2))
     assert [h["kept"] for h in res.history] == [True, True, False]
+
+
+def test_length_bucketed_batches_cover_each_example_once():
+    import numpy as np
+
+    from robustprune.finetune import length_bucketed_batches
+
+    lengths = np.random.default_rng(0).integers(5, 100, size=1003)
+    batches = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket=4)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1003))
+    assert max(len(b) for b in batches) == 32
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    assert spread < 40  # random batches of 32 from U(5, 100) span ~85
+    again = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket=4)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
