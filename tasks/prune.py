@@ -63,7 +63,9 @@ def options(params: Params, method: str, sparsity: str) -> PruneOptions:
         pattern=Pattern(sparsity=s, n=n, m=m),
         block_size=p.block_size,
         dampening=p.dampening,
-        alpha=p.rakp.alpha,
+        alpha=None if p.rakp.alpha == "adaptive" else p.rakp.alpha,
+        alpha_grid=tuple(p.rakp.alpha_grid),
+        holdout_fraction=p.rakp.holdout_fraction,
         ridge=p.rakp.ridge,
         next_input=p.rakp.next_input,
         modules=p.modules,
@@ -174,6 +176,8 @@ def prune_block_task(
         "index": index,
         "seconds": report.seconds,
         "output_error": report.output_error,
+        "alpha": report.alpha,
+        "alpha_errors": {str(k): v for k, v in report.alpha_errors.items()},
         "layers": [vars(layer) for layer in report.layers],
     }
     write_json(marker, rep)
@@ -206,7 +210,9 @@ def prune_finalize(
         "final_block_output_error": reports[-1]["output_error"] if reports else 0.0,
         "source": src.name,
     }
-    blocks = [{k: r[k] for k in ("index", "seconds", "output_error")} for r in reports]
+    blocks = [
+        {k: r.get(k) for k in ("index", "seconds", "output_error", "alpha", "alpha_errors")} for r in reports
+    ]
     with atomic_dir(layout.pruned_model(method, sparsity)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(src).save_pretrained(tmp)

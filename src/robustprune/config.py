@@ -124,7 +124,15 @@ class CalibrateConfig(_Section):
 
 
 class RakpConfig(_Section):
-    alpha: Annotated[float, Field(ge=0, le=1)] = 0.25
+    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive"] = 0.25
+    alpha_grid: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = [
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+    ]
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
     ridge: Annotated[float, Field(ge=0)] = 0.1
     next_input: Literal["pruned", "dense"] = "pruned"
 

@@ -100,7 +100,11 @@ def finetune(
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     result = FinetuneResult(steps=total)
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-    order = [b for _ in range(math.ceil(settings.epochs)) for b in length_bucketed_batches(lengths, settings.batch_size, gen)]
+    order = [
+        b
+        for _ in range(math.ceil(settings.epochs))
+        for b in length_bucketed_batches(lengths, settings.batch_size, gen)
+    ]
     bar = tqdm(range(total), desc=desc, disable=not progress)
     for step in bar:
         idx = order[step % len(order)]

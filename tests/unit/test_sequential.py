@@ -140,3 +140,25 @@ def test_nm_on_indivisible_width_names_the_layer(calib_batches):
     model = tiny_bert(intermediate=37)
     with pytest.raises(ValueError, match="output.dense"):
         prune_model(model, calib_batches, _opts("magnitude", TWO_FOUR))
+
+
+def test_adaptive_alpha_picks_from_grid_by_held_out_block_error(bert, calib_batches):
+    batches = calib_batches + calib_batches  # 4 batches: 3 to fit, 1 held out
+    out = prune_model(
+        bert, batches, _opts("rakp", alpha=None, alpha_grid=(0.0, 0.5, 1.0), holdout_fraction=0.25)
+    )
+    for rep in out.blocks:
+        assert set(rep.alpha_errors) == {0.0, 0.5, 1.0}
+        assert rep.alpha == min(rep.alpha_errors, key=lambda a: (rep.alpha_errors[a], a))
+    assert out.blocks[0].alpha_errors[0.0] == pytest.approx(
+        out.blocks[0].alpha_errors[1.0]
+    )  # X̃ = X in block 0
+    assert measured_sparsity(bert) == pytest.approx(0.5)
+
+
+def test_adaptive_alpha_equals_fixed_alpha_it_chose(bert, calib_batches):
+    batches = calib_batches + calib_batches
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    ad = prune_model(a, batches, _opts("rakp", alpha=None, alpha_grid=(0.25,)))
+    fx = prune_model(b, batches, _opts("rakp", alpha=0.25))
+    assert all(torch.equal(ad.masks[k], fx.masks[k]) for k in ad.masks)

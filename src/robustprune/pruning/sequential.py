@@ -38,7 +38,9 @@ class PruneOptions:
     pattern: Pattern
     block_size: int = 128
     dampening: float = 0.01
-    alpha: float = 0.25
+    alpha: float | None = 0.25  # RAKP rectification strength; None = adaptive (select_alpha)
+    alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
     ridge: float = 0.1
     next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
     modules: str | None = None
@@ -71,6 +73,8 @@ class BlockReport:
     layers: list[LayerReport] = field(default_factory=list)
     output_error: float = 0.0  # ‖Y_dense − Y_pruned‖² / ‖Y_dense‖² at the block's output
     seconds: float = 0.0
+    alpha: float | None = None  # RAKP: the rectification strength used for this block
+    alpha_errors: dict[float, float] = field(default_factory=dict)  # adaptive: held-out error per candidate
 
 
 class _Stop(Exception):
@@ -181,18 +185,11 @@ def _relative_error(
     return num / max(den, 1e-30)
 
 
-@torch.inference_mode()
-def prune_block(
-    model: nn.Module, index: int, inputs: BlockInputs, opts: PruneOptions
-) -> tuple[BlockInputs, dict[str, torch.Tensor], BlockReport]:
-    """Prune block ``index`` in place; return the next block's inputs, the masks (by full name) and a report."""
-    t0 = time.perf_counter()
-    block = find_blocks(model)[index]
-    groups = linear_groups(model, block, opts.modules)
-    linears = {name: lin for g in groups for name, lin in g.items()}
-    stats, dense_out = collect_stats(block, linears, inputs)
-    report = BlockReport(index=index)
-    masks = {}
+def _prune_linears(
+    linears: dict[str, nn.Linear], stats: dict[str, _Stats], opts: PruneOptions, index: int, alpha: float
+) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
+    """Prune every Linear of a block in place from its statistics; masks by full name and per-layer reports."""
+    masks, reports = {}, []
     for name, lin in linears.items():
         t1 = time.perf_counter()
         s = stats[name]
@@ -206,7 +203,7 @@ def prune_block(
                 cross=s.cross,
                 block_size=opts.block_size,
                 dampening=opts.dampening,
-                alpha=opts.alpha,
+                alpha=alpha,
                 ridge=opts.ridge,
             )
         except ValueError as e:
@@ -215,7 +212,7 @@ def prune_block(
         terr = target_error(W, res.weight, s.H_dense, s.H, s.cross)
         lin.weight.data.copy_(res.weight)
         masks[f"{index}.{name}"] = res.mask.cpu()
-        report.layers.append(
+        reports.append(
             LayerReport(
                 name=name,
                 error=err,
@@ -226,6 +223,62 @@ def prune_block(
                 seconds=time.perf_counter() - t1,
             )
         )
+    return masks, reports
+
+
+def _subset(inputs: BlockInputs, idx: Sequence[int]) -> BlockInputs:
+    return BlockInputs(
+        pruned=[inputs.pruned[i] for i in idx],
+        dense=[inputs.dense[i] for i in idx],
+        extras=[inputs.extras[i] for i in idx],
+        token_mask=[inputs.token_mask[i] for i in idx],
+    )
+
+
+def select_alpha(
+    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, opts: PruneOptions, index: int
+) -> tuple[float, dict[float, float]]:
+    """Adaptive rectification: the α whose pruned BLOCK best reproduces the dense block on held-out batches.
+
+    The design notes measured that choosing α per module by the module's own error rewards
+    over-correction, which then compounds. This criterion looks one level further and out of sample:
+    the statistics come from the first batches, and each candidate α is judged by the relative error of
+    the whole block's output (attention and MLP together, dense target) on the last
+    ``holdout_fraction`` of the calibration batches, which the solver never saw.
+    """
+    n = len(inputs.pruned)
+    n_hold = min(max(1, round(n * opts.holdout_fraction)), n - 1)
+    if n_hold < 1:
+        raise ValueError(f"adaptive alpha needs at least 2 calibration batches, got {n}")
+    fit, hold = _subset(inputs, range(n - n_hold)), _subset(inputs, range(n - n_hold, n))
+    stats, _ = collect_stats(block, linears, fit)
+    dense_hold = [block_forward(block, x, e) for x, e in zip(hold.dense, hold.extras, strict=True)]
+    original = {name: lin.weight.data.clone() for name, lin in linears.items()}
+    errors = {}
+    for alpha in opts.alpha_grid:
+        _prune_linears(linears, stats, opts, index, alpha)
+        got = [block_forward(block, x, e) for x, e in zip(hold.pruned, hold.extras, strict=True)]
+        errors[alpha] = _relative_error(dense_hold, got, hold.token_mask)
+        for name, lin in linears.items():
+            lin.weight.data.copy_(original[name])
+    best = min(errors, key=lambda a: (errors[a], a))
+    return best, errors
+
+
+@torch.inference_mode()
+def prune_block(
+    model: nn.Module, index: int, inputs: BlockInputs, opts: PruneOptions
+) -> tuple[BlockInputs, dict[str, torch.Tensor], BlockReport]:
+    """Prune block ``index`` in place; return the next block's inputs, the masks (by full name) and a report."""
+    t0 = time.perf_counter()
+    block = find_blocks(model)[index]
+    groups = linear_groups(model, block, opts.modules)
+    linears = {name: lin for g in groups for name, lin in g.items()}
+    report = BlockReport(index=index, alpha=opts.alpha if opts.method == "rakp" else None)
+    if opts.method == "rakp" and opts.alpha is None:
+        report.alpha, report.alpha_errors = select_alpha(block, linears, inputs, opts, index)
+    stats, dense_out = collect_stats(block, linears, inputs)
+    masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
     pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
     report.output_error = _relative_error(dense_out, pruned_out, inputs.token_mask)
     report.seconds = time.perf_counter() - t0
