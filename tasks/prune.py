@@ -213,6 +213,7 @@ def prune_finalize(
     blocks = [
         {k: r.get(k) for k in ("index", "seconds", "output_error", "alpha", "alpha_errors")} for r in reports
     ]
+    metrics["blocks"] = blocks
     with atomic_dir(layout.pruned_model(method, sparsity)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(src).save_pretrained(tmp)

@@ -92,8 +92,31 @@ def markdown_summary(prepare: dict, finetune: dict, soup: dict, rows: Sequence[d
             f"| {delta} | {'–' if secs is None else f'{secs:.1f}'} |"
         )
     lines += ["", "## Findings (computed)", ""] + [f"- {f}" for f in findings(rows, soup_acc)]
+    lines += block_table(prune)
     lines += ["", "![accuracy vs sparsity](plots/accuracy_vs_sparsity.png)", ""]
     return "\n".join(lines)
+
+
+def block_table(prune: dict) -> list[str]:
+    """Per-block drift (relative error of each block's output against the dense model) and RAKP's α."""
+    combos = [(name, m) for name, m in prune.items() if m.get("blocks")]
+    if not combos:
+        return []
+    n = max(len(m["blocks"]) for _, m in combos)
+    lines = [
+        "",
+        "## Per-block output error vs the dense model (RAKP: chosen α in brackets)",
+        "",
+        "| model | " + " | ".join(f"block {i}" for i in range(n)) + " |",
+        "|---" * (n + 1) + "|",
+    ]
+    for name, m in combos:
+        cells = []
+        for b in m["blocks"]:
+            a = b.get("alpha")
+            cells.append(f"{b['output_error']:.4f}" + ("" if a is None else f" [{a:g}]"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_rows(rows: Sequence[dict]) -> list[dict]:
