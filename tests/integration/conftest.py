@@ -20,6 +20,14 @@ def prefect_harness(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The harness server's URL, for flows run in subprocesses (saves each one starting its own server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, prefect_harness):
     """The real pipeline flow, run once on the tiny project; tests read what it produced."""
     import flows  # noqa: F401

@@ -29,7 +29,7 @@ def _ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", out))
 
 
-def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path):
+def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_url: str):
     for d in ("src", "flows", "tasks"):
         shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -45,6 +45,7 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path):
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "PREFECT_HOME": str(tmp_path / ".prefect"),
         "PYTHONPATH": str(tmp_path / "src"),
+        "PREFECT_API_URL": prefect_api_url,
     }
     _run(["git", "init", "-q"], tmp_path, env)
     _run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)

@@ -96,13 +96,13 @@ def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):
     assert "report/summary.md" in arts and "report/accuracy_vs_sparsity.png" in arts
 
 
-def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, tmp_path):
+def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, prefect_api_url, tmp_path):
     """kill -9 in the middle of pruning, start again: it resumes and ends with the uninterrupted masks."""
     root, params, _ = pipeline_run
     work = copy_project(
         root, tmp_path / "p", skip=("models/pruned", ".cache/prune-work", "mlruns.db", "mlartifacts")
     )
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": prefect_api_url}
     cmd = [sys.executable, "-m", "flows.prune", "--params", str(params), "--root", str(work)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
