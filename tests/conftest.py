@@ -152,8 +152,8 @@ model: {{name: {model_dir}}}
 finetune:
   batch_size: 16
   variants:
-    - {{name: a, learning_rate: 3.0e-3, epochs: 2, seed: 0}}
-    - {{name: b, learning_rate: 2.0e-3, epochs: 2, seed: 1}}
+    - {{name: a, learning_rate: 3.0e-3, epochs: 5, seed: 0}}
+    - {{name: b, learning_rate: 1.0e-3, epochs: 8, seed: 1}}
 calibrate: {{num_samples: 24, batch_size: 8}}
 prune: {{methods: [magnitude, sparsegpt, rakp], sparsities: [0.5, "2:4"], block_size: 16}}
 evaluate: {{batch_size: 32}}
