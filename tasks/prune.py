@@ -69,6 +69,7 @@ def options(params: Params, method: str, sparsity: str) -> PruneOptions:
         ridge=p.rakp.ridge,
         next_input=p.rakp.next_input,
         modules=p.modules,
+        track_dense=p.track_dense,
     )
 
 
@@ -117,19 +118,18 @@ def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> d
 
 
 def _save_inputs(path: Path, inputs: BlockInputs) -> None:
-    tensors = {}
-    for i, (p, d) in enumerate(zip(inputs.pruned, inputs.dense, strict=True)):
-        tensors[f"pruned.{i}"] = p.cpu()
-        tensors[f"dense.{i}"] = d.cpu()
+    tensors = {f"pruned.{i}": p.cpu() for i, p in enumerate(inputs.pruned)}
+    tensors.update({f"dense.{i}": d.cpu() for i, d in enumerate(inputs.dense)})  # empty when not tracked
     save_tensors(path, tensors)
 
 
 def _load_inputs(path: Path, template: BlockInputs, device: torch.device) -> BlockInputs:
     t = load_tensors(path, device=str(device))
     n = len(template.extras)
+    dense = [t[f"dense.{i}"] for i in range(n)] if "dense.0" in t else []
     return BlockInputs(
         pruned=[t[f"pruned.{i}"] for i in range(n)],
-        dense=[t[f"dense.{i}"] for i in range(n)],
+        dense=dense,
         extras=template.extras,
         token_mask=template.token_mask,
     )

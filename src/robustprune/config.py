@@ -175,6 +175,7 @@ class PruneConfig(_Section):
     block_size: Annotated[int, Field(gt=0, le=4096)] = 128
     dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
     modules: str | None = None
+    track_dense: bool = True
     rakp: RakpConfig = RakpConfig()
 
     @field_validator("sparsities")

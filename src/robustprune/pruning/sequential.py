@@ -41,6 +41,7 @@ class PruneOptions:
     alpha: float | None = 0.25  # RAKP rectification strength; None = adaptive (select_alpha)
     alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
+    track_dense: bool = True  # run the dense stream for every method (drift report); RAKP always does
     ridge: float = 0.1
     next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
     modules: str | None = None
@@ -118,7 +119,9 @@ def capture_block_inputs(
             h, rest = kwargs.pop("hidden_states"), ()
         hidden.append(h.detach())
         extras.append((rest, kwargs))
-    return BlockInputs(pruned=hidden, dense=[h.clone() for h in hidden], extras=extras, token_mask=masks)
+    return BlockInputs(
+        pruned=hidden, dense=list(hidden), extras=extras, token_mask=masks
+    )  # nothing mutates them
 
 
 def block_forward(
@@ -139,37 +142,48 @@ class _Stats:
 
 @torch.inference_mode()
 def collect_stats(
-    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs
+    block: nn.Module, groups: Sequence[dict[str, nn.Linear]], inputs: BlockInputs, *, track_dense: bool = True
 ) -> tuple[dict[str, _Stats], list[torch.Tensor]]:
-    """Per-Linear statistics of both streams, and the dense block's outputs (the next dense inputs)."""
-    stats = {name: _Stats() for name in linears}
-    seen: dict[str, torch.Tensor] = {}
+    """Per-Linear statistics, and the dense block's outputs (the next dense inputs).
+
+    Linears of one group read the same input (q/k/v; gate/up), so each group is hooked once and its
+    statistics shared. With ``track_dense`` both streams run token-aligned and every group gets
+    ``H``, ``H_dense`` and ``cross``; without it only the pruned stream runs and only ``H`` is built
+    (all SparseGPT and Wanda need: one forward and one XᵀX per group instead of three).
+    """
+    shared = [_Stats() for _ in groups]
+    stats = {name: st for st, g in zip(shared, groups, strict=True) for name in g}
+    seen: dict[int, torch.Tensor] = {}
     phase = {"dense": True, "mask": None}
 
-    def make_hook(name: str) -> Callable:
+    def make_hook(gi: int) -> Callable:
         def hook(_mod: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
             x = inp[0][phase["mask"]].float()  # (tokens, d_in), padding dropped
-            s = stats[name]
+            s = shared[gi]
             if phase["dense"]:
-                seen[name] = x
+                seen[gi] = x
                 return
-            x_dense = seen.pop(name)
             n = s.n
+            if not track_dense:
+                s.H, s.n = accumulate_xtx(s.H, x, n)
+                return
+            x_dense = seen.pop(gi)
             s.H, _ = accumulate_xtx(s.H, x, n)
             s.H_dense, _ = accumulate_xtx(s.H_dense, x_dense, n)
             s.cross, s.n = accumulate_cross(s.cross, x_dense, x, n)
 
         return hook
 
-    handles = [lin.register_forward_hook(make_hook(name)) for name, lin in linears.items()]
+    handles = [next(iter(g.values())).register_forward_hook(make_hook(gi)) for gi, g in enumerate(groups)]
     dense_out = []
     try:
-        for x_dense, x_pruned, extra, mask in zip(
-            inputs.dense, inputs.pruned, inputs.extras, inputs.token_mask, strict=True
+        for i, (x_pruned, extra, mask) in enumerate(
+            zip(inputs.pruned, inputs.extras, inputs.token_mask, strict=True)
         ):
-            phase.update(dense=True, mask=mask)
-            dense_out.append(block_forward(block, x_dense, extra))
-            phase["dense"] = False
+            if track_dense:
+                phase.update(dense=True, mask=mask)
+                dense_out.append(block_forward(block, inputs.dense[i], extra))
+            phase.update(dense=False, mask=mask)
             block_forward(block, x_pruned, extra)
     finally:
         for h in handles:
@@ -209,7 +223,7 @@ def _prune_linears(
         except ValueError as e:
             raise ValueError(f"block {index}, layer {name!r} (weight {tuple(W.shape)}): {e}") from e
         err = output_error(W, res.weight, s.H)
-        terr = target_error(W, res.weight, s.H_dense, s.H, s.cross)
+        terr = target_error(W, res.weight, s.H_dense, s.H, s.cross) if s.H_dense is not None else float("nan")
         lin.weight.data.copy_(res.weight)
         masks[f"{index}.{name}"] = res.mask.cpu()
         reports.append(
@@ -236,7 +250,11 @@ def _subset(inputs: BlockInputs, idx: Sequence[int]) -> BlockInputs:
 
 
 def select_alpha(
-    block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, opts: PruneOptions, index: int
+    block: nn.Module,
+    groups: Sequence[dict[str, nn.Linear]],
+    inputs: BlockInputs,
+    opts: PruneOptions,
+    index: int,
 ) -> tuple[float, dict[float, float]]:
     """Adaptive rectification: the α whose pruned BLOCK best reproduces the dense block on held-out batches.
 
@@ -251,7 +269,8 @@ def select_alpha(
     if n_hold < 1:
         raise ValueError(f"adaptive alpha needs at least 2 calibration batches, got {n}")
     fit, hold = _subset(inputs, range(n - n_hold)), _subset(inputs, range(n - n_hold, n))
-    stats, _ = collect_stats(block, linears, fit)
+    linears = {name: lin for g in groups for name, lin in g.items()}
+    stats, _ = collect_stats(block, groups, fit)
     dense_hold = [block_forward(block, x, e) for x, e in zip(hold.dense, hold.extras, strict=True)]
     original = {name: lin.weight.data.clone() for name, lin in linears.items()}
     errors = {}
@@ -275,12 +294,13 @@ def prune_block(
     groups = linear_groups(model, block, opts.modules)
     linears = {name: lin for g in groups for name, lin in g.items()}
     report = BlockReport(index=index, alpha=opts.alpha if opts.method == "rakp" else None)
+    track = opts.track_dense or opts.method == "rakp" or opts.next_input == "dense"
     if opts.method == "rakp" and opts.alpha is None:
-        report.alpha, report.alpha_errors = select_alpha(block, linears, inputs, opts, index)
-    stats, dense_out = collect_stats(block, linears, inputs)
+        report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index)
+    stats, dense_out = collect_stats(block, groups, inputs, track_dense=track)
     masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
     pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
-    report.output_error = _relative_error(dense_out, pruned_out, inputs.token_mask)
+    report.output_error = _relative_error(dense_out, pruned_out, inputs.token_mask) if track else float("nan")
     report.seconds = time.perf_counter() - t0
     next_pruned = dense_out if opts.next_input == "dense" else pruned_out
     nxt = BlockInputs(pruned=next_pruned, dense=dense_out, extras=inputs.extras, token_mask=inputs.token_mask)
