@@ -119,7 +119,9 @@ def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> d
 
 def _save_inputs(path: Path, inputs: BlockInputs) -> None:
     tensors = {f"pruned.{i}": p.cpu() for i, p in enumerate(inputs.pruned)}
-    tensors.update({f"dense.{i}": d.cpu() for i, d in enumerate(inputs.dense)})  # empty when not tracked
+    for i, d in enumerate(inputs.dense):  # empty when the dense stream is not tracked
+        # block 0's two streams are one tensor; safetensors refuses shared storage, so copy it
+        tensors[f"dense.{i}"] = d.cpu().clone() if d.data_ptr() == inputs.pruned[i].data_ptr() else d.cpu()
     save_tensors(path, tensors)
 
 
