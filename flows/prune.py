@@ -26,6 +26,10 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             started = time.time()
             with mlflow.start_run(run_name=name, nested=True, tags={"method": method, "sparsity": sparsity}):
                 setup = prune_setup(params, layout, method, sparsity)
+                if setup.get("cached"):
+                    results[name] = setup["metrics"]
+                    mlflow.set_tag("cache", "hit")
+                    continue
                 for i in range(setup["num_blocks"]):
                     rep = prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
                         params, layout, method, sparsity, setup["work"], i

@@ -90,11 +90,18 @@ def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> d
             "calib": sha256_files(layout.calibration / "calibration.safetensors"),
             "opts": repr(opts),
             "batch": params.calibrate.batch_size,
+            "code": _code_digest(),
         },
         sort_keys=True,
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     work = layout.prune_work / combo_name(method, sparsity) / key
+    final = layout.pruned_model(method, sparsity) / "metrics.json"
+    if final.exists() and read_json(final).get("key") == key:
+        logger.info(
+            "cache hit: %s already pruned from the same model, data, options and code", final.parent.name
+        )
+        return {"cached": True, "metrics": read_json(final), "work": str(work)}
     model = load_classifier(src)
     num_blocks = len(find_blocks(model))
     done = sorted(work.glob("block_*.json"))
@@ -115,6 +122,15 @@ def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> d
         if stale != work:
             shutil.rmtree(stale, ignore_errors=True)
     return {"work": str(work), "num_blocks": num_blocks, "source": str(src), "resumed_blocks": len(done)}
+
+
+def _code_digest() -> str:
+    """Hash of the code a pruned model depends on, so that a solver change invalidates cached results."""
+    import robustprune.modeling
+    import robustprune.pruning
+
+    files = sorted(Path(robustprune.pruning.__file__).parent.glob("*.py"))
+    return sha256_files(*files, Path(robustprune.modeling.__file__), Path(__file__))
 
 
 def _save_inputs(path: Path, inputs: BlockInputs) -> None:
@@ -211,6 +227,7 @@ def prune_finalize(
         "mean_layer_error": sum(x["error"] for x in layers) / max(len(layers), 1),
         "final_block_output_error": reports[-1]["output_error"] if reports else 0.0,
         "source": src.name,
+        "key": work_p.name,
     }
     blocks = [
         {k: r.get(k) for k in ("index", "seconds", "output_error", "alpha", "alpha_errors")} for r in reports

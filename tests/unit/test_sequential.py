@@ -169,5 +169,9 @@ def test_without_dense_tracking_sparsegpt_gives_the_same_masks(bert, calib_batch
     full = prune_model(a, calib_batches, _opts("sparsegpt", TWO_FOUR))
     lean = prune_model(b, calib_batches, _opts("sparsegpt", TWO_FOUR, track_dense=False))
     assert all(torch.equal(full.masks[k], lean.masks[k]) for k in full.masks)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
-    assert full.blocks[1].output_error > 0 and lean.blocks[1].output_error != lean.blocks[1].output_error  # NaN
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+    assert (
+        full.blocks[1].output_error > 0 and lean.blocks[1].output_error != lean.blocks[1].output_error
+    )  # NaN
