@@ -154,6 +154,11 @@ def measure(
             pattern=parse_pattern(pattern),
             block_size=args.block_size,
             dampening=args.dampening,
+            alpha=None if args.alpha == "adaptive" else float(args.alpha),
+            track_dense=args.track_dense,
+        )
+        row.update(
+            track_dense=args.track_dense or method == "rakp", alpha=args.alpha if method == "rakp" else None
         )
         with PeakRSS() as rss, _timed() as t:
             outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
@@ -187,6 +192,8 @@ def _key(row: dict[str, Any]) -> str:
     if row["method"] == "dense":
         return "dense"
     key = f"{row['method']}@{row['pattern']}"
+    if row["method"] == "rakp" and row.get("alpha") not in (None, "0.25"):
+        key += f"/alpha{row['alpha']}"
     return (
         key
         if row.get("calib_chunks", DEFAULT_CALIB_CHUNKS) == DEFAULT_CALIB_CHUNKS
@@ -234,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dampening", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--progress", action="store_true", help="per-block progress bar while pruning")
+    parser.add_argument("--alpha", default="0.25", help="RAKP rectification strength, or 'adaptive'")
+    parser.add_argument(
+        "--track-dense",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the dense stream for every method (drift figures; RAKP always does). Off = SparseGPT's own cost",
+    )
     args = parser.parse_args(argv)
     for p in args.patterns:
         parse_pattern(p)
