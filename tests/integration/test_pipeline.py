@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,32 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
         )
     states = {r.name: r.state.name for r in runs if r.name.startswith("evaluate-")}
     assert len(states) == len(before) and set(states.values()) == {"Cached"}, states
+
+
+def test_prefect_yaml_deploys_every_deployment(tmp_path):
+    """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "ROBUSTPRUNE_DIR": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    for pool in ("cpu", "gpu"):
+        subprocess.run(
+            [prefect, "work-pool", "create", pool, "--type", "process"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=True,
+        )
+    res = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    for name in ("pipeline/pipeline", "finetune/finetune-gpu", "prune/prune-gpu", "evaluate/evaluate-gpu"):
+        assert f"Deployment '{name}' successfully created" in out, name
