@@ -8,7 +8,7 @@ from prefect import task
 
 from robustprune import data as rp_data
 from robustprune import resources
-from robustprune.checkpoints import atomic_dir, write_json
+from robustprune.checkpoints import atomic_dir
 from robustprune.config import Params
 from tasks.common import Layout
 
@@ -55,5 +55,4 @@ def prepare_model(params: Params, layout: Layout) -> dict:
         with atomic_dir(layout.base_model) as tmp:
             AutoTokenizer.from_pretrained(cfg.name).save_pretrained(tmp)
             AutoModel.from_pretrained(cfg.name).save_pretrained(tmp, safe_serialization=True)
-    write_json(layout.root / "models" / "base.json", {"source": cfg.name, "kind": cfg.kind})
     return {"model": cfg.name, "kind": cfg.kind}
