@@ -120,17 +120,11 @@ def stage_run(
     import mlflow
 
     exp_id = mlflow_setup(params, root)
-    parent = os.environ.get(PARENT_ENV)
-    active = mlflow.active_run()
     tags = {"stage": stage, "seed": str(params.seed)}
-    if active is not None:
-        cm = mlflow.start_run(run_name=stage, nested=True, experiment_id=exp_id, tags=tags)
-    elif parent:
-        tags["mlflow.parentRunId"] = parent
-        cm = mlflow.start_run(run_name=stage, experiment_id=exp_id, tags=tags)
-    else:
-        cm = mlflow.start_run(run_name=stage, experiment_id=exp_id, tags=tags)
-    with cm as run:
+    nested = mlflow.active_run() is not None
+    if not nested and os.environ.get(PARENT_ENV):  # a stage process under a pipeline run started elsewhere
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    with mlflow.start_run(run_name=stage, nested=nested, experiment_id=exp_id, tags=tags) as run:
         if logged_params:
             mlflow.log_params({k: _param_str(v) for k, v in flatten(logged_params).items()})
         yield run
