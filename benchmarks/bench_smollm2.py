@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +44,7 @@ from robustprune.lm import (  # noqa: E402
     speech_texts,
 )
 from robustprune.modeling import measured_sparsity  # noqa: E402
+from robustprune.profiling import PeakRSS  # noqa: E402
 from robustprune.pruning import METHODS, parse_pattern  # noqa: E402
 from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
 from robustprune.resources import download, extract  # noqa: E402
@@ -60,48 +60,6 @@ ANCHORS: dict[str, dict[str, Any]] = {
 }
 RSS_TARGET_MB = 2048.0
 DEFAULT_CALIB_CHUNKS = 64
-
-
-def _rss_bytes() -> int:
-    """Current resident set size of this process (psutil, else /proc/self/statm, else ru_maxrss)."""
-    try:
-        import psutil
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:
-        pass
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakRSS:
-    """Peak RSS over a code region, sampled every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval = interval
-        self.start_mb = self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _rss_bytes() / 2**20)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.start_mb = self.peak_mb = _rss_bytes() / 2**20
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.peak_mb = max(self.peak_mb, _rss_bytes() / 2**20)
 
 
 @contextmanager

@@ -14,7 +14,8 @@ from robustprune.preflight import PreflightError, preflight
 
 def parse_args(stage: str, argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=f"Run the '{stage}' flow.")
-    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    default = "params-lm.yaml" if stage == "lm" else "params.yaml"
+    ap.add_argument("--params", default=default, help=f"params file (default: {default})")
     ap.add_argument(
         "--root", default=".", help="project root that holds data/, models/, reports/ (default: .)"
     )

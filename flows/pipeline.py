@@ -6,7 +6,7 @@ a stage that ran is recorded with ``dvc commit``, so ``make run``, ``dvc repro``
 ``dvc.lock`` and never redo each other's work. Without a DVC repository at the root (a bare copy, a
 test's tmp dir) every stage runs.
 
-With ``runtime.work_pool`` set, the GPU stages (finetune, prune, evaluate) are sent as deployments
+With ``runtime.work_pool`` set, the GPU stages (finetune, prune, sds, evaluate, attack) are sent as deployments
 to that Prefect work pool (served by ``prefect worker start --pool <name>`` on a CUDA host that sees the
 same project directory); the others run in-process.
 """
@@ -22,12 +22,15 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
+from flows.attack import attack_flow
+from flows.attack_resources import attack_resources_flow
 from flows.calibrate import calibrate_flow
 from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.prepare import prepare_flow
 from flows.prune import prune_flow
 from flows.report import report_flow
+from flows.sds import sds_flow
 from flows.soup import soup_flow
 from tasks.common import PARENT_ENV, load, mlflow_setup, section
 
@@ -37,10 +40,13 @@ STAGES = {
     "soup": soup_flow,
     "calibrate": calibrate_flow,
     "prune": prune_flow,
+    "sds": sds_flow,
     "evaluate": evaluate_flow,
+    "attack_resources": attack_resources_flow,
+    "attack": attack_flow,
     "report": report_flow,
 }
-GPU_STAGES = ("finetune", "prune", "evaluate")
+GPU_STAGES = ("finetune", "prune", "sds", "evaluate", "attack")
 
 
 def _dvc_repo(root: Path):  # noqa: ANN202 - dvc.repo.Repo
@@ -79,6 +85,14 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
     repo = _dvc_repo(layout.root)
     if repo is None:
         logger.info("no DVC repository at %s: every stage runs", layout.root)
+    elif Path(params_path).resolve() != (layout.root / "params.yaml").resolve():
+        logger.info(
+            "params file %s is not the root params.yaml that dvc.yaml tracks: DVC bookkeeping off, every "
+            "stage runs (the stages' own caches still skip finished work)",
+            params_path,
+        )
+        repo.close()
+        repo = None
     exp_id = mlflow_setup(params, layout.root)
     timings: dict[str, float] = {}
     skipped: list[str] = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustprune.config import Params, load_params, sparsity_label
+from robustprune.config import Params, combo_label, load_params
 
 log = logging.getLogger("robustprune")
 
@@ -64,7 +64,7 @@ class Layout:
 
 def combo_name(method: str, sparsity: str | float) -> str:
     """File-system name of a (method, sparsity) pair: ``sparsegpt_0.5``, ``sparsegpt_2-4``."""
-    return f"{method}_{sparsity_label(sparsity).replace(':', '-')}"
+    return combo_label(method, sparsity)
 
 
 def load(params_path: str | Path, root: str | Path | None = None) -> tuple[Params, Layout]:

@@ -50,6 +50,16 @@ def models_to_evaluate(params: Params, layout: Layout) -> list[dict]:
         }
         for m, s in params.prune.combos
     ]
+    out += [
+        {
+            "name": f"sds-{combo_name(m, s)}",
+            "kind": "sds",
+            "method": f"sds+{m}",
+            "sparsity": s,
+            "path": str(layout.root / "models" / "sds" / f"sds-{combo_name(m, s)}"),
+        }
+        for m, s in params.sds.combos
+    ]
     return out
 
 

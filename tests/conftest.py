@@ -21,6 +21,9 @@ for key, value in {
     # tiny models: one thread is faster than two, and never stalls when the machine is shared
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
+    "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
+    "NLTK_DATA": str(ROOT / "nltk_data"),
 }.items():
     os.environ.setdefault(key, value)
 
@@ -156,7 +159,13 @@ finetune:
     - {{name: b, learning_rate: 1.0e-3, epochs: 8, seed: 1}}
 calibrate: {{num_samples: 24, batch_size: 8}}
 prune: {{methods: [magnitude, sparsegpt, rakp], sparsities: [0.5, "2:4"], block_size: 16}}
+sds: {{methods: [sparsegpt], sparsities: [0.5], steps: 5}}
 evaluate: {{batch_size: 32}}
+attack:
+  models: [soup-greedy, sds]
+  num_examples: 6
+  shard_size: 3
+  resources: {{vocab_size: 3000, counterfit_epochs: 1, mlm_steps: 4, mlm_batch_size: 8}}
 runtime: {{progress: false, device: cpu}}
 {extra_params}""")
     return params

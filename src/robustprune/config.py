@@ -19,6 +19,8 @@ DEFAULT_PARAMS = Path("params.yaml")
 BUILTIN_DATA = ("rotten_tomatoes",)
 BUILTIN_MODELS = ("minilm",)
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "rakp")
+ATTACK_RECIPES = ("textfooler", "bert-attack", "textbugger")
+ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -160,6 +162,11 @@ def parse_sparsity(value: float | str) -> tuple[float, int | None, int | None]:
     return float(value), None, None
 
 
+def combo_label(method: str, sparsity: float | str) -> str:
+    """Name of a pruned model: ``sparsegpt_0.5``, ``sparsegpt_2-4`` (also its directory name)."""
+    return f"{method}_{sparsity_label(sparsity).replace(':', '-')}"
+
+
 def sparsity_label(value: float | str) -> str:
     """Canonical name of a sparsity for file names and tables: '0.5', '0.875', '2:4'."""
     s, n, m = parse_sparsity(value)
@@ -205,6 +212,125 @@ class PruneConfig(_Section):
         return [(m, sparsity_label(s)) for m in self.methods for s in self.sparsities]
 
 
+class SdsConfig(_Section):
+    """Sparse-dense-sparse on top of some of the prune stage's models (each must be a prune combination)."""
+
+    methods: list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]] = []
+    sparsities: list[float | str] = []
+    l1: Annotated[float, Field(ge=0)] = 0.1  # penalty on the previously pruned positions (see sds.py)
+    regularizer: Literal["l1", "group"] = "l1"
+    group_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    steps: Annotated[int, Field(ge=0, le=100_000)] = 20
+    lr: Annotated[float, Field(gt=0, le=100)] = 1.0
+    optimizer: Literal["ista", "fista", "adam"] = "fista"
+    init: Literal["pruned", "dense"] = "pruned"
+    final_adjust_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
+    adjust_lr: Annotated[float, Field(gt=0, le=100)] = 1.0
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, v: list[float | str]) -> list[float | str]:
+        for x in v:
+            parse_sparsity(x)
+        return v
+
+    @property
+    def combos(self) -> list[tuple[str, str]]:
+        return [(m, sparsity_label(s)) for m in self.methods for s in self.sparsities]
+
+
+class AttackResourcesConfig(_Section):
+    """How the offline attack resources are built (counter-fitted vectors, masked-LM head)."""
+
+    vocab_size: Annotated[int, Field(ge=1000, le=400_000)] = 40_000
+    neighbours: Annotated[int, Field(ge=1, le=200)] = 50
+    counterfit_epochs: Annotated[int, Field(ge=0, le=1000)] = 10
+    mlm: str = "train"  # "train": a masked-LM head on the frozen MiniLM | a hub MLM (bert-base-uncased) | local dir
+    mlm_steps: Annotated[int, Field(ge=0, le=100_000)] = 300
+    mlm_batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    seed: int = 0
+
+
+class AttackConfig(_Section):
+    """Which models are attacked, with which recipes, on how many seeded test examples."""
+
+    recipes: Annotated[list[Literal["textfooler", "bert-attack", "textbugger"]], Field(min_length=0)] = list(
+        ATTACK_RECIPES
+    )
+    models: list[str] = ["soup-greedy"]
+    num_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 50
+    seed: int = 0
+    shard_size: Annotated[int, Field(gt=0, le=100_000)] = 25
+    query_budget: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    resources: AttackResourcesConfig = AttackResourcesConfig()
+
+    @field_validator("recipes")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({r for r in v if v.count(r) > 1})
+        if dup:
+            raise ValueError(f"recipes repeated: {dup}")
+        return v
+
+
+BUILTIN_LMS = ("smollm2",)
+BUILTIN_TEXTS = ("political_speeches",)
+
+
+class LMConfig(_Section):
+    """The causal-LM track (``params-lm.yaml``, ``python -m flows.lm``): perplexity before/after pruning."""
+
+    model: str = "smollm2"  # offline default (GGUF, converted once) | hub name | local HF directory
+    text: str = "political_speeches"  # offline default | a .txt file (documents separated by blank lines)
+    eval_tokens: Annotated[int, Field(gt=0)] = 16384
+    window: Annotated[int, Field(ge=2, le=32768)] = 512
+    calib_chunks: Annotated[int, Field(gt=0, le=100_000)] = 64
+    calib_len: Annotated[int, Field(ge=2, le=32768)] = 512
+    calib_seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    methods: Annotated[list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]], Field(min_length=0)] = [
+        "magnitude",
+        "wanda",
+        "sparsegpt",
+        "rakp",
+    ]
+    sparsities: list[float | str] = [0.5, "2:4"]
+    block_size: Annotated[int, Field(gt=0, le=4096)] = 128
+    dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
+    track_dense: bool = False
+    rakp: RakpConfig = RakpConfig()
+    sds: SdsConfig = SdsConfig()
+    eval_batch_size: Annotated[int, Field(gt=0, le=1024)] = 4
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, v: list[float | str]) -> list[float | str]:
+        for x in v:
+            parse_sparsity(x)
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if v not in BUILTIN_TEXTS and not Path(v).is_file():
+            raise ValueError(f"lm.text {v!r} is neither {list(BUILTIN_TEXTS)} nor an existing text file")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> LMConfig:
+        if self.eval_tokens % self.window:
+            raise ValueError(f"eval_tokens={self.eval_tokens} must be a multiple of window={self.window}")
+        combos = set(self.combos)
+        missing = [f"{m}@{s}" for m, s in self.sds.combos if (m, s) not in combos]
+        if missing:
+            raise ValueError(f"lm.sds: {missing} are not lm.methods x lm.sparsities combinations")
+        return self
+
+    @property
+    def combos(self) -> list[tuple[str, str]]:
+        return [(m, sparsity_label(s)) for m in self.methods for s in self.sparsities]
+
+
 class EvaluateConfig(_Section):
     batch_size: Annotated[int, Field(gt=0)] = 64
 
@@ -227,8 +353,56 @@ class Params(_Section):
     soup: SoupConfig = SoupConfig()
     calibrate: CalibrateConfig = CalibrateConfig()
     prune: PruneConfig = PruneConfig()
+    sds: SdsConfig = SdsConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    attack: AttackConfig = AttackConfig()
+    lm: LMConfig = LMConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        problems = []
+        combos = set(self.prune.combos)
+        missing = [f"{m}@{s}" for m, s in self.sds.combos if (m, s) not in combos]
+        if missing:
+            problems.append(
+                f"sds: {missing} are not prune combinations (SDS starts from the prune stage's models; "
+                f"prune.methods x prune.sparsities gives {[f'{m}@{s}' for m, s in self.prune.combos]})"
+            )
+        known = set(self.model_names())
+        unknown = [m for m in self.attack.models if m not in known and m not in ATTACK_MODEL_GROUPS]
+        if unknown:
+            problems.append(
+                f"attack.models: unknown model(s) {unknown}; allowed: groups {list(ATTACK_MODEL_GROUPS)} "
+                f"or names {sorted(known)}"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def model_names(self) -> list[str]:
+        """Every model the pipeline produces, by the name the report and the attack stage use."""
+        names = [v.name for v in self.finetune.variants] + ["soup-greedy", "soup-uniform"]
+        names += [combo_label(m, s) for m, s in self.prune.combos]
+        names += [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos]
+        return names
+
+    def attacked_models(self) -> list[str]:
+        """attack.models with the groups expanded, in pipeline order, without repeats."""
+        names = self.model_names()
+        groups = {
+            "all": names,
+            "variants": [v.name for v in self.finetune.variants],
+            "soups": ["soup-greedy", "soup-uniform"],
+            "pruned": [combo_label(m, s) for m, s in self.prune.combos],
+            "sds": [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos],
+        }
+        wanted: list[str] = []
+        for entry in self.attack.models:
+            for name in groups.get(entry, [entry]):
+                if name not in wanted:
+                    wanted.append(name)
+        return [n for n in names if n in wanted]
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -257,6 +431,9 @@ def format_errors(err: ValidationError, source: str = "params.yaml") -> str:
             lines.append(f"{source}: unknown key {key!r}; allowed keys here: {allowed}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # cross-section checks: each line already names its keys
+            lines += [f"{source}: {line}" for line in msg.splitlines()]
+            continue
         given = e.get("input")
         given_s = repr(given) if not isinstance(given, dict) else "{...}"
         lines.append(f"{source}: {key} = {given_s}: {msg}")

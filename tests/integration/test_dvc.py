@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustprune.config import load_params
+from robustprune.config import load_params, parse_params
+
+
+def load_params_dict(raw: dict) -> dict:
+    """Validate and fill every default back in (DVC needs every key a stage lists)."""
+    return parse_params(raw).model_dump(mode="json")
 from tests.conftest import ROOT, write_tiny_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -38,6 +43,15 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     # repository's does): write the validated params with every default filled in.
     params = load_params(tmp_path / "params.yaml").model_dump(mode="json")
     params["prune"] = {"methods": ["magnitude", "sparsegpt"], "sparsities": [0.5], "block_size": 16}
+    params["sds"] = {"methods": [], "sparsities": []}
+    params["attack"] = {
+        "models": ["soup-greedy"],
+        "recipes": ["textbugger"],
+        "num_examples": 4,
+        "shard_size": 4,
+        "resources": {"vocab_size": 2000, "counterfit_epochs": 1, "mlm_steps": 2, "mlm_batch_size": 4},
+    }
+    params = load_params_dict(params)
     params["finetune"]["variants"] = params["finetune"]["variants"][:1]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {
@@ -51,7 +65,18 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     _run([sys.executable, "-m", "dvc", "init", "-q"], tmp_path, env)
 
     first = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
-    assert _ran(first) == {"prepare", "finetune", "soup", "calibrate", "prune", "evaluate", "report"}
+    assert _ran(first) == {
+        "prepare",
+        "finetune",
+        "soup",
+        "calibrate",
+        "prune",
+        "sds",
+        "evaluate",
+        "attack_resources",
+        "attack",
+        "report",
+    }
     assert (tmp_path / "reports" / "summary.md").exists() and (tmp_path / "dvc.lock").exists()
 
     second = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
@@ -62,7 +87,7 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     params["prune"]["sparsities"] = ["2:4"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
-    assert _ran(third) == {"prune", "evaluate", "report"}, third
+    assert _ran(third) == {"prune", "sds", "evaluate", "attack", "report"}, third
     pruned = sorted(p.name for p in (tmp_path / "models" / "pruned").iterdir())
     assert pruned == ["magnitude_2-4", "sparsegpt_2-4"]  # combos no longer in params are removed
 

@@ -23,18 +23,33 @@ COMBOS = ["magnitude_0.5", "magnitude_2-4", "sparsegpt_0.5", "sparsegpt_2-4", "r
 
 def test_pipeline_produces_every_artifact(pipeline_run):
     root, _, result = pipeline_run
-    assert set(result["ran"]) == {"prepare", "finetune", "soup", "calibrate", "prune", "evaluate", "report"}
+    assert set(result["ran"]) == {
+        "prepare",
+        "finetune",
+        "soup",
+        "calibrate",
+        "prune",
+        "sds",
+        "evaluate",
+        "attack_resources",
+        "attack",
+        "report",
+    }
     for f in (
         "summary.md",
         "metrics.json",
         "eval.json",
+        "sds.json",
+        "attack.json",
         "plots/accuracy_vs_sparsity.png",
         "plots/accuracy_vs_sparsity.csv",
+        "plots/attack_vs_sparsity.png",
     ):
         assert (root / "reports" / f).stat().st_size > 0, f
     summary = (root / "reports" / "summary.md").read_text()
-    for combo in COMBOS:
+    for combo in [*COMBOS, "sds-sparsegpt_0.5"]:
         assert f"| {combo} |" in summary
+    assert "## Robustness: accuracy under attack" in summary and "## SDS" in summary
     for split in ("train", "validation", "test"):
         assert (root / "data" / "prepared" / f"{split}.parquet").exists()
 
@@ -68,6 +83,45 @@ def test_pruned_models_load_with_exact_sparsity_and_masks(pipeline_run):
                 assert int((lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1).max()) <= 2
         assert rows[combo]["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
         assert 0.0 <= rows[combo]["accuracy"] <= 1.0
+
+
+def test_sds_model_is_reactivated_then_repruned(pipeline_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from robustprune.modeling import measured_sparsity
+
+    root = pipeline_run[0]
+    sds = read_json(root / "reports" / "sds.json")["sds-sparsegpt_0.5"]
+    assert sds["source"] == "sparsegpt_0.5" and 0.0 <= sds["reactivated_accuracy"] <= 1.0
+    assert sds["reactivation"]["mean_error_after"] <= sds["reactivation"]["mean_error_before"] + 1e-6
+    model = AutoModelForSequenceClassification.from_pretrained(root / "models" / "sds" / "sds-sparsegpt_0.5")
+    assert measured_sparsity(model) == pytest.approx(0.5, abs=1e-6)
+    first = AutoModelForSequenceClassification.from_pretrained(root / "models" / "pruned" / "sparsegpt_0.5")
+    assert any(  # the re-prune is a new solution, not the first pass copied
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), first.state_dict().values(), strict=True)
+    )
+
+
+def test_attack_stage_attacks_each_model_with_each_recipe(pipeline_run):
+    import csv
+
+    root = pipeline_run[0]
+    rows = read_json(root / "reports" / "attack.json")
+    assert {(r["model"], r["recipe"]) for r in rows} == {
+        (m, r) for m in ("soup-greedy", "sds-sparsegpt_0.5") for r in ("textfooler", "bert-attack", "textbugger")
+    }
+    for r in rows:
+        assert r["num_examples"] == 6
+        assert r["accuracy_under_attack"] <= r["original_accuracy"] + 1e-9
+        assert r["floor_seconds"] > 0 and r["wall_seconds"] >= r["floor_seconds"] * 0.5
+        with (root / "reports" / "attacks" / r["model"] / f"{r['recipe']}.csv").open() as f:
+            lines = list(csv.DictReader(f))
+        assert len(lines) == 6
+        assert sum(x["outcome"] == "failed" for x in lines) / 6 == pytest.approx(r["accuracy_under_attack"])
+        for x in lines:
+            if x["outcome"] == "succeeded":
+                assert x["perturbed_text"] != x["original_text"]
+                assert x["perturbed_prediction"] != x["label"]
 
 
 def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):

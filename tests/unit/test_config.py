@@ -38,6 +38,16 @@ def test_default_params_file_is_valid():
         ({"finetune": {"variants": []}}, ["finetune.variants", "at least 1"]),
         ({"runtime": {"device": "tpu"}}, ["runtime.device", "'tpu'", "'cuda'"]),
         ({"soup": {"prune_source": "median"}}, ["soup.prune_source", "'median'", "'greedy'"]),
+        ({"attack": {"recipes": ["pwws"]}}, ["attack.recipes.0", "'pwws'", "'textfooler'"]),
+        ({"attack": {"models": ["soup-best"]}}, ["attack.models", "'soup-best'", "soup-greedy", "'pruned'"]),
+        ({"attack": {"num_examples": 0}}, ["attack.num_examples", "0", "greater than 0"]),
+        (
+            {"prune": {"methods": ["wanda"], "sparsities": [0.5]}, "sds": {"methods": ["wanda"], "sparsities": [0.75]}},
+            ["sds", "wanda@0.75", "not prune combinations", "wanda@0.5"],
+        ),
+        ({"sds": {"optimizer": "sgd"}}, ["sds.optimizer", "'sgd'", "'fista'"]),
+        ({"lm": {"eval_tokens": 1000, "window": 512}}, ["eval_tokens=1000", "multiple of window=512"]),
+        ({"lm": {"text": "/nonexistent.txt"}}, ["lm.text", "/nonexistent.txt", "political_speeches"]),
     ],
 )
 def test_bad_params_name_key_value_and_allowed(raw, expected):
@@ -46,6 +56,30 @@ def test_bad_params_name_key_value_and_allowed(raw, expected):
     msg = str(exc.value)
     for part in expected:
         assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_attack_model_groups_expand_in_pipeline_order():
+    p = parse_params(
+        {
+            "prune": {"methods": ["sparsegpt", "rakp"], "sparsities": [0.5, "2:4"]},
+            "sds": {"methods": ["rakp"], "sparsities": ["2:4"]},
+            "attack": {"models": ["sds", "soup-greedy", "pruned", "rakp_2-4"]},
+        }
+    )
+    assert p.attacked_models() == [
+        "soup-greedy",
+        "sparsegpt_0.5",
+        "sparsegpt_2-4",
+        "rakp_0.5",
+        "rakp_2-4",
+        "sds-rakp_2-4",
+    ]
+
+
+def test_lm_profile_file_is_valid():
+    p = load_params(ROOT / "params-lm.yaml")
+    assert p.lm.model == "smollm2" and ("sparsegpt", "2:4") in p.lm.combos
+    assert set(p.lm.sds.combos) <= set(p.lm.combos)
 
 
 def test_every_problem_is_reported_at_once():

@@ -1,0 +1,129 @@
+"""attack: TextFooler, BERT-Attack and TextBugger on the chosen models (``python -m flows.attack``).
+
+Writes ``reports/attack.json`` (one row per model x recipe: textattack's metrics, wall time and the
+forward floor) and ``reports/attacks/<model>/<recipe>.csv`` (one line per example: original and
+perturbed text, labels, outcome, queries), both also logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import mlflow
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+import flows  # noqa: F401
+from robustprune.checkpoints import write_json, write_text
+from tasks.attack import attack_shard, attacked_examples, model_paths, shards
+from tasks.common import load, log_metrics, section, stage_run
+
+CSV_FIELDS = [
+    "test_row",
+    "label",
+    "original_prediction",
+    "perturbed_prediction",
+    "outcome",
+    "num_queries",
+    "words_perturbed_fraction",
+    "original_text",
+    "perturbed_text",
+]
+
+
+def summary_row(model: dict, recipe: str, parts: list[dict]) -> dict:
+    from robustprune.attacks.metrics import summarize
+    from robustprune.attacks.runner import ExampleResult
+
+    records = [r for p in parts for r in p["records"]]
+    fields = set(ExampleResult.__dataclass_fields__)
+    summary = summarize([ExampleResult(**{k: v for k, v in r.items() if k in fields}) for r in records])
+    wall = sum(p["wall_seconds"] for p in parts)
+    floor = sum(p["forward"]["floor_seconds"] for p in parts)
+    return {
+        "model": model["name"],
+        "kind": model["kind"],
+        "method": model["method"],
+        "sparsity": model["sparsity"],
+        "recipe": recipe,
+        **(summary if isinstance(summary, dict) else vars(summary)),
+        "wall_seconds": wall,
+        "floor_seconds": floor,
+        "wall_over_floor": wall / floor if floor else None,
+        "seconds_per_example": wall / max(len(records), 1),
+    }
+
+
+def records_csv(parts: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for p in parts:
+        w.writerows(p["records"])
+    return buf.getvalue()
+
+
+@flow(name="attack", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
+    logger = get_run_logger()
+    params, layout = load(params_path, root)
+    rows: list[dict] = []
+    with stage_run("attack", params, layout.root, section(params, "attack", "data.max_length")):
+        models = model_paths(params, layout)
+        names = params.attacked_models()
+        examples = attacked_examples(params, layout)
+        logger.info(
+            "attacking %d model(s) %s with %s on %d test examples (seed %d)",
+            len(names),
+            names,
+            params.attack.recipes,
+            len(examples),
+            params.attack.seed,
+        )
+        for name in names:
+            model = models[name]
+            for recipe in params.attack.recipes:
+                futures = [
+                    attack_shard.with_options(task_run_name=f"attack-{recipe}-{name}-{i}").submit(
+                        params, layout, model, recipe, rows_
+                    )
+                    for i, rows_ in enumerate(shards(examples, params.attack.shard_size))
+                ]
+                parts = [f.result() for f in futures]
+                row = summary_row(model, recipe, parts)
+                rows.append(row)
+                csv_path = layout.reports / "attacks" / name / f"{recipe}.csv"
+                write_text(csv_path, records_csv(parts))
+                mlflow.log_artifact(str(csv_path), artifact_path=f"attacks/{name}")
+                log_metrics(
+                    {
+                        f"{name}.{recipe}.{k}": row[k]
+                        for k in (
+                            "original_accuracy",
+                            "accuracy_under_attack",
+                            "attack_success_rate",
+                            "avg_queries",
+                        )
+                        if isinstance(row.get(k), int | float)
+                    }
+                )
+                logger.info(
+                    "%s / %s: accuracy %.3f -> %.3f under attack, success %.3f, %.0f queries, wall/floor %s",
+                    name,
+                    recipe,
+                    row.get("original_accuracy", float("nan")),
+                    row.get("accuracy_under_attack", float("nan")),
+                    row.get("attack_success_rate", float("nan")),
+                    row.get("avg_queries", float("nan")),
+                    f"{row['wall_over_floor']:.2f}" if row["wall_over_floor"] else "-",
+                )
+        write_json(layout.reports / "attack.json", rows)
+    return rows
+
+
+if __name__ == "__main__":
+    from flows._cli import main
+
+    main("attack", attack_flow)

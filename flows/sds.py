@@ -1,0 +1,47 @@
+"""sds: sparse-dense-sparse on top of chosen prune combinations (``python -m flows.sds``).
+
+For each ``sds.methods`` x ``sds.sparsities`` (each a prune combination): reactivate (task), re-prune
+(task); the result is ``models/sds/sds-<method>_<sparsity>/``, evaluated and attacked like every other
+model. ``reports/sds.json`` records prune -> reactivate -> re-prune for the report.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from prefect import flow
+
+import flows  # noqa: F401
+from robustprune.checkpoints import write_json
+from tasks.common import load, log_metrics, section, stage_run
+from tasks.sds import sds_reactivate, sds_reprune
+
+
+@flow(name="sds", log_prints=True)
+def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
+    params, layout = load(params_path, root)
+    out: dict[str, dict] = {}
+    with stage_run("sds", params, layout.root, section(params, "sds")):
+        for method, sparsity in params.sds.combos:
+            react = sds_reactivate.with_options(task_run_name=f"sds-reactivate-{method}-{sparsity}")(
+                params, layout, method, sparsity
+            )
+            final = sds_reprune.with_options(task_run_name=f"sds-reprune-{method}-{sparsity}")(
+                params, layout, method, sparsity, react
+            )
+            out[final["name"]] = final
+            log_metrics(
+                {
+                    f"{final['name']}.reactivated_accuracy": final["reactivated_accuracy"],
+                    f"{final['name']}.seconds": final["seconds"],
+                    f"{final['name']}.sparsity": final["measured_sparsity"],
+                }
+            )
+        write_json(layout.reports / "sds.json", out)
+        mlflow.log_artifact(str(layout.reports / "sds.json"), artifact_path="sds")
+    return out
+
+
+if __name__ == "__main__":
+    from flows._cli import main
+
+    main("sds", sds_flow)

@@ -1,0 +1,140 @@
+"""attack: accuracy under attack of the chosen models, one Prefect task per (model, recipe, shard).
+
+The attacked examples are the same seeded ``attack.num_examples`` rows of the test split for every model
+and recipe. Each shard is a task with ``retries`` and a persisted result keyed by the model's weights,
+the recipe, the shard's rows, the attack resources and the attack code: a crashed or killed stage reruns
+only the shards that did not finish, and a changed model re-attacks only that model.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.context import TaskRunContext
+
+from robustprune.config import Params
+from robustprune.data import load_splits
+from tasks.attack_resources import attack_dir
+from tasks.common import Layout, model_digest, sha256_files
+
+
+def model_paths(params: Params, layout: Layout) -> dict[str, dict]:
+    """Every model the pipeline produces: name -> {path, kind, method, sparsity}."""
+    out = {v.name: {"path": layout.finetuned / v.name, "kind": "variant"} for v in params.finetune.variants}
+    out.update({f"soup-{k}": {"path": layout.soup / k, "kind": "soup"} for k in ("greedy", "uniform")})
+    for m, s in params.prune.combos:
+        out[f"{m}_{s.replace(':', '-')}"] = {"path": layout.pruned_model(m, s), "kind": "pruned"}
+    for m, s in params.sds.combos:
+        name = f"sds-{m}_{s.replace(':', '-')}"
+        out[name] = {"path": layout.root / "models" / "sds" / name, "kind": "sds"}
+    meta = {}
+    for name, d in out.items():
+        method, sparsity = ("dense", "0")
+        if d["kind"] in ("pruned", "sds"):
+            method, sp = name.removeprefix("sds-").rsplit("_", 1)
+            sparsity = sp.replace("-", ":")
+            method = f"sds+{method}" if d["kind"] == "sds" else method
+        meta[name] = {**d, "path": str(d["path"]), "name": name, "method": method, "sparsity": sparsity}
+    return meta
+
+
+def attacked_examples(params: Params, layout: Layout) -> list[int]:
+    """The seeded test rows every model and recipe is attacked on (sorted)."""
+    n_test = len(load_splits(layout.data).test)
+    n = min(params.attack.num_examples, n_test)
+    rng = np.random.default_rng(params.attack.seed)
+    return sorted(int(i) for i in rng.choice(n_test, size=n, replace=False))
+
+
+def shards(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+@functools.cache
+def _code_digest() -> str:
+    import robustprune.attacks
+
+    return sha256_files(*sorted(Path(robustprune.attacks.__file__).parent.glob("*.py")))[:16]
+
+
+@functools.cache
+def _resources_digest(directory: str) -> str:
+    d = Path(directory)
+    return sha256_files(*(p for p in (d / "vectors.npz", d / "info.json", d / "pos.json") if p.exists()))[:16]
+
+
+def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
+    params, layout, model, recipe, rows = p["params"], p["layout"], p["model"], p["recipe"], p["rows"]
+    a = params.attack
+    return "-".join(
+        [
+            "attack",
+            recipe,
+            model_digest(model["path"])[:16],
+            sha256_files(layout.data / "test.parquet")[:12],
+            _resources_digest(str(attack_dir(layout))),
+            _code_digest(),
+            f"{rows[0]}-{rows[-1]}-{len(rows)}",
+            f"{a.query_budget}-{a.batch_size}-{params.data.max_length}",
+        ]
+    )
+
+
+@functools.cache
+def _resources(directory: str):  # noqa: ANN202 - AttackResources
+    from robustprune.attacks.bundle import load_bundle
+
+    return load_bundle(Path(directory))
+
+
+@task(name="attack-shard", tags=["gpu"], cache_key_fn=_shard_key, persist_result=True, retries=2)
+def attack_shard(params: Params, layout: Layout, model: dict, recipe: str, rows: list[int]) -> dict:
+    """Attack rows ``rows`` of the test split on one model with one recipe; per-example results + timings."""
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples, check_labels
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+    from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
+
+    test = load_splits(layout.data).test
+    net = load_classifier(model["path"]).to(resolve_device(params.runtime.device))
+    check_labels(net.config.num_labels, test["label"].tolist())
+    wrapper = FastClassifierWrapper(
+        net,
+        load_tokenizer(model["path"]),
+        max_length=params.data.max_length,
+        batch_size=params.attack.batch_size,
+    )
+    res = _resources(str(attack_dir(layout)))
+    attack = build_attack(recipe, wrapper, res, query_budget=params.attack.query_budget)
+    examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
+    t0 = time.perf_counter()
+    results = attack_examples(attack, examples, query_budget=params.attack.query_budget, progress=False)
+    wall = time.perf_counter() - t0
+    records = []
+    for row, r in zip(rows, results, strict=True):
+        rec = asdict(r)
+        rec["test_row"] = row
+        records.append(rec)
+    return {"records": records, "wall_seconds": wall, "forward": _forward_seconds(attack, wrapper)}
+
+
+def _forward_seconds(attack, wrapper) -> dict:  # noqa: ANN001
+    """Seconds spent in the victim's and the constraint models' forward passes (the "forward floor")."""
+    out = {"victim_seconds": wrapper.stats.seconds, "victim_texts": wrapper.stats.texts}
+    extra = 0.0
+    for c in getattr(attack, "constraints", []):
+        stats = getattr(c, "stats", None)
+        if stats is not None:
+            extra += stats.seconds
+    transformation = getattr(attack, "transformation", None)
+    stats = getattr(transformation, "stats", None)
+    if stats is not None:
+        extra += stats.seconds
+    out["other_model_seconds"] = extra
+    out["floor_seconds"] = out["victim_seconds"] + extra
+    return out

@@ -1,0 +1,93 @@
+"""attack_resources: the offline resources of the three attack recipes, built once from packages.
+
+Counter-fitted GloVe vectors (WordNet synonyms pulled together, antonyms pushed apart) with their
+nearest-neighbour table, WordNet parts of speech, stop words, a look-alike character table, the MiniLM
+sentence encoder and a masked-LM head for BERT-Attack trained on the training split. Everything lands
+in ``models/attack/`` in one atomic directory swap (a killed build leaves the old bundle intact).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.logging import get_run_logger
+
+from robustprune import resources
+from robustprune.attacks.bundle import save_bundle
+from robustprune.attacks.embeddings import build_word_vectors
+from robustprune.attacks.lookalike import lookalike_table
+from robustprune.attacks.mlm import train_mlm_head
+from robustprune.attacks.stopwords import default_stopwords
+from robustprune.attacks.wordnet import load_lexicon
+from robustprune.checkpoints import atomic_dir
+from robustprune.config import Params
+from robustprune.data import load_splits
+from tasks.common import Layout
+
+
+def attack_dir(layout: Layout) -> Path:
+    return layout.root / "models" / "attack"
+
+
+@task(name="attack-resources", tags=["cpu"])
+def build_attack_resources(params: Params, layout: Layout) -> dict:
+    """Build models/attack/ (see robustprune.attacks.bundle for its layout); returns its info."""
+    logger = get_run_logger()
+    cfg = params.attack.resources
+    info: dict = {"vocab_size": cfg.vocab_size, "neighbours": cfg.neighbours, "seed": cfg.seed}
+    for name in ("glove50", "wordnet", "minilm"):
+        resources.download(name)
+    glove = resources.extract("glove50", layout.resources / "glove50")
+    wordnet = resources.extract("wordnet", layout.resources / "wordnet")
+    encoder = resources.extract("minilm", layout.resources / "minilm")
+    with atomic_dir(attack_dir(layout)) as tmp:
+        t0 = time.perf_counter()
+        lexicon = load_lexicon(wordnet)
+        vectors = build_word_vectors(
+            glove,
+            lexicon,
+            vocab_size=cfg.vocab_size,
+            neighbours=cfg.neighbours,
+            epochs=cfg.counterfit_epochs,
+            seed=cfg.seed,
+            progress=params.runtime.progress,
+        )
+        info["vectors_seconds"] = time.perf_counter() - t0
+        index = vectors.index()
+        info["neighbour_samples"] = {
+            w: [vectors.words[j] for j in vectors.neighbours[index[w]][:8]]
+            for w in ("good", "bad", "love", "movie", "boring")
+            if w in index
+        }
+        logger.info("counter-fitted %d words in %.1f s", len(vectors.words), info["vectors_seconds"])
+        shutil.copytree(encoder, tmp / "encoder")
+        if cfg.mlm == "train":
+            t0 = time.perf_counter()
+            texts = load_splits(layout.data).train["text"].tolist()
+            info["mlm"] = train_mlm_head(
+                tmp / "encoder",
+                texts,
+                tmp / "mlm",
+                steps=cfg.mlm_steps,
+                batch_size=cfg.mlm_batch_size,
+                max_length=params.data.max_length,
+                seed=cfg.seed,
+                progress=params.runtime.progress,
+            )
+            info["mlm_seconds"] = time.perf_counter() - t0
+            logger.info("masked-LM head trained in %.1f s: %s", info["mlm_seconds"], info["mlm"])
+        else:
+            info["mlm"] = {"name": cfg.mlm}
+            info["mlm_name"] = cfg.mlm
+        save_bundle(
+            tmp,
+            vectors=vectors,
+            pos=lexicon.pos,
+            stopwords=default_stopwords(),
+            lookalikes=lookalike_table(),
+            info=info,
+        )
+    return info
