@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run test test-fast lint format ui repro bench clean
+.PHONY: help setup run run-lm run-paper test test-fast lint format ui repro bench clean
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -31,11 +31,18 @@ $(STAMP)-$(REQ_HASH):
 	@rm -f $(STAMP)-*; touch $@
 
 setup: $(STAMP)-$(REQ_HASH)  ## create .venv, install pins, fetch the offline default resources (idempotent)
-	@$(BIN)/python -m robustprune.resources fetch minilm rotten_tomatoes political_speeches
+	@$(BIN)/python -m robustprune.resources fetch minilm rotten_tomatoes political_speeches glove50 wordnet
 	@test -d .dvc || $(BIN)/dvc init -q
 
 run: setup  ## run the default pipeline (Prefect flow; DVC-cached stages skipped) and print the report
 	$(BIN)/python -m flows.pipeline --params $(PARAMS)
+
+run-lm: setup  ## the causal-LM track (params-lm.yaml): SmolLM2-135M perplexity, one-shot and SDS
+	@$(BIN)/python -m robustprune.resources fetch smollm2
+	$(BIN)/python -m flows.lm --params params-lm.yaml
+
+run-paper: setup  ## the `paper` profile (params-paper.yaml): every model attacked on 1000 examples (GPU worker)
+	$(BIN)/python -m flows.pipeline --params params-paper.yaml
 
 repro: setup  ## the same pipeline stage by stage through `dvc repro`
 	$(BIN)/dvc repro
@@ -59,4 +66,4 @@ bench: setup  ## pruning-kernel micro-benchmark (prints a table, writes benchmar
 	$(BIN)/python benchmarks/bench_kernels.py
 
 clean:  ## remove pipeline outputs and caches (keeps .venv and downloaded wheels)
-	rm -rf data/prepared data/calibration models/base models/finetuned models/soup models/pruned reports/*.json reports/*.md reports/plots .cache/prune-work .cache/resources mlruns.db mlartifacts .prefect dvc.lock
+	rm -rf data/prepared data/calibration data/lm models/base models/finetuned models/soup models/pruned models/sds models/attack models/lm reports/*.json reports/*.md reports/plots reports/attacks .cache/prune-work .cache/sds-work .cache/lm-work .cache/resources mlruns.db mlartifacts .prefect dvc.lock

@@ -42,6 +42,17 @@ def summary_row(model: dict, recipe: str, parts: list[dict]) -> dict:
     summary = summarize([ExampleResult(**{k: v for k, v in r.items() if k in fields}) for r in records])
     wall = sum(p["wall_seconds"] for p in parts)
     floor = sum(p["forward"]["floor_seconds"] for p in parts)
+    forward = {
+        k: sum(p["forward"].get(k, 0) for p in parts)
+        for k in (
+            "victim_seconds",
+            "victim_texts",
+            "encoder_seconds",
+            "encoder_texts",
+            "encoder_requested",
+            "mlm_seconds",
+        )
+    }
     return {
         "model": model["name"],
         "kind": model["kind"],
@@ -52,6 +63,7 @@ def summary_row(model: dict, recipe: str, parts: list[dict]) -> dict:
         "wall_seconds": wall,
         "floor_seconds": floor,
         "wall_over_floor": wall / floor if floor else None,
+        **forward,
         "seconds_per_example": wall / max(len(records), 1),
     }
 

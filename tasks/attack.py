@@ -92,17 +92,25 @@ def _resources(directory: str):  # noqa: ANN202 - AttackResources
     return load_bundle(Path(directory))
 
 
+@functools.cache
+def _encoder(directory: str):  # noqa: ANN202 - MeanPooledEncoder
+    """One sentence encoder per process: its text -> embedding cache is valid across models and recipes."""
+    from robustprune.attacks.similarity import MeanPooledEncoder
+
+    return MeanPooledEncoder.from_dir(Path(directory))
+
+
 @task(name="attack-shard", tags=["gpu"], cache_key_fn=_shard_key, persist_result=True, retries=2)
 def attack_shard(params: Params, layout: Layout, model: dict, recipe: str, rows: list[int]) -> dict:
     """Attack rows ``rows`` of the test split on one model with one recipe; per-example results + timings."""
     from robustprune.attacks import build_attack
-    from robustprune.attacks.runner import attack_examples, check_labels
+    from robustprune.attacks.runner import attack_examples, check_labels, forward_floor, reset_forward_stats
     from robustprune.attacks.wrapper import FastClassifierWrapper
     from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
 
     test = load_splits(layout.data).test
     net = load_classifier(model["path"]).to(resolve_device(params.runtime.device))
-    check_labels(net.config.num_labels, test["label"].tolist())
+    check_labels(net.config.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
     wrapper = FastClassifierWrapper(
         net,
         load_tokenizer(model["path"]),
@@ -110,7 +118,10 @@ def attack_shard(params: Params, layout: Layout, model: dict, recipe: str, rows:
         batch_size=params.attack.batch_size,
     )
     res = _resources(str(attack_dir(layout)))
-    attack = build_attack(recipe, wrapper, res, query_budget=params.attack.query_budget)
+    attack = build_attack(
+        recipe, wrapper, res, query_budget=params.attack.query_budget, encoder=_encoder(str(res.encoder_dir))
+    )
+    reset_forward_stats(attack)
     examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
     t0 = time.perf_counter()
     results = attack_examples(attack, examples, query_budget=params.attack.query_budget, progress=False)
@@ -120,21 +131,4 @@ def attack_shard(params: Params, layout: Layout, model: dict, recipe: str, rows:
         rec = asdict(r)
         rec["test_row"] = row
         records.append(rec)
-    return {"records": records, "wall_seconds": wall, "forward": _forward_seconds(attack, wrapper)}
-
-
-def _forward_seconds(attack, wrapper) -> dict:  # noqa: ANN001
-    """Seconds spent in the victim's and the constraint models' forward passes (the "forward floor")."""
-    out = {"victim_seconds": wrapper.stats.seconds, "victim_texts": wrapper.stats.texts}
-    extra = 0.0
-    for c in getattr(attack, "constraints", []):
-        stats = getattr(c, "stats", None)
-        if stats is not None:
-            extra += stats.seconds
-    transformation = getattr(attack, "transformation", None)
-    stats = getattr(transformation, "stats", None)
-    if stats is not None:
-        extra += stats.seconds
-    out["other_model_seconds"] = extra
-    out["floor_seconds"] = out["victim_seconds"] + extra
-    return out
+    return {"records": records, "wall_seconds": wall, "forward": forward_floor(attack)}

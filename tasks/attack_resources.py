@@ -21,7 +21,7 @@ from robustprune.attacks.embeddings import build_word_vectors
 from robustprune.attacks.lookalike import lookalike_table
 from robustprune.attacks.mlm import train_mlm_head
 from robustprune.attacks.stopwords import default_stopwords
-from robustprune.attacks.wordnet import load_lexicon
+from robustprune.attacks.wordnet import load_lexicon, pos_table
 from robustprune.checkpoints import atomic_dir
 from robustprune.config import Params
 from robustprune.data import load_splits
@@ -45,7 +45,7 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
     encoder = resources.extract("minilm", layout.resources / "minilm")
     with atomic_dir(attack_dir(layout)) as tmp:
         t0 = time.perf_counter()
-        lexicon = load_lexicon(wordnet)
+        lexicon = load_lexicon(wordnet, max_senses=cfg.max_senses)
         vectors = build_word_vectors(
             glove,
             lexicon,
@@ -85,7 +85,7 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
         save_bundle(
             tmp,
             vectors=vectors,
-            pos=lexicon.pos,
+            pos=pos_table(lexicon, vectors.words),
             stopwords=default_stopwords(),
             lookalikes=lookalike_table(),
             info=info,

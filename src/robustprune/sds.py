@@ -1,0 +1,601 @@
+"""SDS: sparse-dense-sparse, a second chance for a one-shot pruned model.
+
+Li et al., "Enhancing One-shot Pruned Pre-trained Language Models through Sparse-Dense-Sparse Mechanism"
+(arXiv:2408.10473, COLING 2025). Three steps, each callable on its own on a model loaded from disk:
+
+1. **sparse**: one-shot prune with any engine method and pattern (``prune_model``, the existing driver);
+2. **dense** (:func:`reactivate_model`): restore the pruned connections and reconstruct every Linear,
+   block by block, so that it reproduces the DENSE model's output, under a sparsity-promoting penalty on
+   the re-activated positions (Sec. 3.2, "re-dense weight reconstruction" by layer-wise distillation from
+   the dense teacher): the dense weights come out close to a sparse solution, a pruning-friendly
+   distribution;
+3. **sparse** again: ``prune_model`` with the same method and pattern on the re-activated model, then
+   optionally :func:`adjust_model`, a short reconstruction of the surviving weights with the mask fixed.
+
+The layer problem. A Linear of the model being reconstructed sees inputs ``X̃`` (``tokens × d_in``, from
+the model reconstructed so far: blocks before it are already done, and within the block the groups
+before it too) and must reproduce the dense model's output ``Y = X W_dᵀ`` on the dense stream ``X``
+(token-aligned, as in the driver's two streams; RAKP's target). With ``H = 2/N · X̃ᵀX̃`` and
+``B = 2/N · YᵀX̃ = W_d · 2/N · XᵀX̃`` the loss is a quadratic that needs only these statistics::
+
+    f(W) = 1/N ||X̃ Wᵀ − Y||²_F = ½ tr(W H Wᵀ) − tr(W Bᵀ) + 1/N ||Y||²,    ∇f = W H − B,
+
+so every optimisation step is exact and full-batch and costs ``d_out · d_in²`` flops, independent of
+the number of calibration tokens (no token mini-batches). The penalty acts on the previously pruned
+positions ``P`` only (the kept ones are free)::
+
+    l1:     R(W) = λ Σ_{(i,j) ∈ P} c_i √H_jj |W_ij|
+    group:  R(W) = λ Σ_{rows i, column groups g} c_i √(mean_{j∈g} H_jj · |g ∩ P_i|) ‖W_{i, g ∩ P_i}‖₂
+
+with ``c_i`` the row's mean kept Wanda score ``mean_{j ∉ P} |W_ij| √H_jj``. This makes ``λ``
+dimensionless and one value meaningful across layers whose inputs differ in scale by orders of
+magnitude: in the diagonal approximation of ``H`` a re-activated weight stays exactly zero while its
+Wanda score ``|W_ij| √H_jj`` is below ``λ`` times its row's mean kept score. Minimised by proximal
+gradient (ISTA/FISTA, step ``lr / L`` with ``L = λ_max(H)``; the prox of the weighted L1 is a
+soft-threshold, of the group penalty a block soft-threshold), or by Adam on the sub-gradient.
+
+Initialisation (``init``): "pruned", the paper's choice and DSD's (Han et al. 2017): the re-activated
+weights start at zero and the kept weights at their pruned (for SparseGPT: OBS-compensated) values, so
+the dense model grows out of the sparse solution and a few steps stay near it; "dense" starts from the
+original dense weights (the pruned model is then used only through its mask, as the penalty's support).
+The number of steps is itself a regulariser: gradient descent from the sparse start fits the
+high-variance directions of ``X̃`` first, and the full least-squares fit is what the design notes
+measured to overfit for RAKP (``W + Δ`` on SmolLM2: 186.7 perplexity).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustprune.modeling import architecture_of, find_blocks, linear_groups
+from robustprune.pruning.hessian import accumulate_cross, accumulate_xtx
+from robustprune.pruning.sequential import BlockInputs, block_forward, capture_block_inputs
+
+OPTIMIZERS = ("ista", "fista", "adam")
+REGULARIZERS = ("l1", "group")
+INITS = ("pruned", "dense")
+
+
+@dataclass(frozen=True)
+class SDSOptions:
+    """Hyper-parameters of the re-dense reconstruction (step 2) and of the final adjustment (step 3)."""
+
+    l1: float = 0.1  # λ: penalty weight on the previously pruned positions (dimensionless, see module doc)
+    regularizer: str = "l1"  # "l1" | "group" (groups of ``group_size`` consecutive columns of a row)
+    group_size: int = 4
+    steps: int = 20
+    lr: float = 1.0  # ista/fista: step = lr / λ_max(H); adam: step = lr · RMS(row weights)
+    optimizer: str = "fista"
+    init: str = "pruned"  # "pruned" (paper: re-activated weights start at 0) | "dense"
+    final_adjust_steps: int = 0  # mask-fixed reconstruction after the re-prune (0 = skip)
+    adjust_lr: float = 1.0
+    seed: int = 0  # power-iteration start vector (the only randomness)
+    modules: str | None = None  # regex on Linear names inside a block (None = every prunable Linear)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.regularizer not in REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.l1 < 0 or self.steps < 0 or self.final_adjust_steps < 0 or self.group_size < 1:
+            raise ValueError(
+                f"need l1 >= 0, steps >= 0, final_adjust_steps >= 0, group_size >= 1; got {self.l1}, "
+                f"{self.steps}, {self.final_adjust_steps}, {self.group_size}"
+            )
+        if self.lr <= 0 or self.adjust_lr <= 0:
+            raise ValueError(f"lr and adjust_lr must be > 0, got {self.lr}, {self.adjust_lr}")
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Sufficient statistics of ``f(W) = 1/N ||X̃Wᵀ − Y||²``: ``H = 2/N X̃ᵀX̃``, ``B = 2/N YᵀX̃``, ``y_sq = 1/N ||Y||²``."""
+
+    H: Tensor  # (d_in, d_in)
+    B: Tensor  # (d_out, d_in)
+    y_sq: float
+
+
+@dataclass
+class LayerFit:
+    name: str
+    error_before: float  # f(W₀) / f(0): relative error against the dense output, at the start
+    error_after: float  # the same after the fit
+    reactivated: float  # ‖W_P‖_F / ‖W‖_F: share of the weight norm on previously pruned positions
+    zero_share: float  # share of previously pruned positions that are exactly zero after the fit
+    steps: int
+    seconds: float
+
+
+@dataclass
+class SDSBlockReport:
+    index: int
+    layers: list[LayerFit] = field(default_factory=list)
+    output_error: float = 0.0  # ‖Y_dense − Y_model‖² / ‖Y_dense‖² at the block's output
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------ layer math
+
+
+def quadratic_stats(X_in: Tensor, Y_target: Tensor) -> LayerStats:
+    """``LayerStats`` from token matrices: inputs ``X_in`` (``tokens × d_in``), targets ``Y_target`` (``tokens × d_out``)."""
+    X, Y = X_in.reshape(-1, X_in.shape[-1]).float(), Y_target.reshape(-1, Y_target.shape[-1]).float()
+    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise ValueError(f"X_in and Y_target need the same (non-zero) token count: {X.shape}, {Y.shape}")
+    n = X.shape[0]
+    return LayerStats(H=2.0 / n * X.T @ X, B=2.0 / n * Y.T @ X, y_sq=float(Y.square().sum()) / n)
+
+
+def objective(W: Tensor, stats: LayerStats) -> float:
+    """``f(W) = ½ tr(W H Wᵀ) − tr(W Bᵀ) + y_sq`` in float64 (≥ 0 up to rounding)."""
+    Wd = W.double()
+    quad = 0.5 * float(((Wd @ stats.H.double()) * Wd).sum())
+    return max(quad - float((Wd * stats.B.double()).sum()) + stats.y_sq, 0.0)
+
+
+def relative_error(W: Tensor, stats: LayerStats) -> float:
+    """``f(W) / f(0) = ‖X̃Wᵀ − Y‖² / ‖Y‖²`` (0 when the target is zero)."""
+    return objective(W, stats) / stats.y_sq if stats.y_sq > 0 else 0.0
+
+
+def lipschitz(H: Tensor, iters: int = 64, seed: int = 0) -> float:
+    """``λ_max(H)`` of a PSD matrix by power iteration (``∇f`` is ``L``-Lipschitz with ``L = λ_max``).
+
+    The Rayleigh quotient approaches ``λ_max`` from below; 5 % is added so that a step ``1/L`` stays
+    stable (ISTA/FISTA converge for any step ≤ 1/λ_max).
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(H.shape[0], generator=g, dtype=torch.float32).to(H.device)
+    Hf = H.float()
+    lam = 0.0
+    for _ in range(iters):
+        w = Hf @ v
+        norm = float(w.norm())
+        if norm == 0:
+            return 1.0
+        lam = float(v @ w) / float(v @ v)
+        v = w / norm
+    return max(1.05 * lam, 1e-30)
+
+
+def penalty_weights(weight: Tensor, mask: Tensor, H: Tensor, l1: float) -> Tensor:
+    """Per-entry L1 weights ``λ c_i √H_jj`` on the pruned positions (``mask`` False), 0 on kept ones.
+
+    ``c_i`` is row i's mean kept Wanda score ``|W_ij| √H_jj`` (over ``mask`` True), so that ``λ`` reads
+    as a fraction of that score (module doc). A row with no kept weight uses the layer's mean.
+    """
+    s = H.diagonal().float().clamp_min(0).sqrt().unsqueeze(0)  # (1, d_in): ‖x_j‖ up to √(2/N)
+    score = (weight.float().abs() * s).masked_fill(~mask, 0)
+    kept = mask.sum(1, keepdim=True)
+    c = score.sum(1, keepdim=True) / kept.clamp_min(1)
+    fallback = score.sum() / mask.sum().clamp_min(1)
+    c = torch.where(kept > 0, c, fallback)
+    return (l1 * c * s).masked_fill(mask, 0)
+
+
+def _soft_threshold(W: Tensor, thresh: Tensor) -> Tensor:
+    """Prox of ``Σ t_ij |W_ij|``: ``sign(W) max(|W| − t, 0)``."""
+    return W.sign() * (W.abs() - thresh).clamp_min(0)
+
+
+def _group_soft_threshold(W: Tensor, thresh: Tensor, pruned: Tensor, size: int) -> Tensor:
+    """Prox of ``Σ_g t_g ‖W_{g∩P}‖₂`` over groups of ``size`` consecutive columns (block soft-threshold).
+
+    ``thresh`` holds the per-entry weights ``λ c_i √H_jj``; the group's threshold is the root-sum-square
+    of its pruned entries' weights. Kept entries are untouched.
+    """
+    rows, cols = W.shape
+    pad = (-cols) % size
+    Wp = torch.nn.functional.pad(W, (0, pad)).view(rows, -1, size)
+    Pp = torch.nn.functional.pad(pruned, (0, pad)).view(rows, -1, size)
+    Tp = torch.nn.functional.pad(thresh, (0, pad)).view(rows, -1, size)
+    tg = Tp.square().sum(-1, keepdim=True).sqrt()
+    norm = (Wp * Pp).square().sum(-1, keepdim=True).sqrt()
+    shrink = (1 - tg / norm.clamp_min(1e-30)).clamp_min(0)
+    out = torch.where(Pp, Wp * shrink, Wp)
+    return out.view(rows, -1)[:, :cols]
+
+
+def fit_layer(
+    W0: Tensor,
+    stats: LayerStats,
+    *,
+    steps: int,
+    lr: float,
+    optimizer: str = "fista",
+    free: Tensor | None = None,
+    penalty: Tensor | None = None,
+    group_size: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Minimise ``f(W) + Σ penalty_ij |W_ij|`` (or the group form) from ``W0`` in ``steps`` steps.
+
+    ``free`` (bool, like ``W0``; None = all) fixes the other entries at 0 (the final adjustment's fixed
+    mask: projected gradient). ``penalty`` holds non-negative per-entry L1 weights (None = no penalty);
+    with ``group_size`` it is the group penalty of the module doc on the entries where ``penalty > 0``.
+    Proximal gradient: ISTA / FISTA (Beck & Teboulle 2009, eq. 4.1-4.3) with step ``lr / λ_max(H)``;
+    Adam (Kingma & Ba 2015, Alg. 1) on the gradient plus the L1 sub-gradient, step ``lr · RMS(W0 row)``.
+    Returns float32 on ``W0``'s device; ``W0`` is not modified.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    H, B = stats.H.float().to(W0.device), stats.B.float().to(W0.device)
+    W = W0.detach().float().clone()
+    if free is not None:
+        W.masked_fill_(~free, 0)
+    if steps == 0:
+        return W
+    pen = None if penalty is None or not bool((penalty > 0).any()) else penalty.float().to(W.device)
+
+    def prox(V: Tensor, step: float) -> Tensor:
+        if pen is not None:
+            if group_size:
+                V = _group_soft_threshold(V, step * pen, pen > 0, group_size)
+            else:
+                V = _soft_threshold(V, step * pen)
+        return V.masked_fill_(~free, 0) if free is not None else V
+
+    if optimizer == "adam":
+        return _adam(W, H, B, steps, lr, pen, free)
+    eta = lr / lipschitz(H, seed=seed)
+    Z, t = W, 1.0
+    for _ in range(steps):
+        W_next = prox(Z - eta * (Z @ H - B), eta)
+        if optimizer == "fista":
+            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            Z = W_next + ((t - 1) / t_next) * (W_next - W)
+            t = t_next
+        else:
+            Z = W_next
+        W = W_next
+    return W
+
+
+def _adam(
+    W: Tensor, H: Tensor, B: Tensor, steps: int, lr: float, pen: Tensor | None, free: Tensor | None
+) -> Tensor:
+    """Adam on ``∇f + pen ⊙ sign(W)`` with a per-row step ``lr · RMS(W row)`` (β = 0.9, 0.999)."""
+    step = lr * W.square().mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+    m, v = torch.zeros_like(W), torch.zeros_like(W)
+    b1, b2, eps = 0.9, 0.999, 1e-12
+    for k in range(1, steps + 1):
+        g = W @ H - B
+        if pen is not None:
+            g = g + pen * W.sign()
+        m.mul_(b1).add_(g, alpha=1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        upd = (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + eps)
+        W = W - step * upd
+        if free is not None:
+            W.masked_fill_(~free, 0)
+    return W
+
+
+def _fit_report(
+    name: str, W0: Tensor, W: Tensor, mask: Tensor, stats: LayerStats, steps: int, t0: float
+) -> LayerFit:
+    pruned = ~mask
+    total = float(W.norm())
+    return LayerFit(
+        name=name,
+        error_before=relative_error(W0, stats),
+        error_after=relative_error(W, stats),
+        reactivated=float(W[pruned].norm()) / total if total > 0 else 0.0,
+        zero_share=float((W[pruned] == 0).float().mean()) if bool(pruned.any()) else 1.0,
+        steps=steps,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def reactivate_layer(
+    weight: Tensor, mask: Tensor, stats: LayerStats, opts: SDSOptions, *, name: str = ""
+) -> tuple[Tensor, LayerFit]:
+    """Step 2 for one Linear: dense reconstruction from ``weight`` under the penalty on ``~mask`` (Sec. 3.2).
+
+    ``weight`` is the starting point (the pruned weight for ``init="pruned"``, the dense one for
+    ``init="dense"``), ``mask`` the first prune's keep-mask (True = kept), ``stats`` the layer's
+    quadratic. Returns the re-activated weight (float32) and a report.
+    """
+    t0 = time.perf_counter()
+    mask = mask.to(weight.device).bool()
+    pen = penalty_weights(weight, mask, stats.H.to(weight.device), opts.l1) if opts.l1 > 0 else None
+    W = fit_layer(
+        weight,
+        stats,
+        steps=opts.steps,
+        lr=opts.lr,
+        optimizer=opts.optimizer,
+        penalty=pen,
+        group_size=opts.group_size if opts.regularizer == "group" else None,
+        seed=opts.seed,
+    )
+    return W, _fit_report(name, weight.float(), W, mask, stats, opts.steps, t0)
+
+
+def adjust_layer(
+    weight: Tensor, mask: Tensor, stats: LayerStats, opts: SDSOptions, *, name: str = ""
+) -> tuple[Tensor, LayerFit]:
+    """Step 3's optional weight adjustment for one Linear: refit the kept weights (``mask`` True) only."""
+    t0 = time.perf_counter()
+    mask = mask.to(weight.device).bool()
+    W = fit_layer(
+        weight,
+        stats,
+        steps=opts.final_adjust_steps,
+        lr=opts.adjust_lr,
+        optimizer=opts.optimizer,
+        free=mask,
+        seed=opts.seed,
+    )
+    return W, _fit_report(name, weight.float(), W, mask, stats, opts.final_adjust_steps, t0)
+
+
+# ------------------------------------------------------------------------------------------ model level
+
+
+class _Stop(Exception):
+    pass
+
+
+def _group_inputs(
+    block: nn.Module,
+    dense_block: nn.Module,
+    names: Sequence[str],
+    x_model: Tensor,
+    x_dense: Tensor,
+    extra: tuple[tuple, dict[str, Any]],
+    tmask: Tensor,
+    finish_dense: bool = False,
+) -> tuple[Tensor, Tensor, dict[str, float], Tensor | None]:
+    """One batch: the group's input on the model stream, on the dense stream, ``‖Y‖²`` per Linear.
+
+    Both forwards are cut short with an exception once the hooks have what they need: ``block`` at the
+    group's first Linear's input, ``dense_block`` after the group's last Linear ran, unless
+    ``finish_dense``: then the dense block runs to its end and its output is returned too (else None).
+    """
+    mods, dmods = dict(block.named_modules()), dict(dense_block.named_modules())
+    got: dict[str, Any] = {}
+
+    def take_input(_mod: nn.Module, inp: tuple) -> None:
+        got["x"] = inp[0][tmask].float()
+        raise _Stop
+
+    def take_dense(key: str) -> Callable:
+        def hook(mod: nn.Module, inp: tuple, out: Tensor) -> None:
+            got.setdefault("xd", inp[0][tmask].float())
+            y = out[tmask].float()
+            if getattr(mod, "bias", None) is not None:
+                y = y - mod.bias.float()
+            got[key] = float(y.square().sum())
+            if not finish_dense and all(k in got for k in names):
+                raise _Stop
+
+        return hook
+
+    handles = [mods[names[0]].register_forward_pre_hook(take_input)]
+    handles += [dmods[k].register_forward_hook(take_dense(k)) for k in names]
+    try:
+        with contextlib.suppress(_Stop):
+            block_forward(block, x_model, extra)
+        with contextlib.suppress(_Stop):
+            got["out"] = block_forward(dense_block, x_dense, extra)
+    finally:
+        for h in handles:
+            h.remove()
+    return got["x"], got["xd"], {k: got[k] for k in names}, got.get("out")
+
+
+@dataclass
+class GroupStats:
+    """One Linear group's statistics: ``H = 2/N X̃ᵀX̃``, ``G = 2/N XᵀX̃``, ``1/N ‖Y‖²`` per Linear."""
+
+    H: Tensor
+    G: Tensor  # B = W_d G for each Linear of the group
+    y_sq: dict[str, float]
+    dense_out: list[Tensor] | None = None  # the dense block's outputs, when asked for
+
+
+@torch.inference_mode()
+def group_stats(
+    block: nn.Module,
+    dense_block: nn.Module,
+    names: Sequence[str],
+    inputs: BlockInputs,
+    *,
+    dense_outputs: bool = False,
+) -> GroupStats:
+    """Statistics of one Linear group (the Linears that read one input) on the two streams.
+
+    Runs ``block`` (the model being reconstructed, with its current weights) on ``inputs.pruned`` up to
+    the group's input, and ``dense_block`` on ``inputs.dense`` through the group's Linears (to its end
+    with ``dense_outputs``, whose outputs then come back too: the last group saves a dense forward).
+    ``y_sq`` is the dense output without its bias. Padding tokens are dropped.
+    """
+    H = cross = None
+    y_sq = dict.fromkeys(names, 0.0)
+    outs: list[Tensor] = []
+    n = 0
+    for x_model, x_dense, extra, tmask in zip(
+        inputs.pruned, inputs.dense, inputs.extras, inputs.token_mask, strict=True
+    ):
+        x, xd, ysum, out = _group_inputs(
+            block, dense_block, names, x_model, x_dense, extra, tmask, dense_outputs
+        )
+        if out is not None:
+            outs.append(out)
+        for k in names:
+            y_sq[k] = (y_sq[k] * n + ysum[k]) / max(n + x.shape[0], 1)
+        H, _ = accumulate_xtx(H, x, n)
+        cross, n = accumulate_cross(cross, xd, x, n)
+    if H is None or cross is None:
+        raise ValueError("group_stats needs at least one calibration batch")
+    return GroupStats(H=H, G=cross + H, y_sq=y_sq, dense_out=outs if dense_outputs else None)
+
+
+def _mask_for(masks: Mapping[str, Tensor] | None, keys: Sequence[str], weight: Tensor) -> Tensor:
+    """The layer's keep-mask from ``masks`` (any of ``keys``), else the weight's non-zeros."""
+    if masks is not None:
+        for k in keys:
+            if k in masks:
+                return masks[k].to(weight.device).bool()
+    return weight != 0
+
+
+def _block_prefix(model: nn.Module) -> str:
+    arch, blocks = architecture_of(model), find_blocks(model)
+    for path in arch.block_paths:
+        node: Any = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if node is blocks:
+            return path
+    return ""
+
+
+def _relative_error(ref: Sequence[Tensor], got: Sequence[Tensor], masks: Sequence[Tensor]) -> float:
+    num = sum(float(((r - g)[m].float() ** 2).sum()) for r, g, m in zip(ref, got, masks, strict=True))
+    den = sum(float((r[m].float() ** 2).sum()) for r, m in zip(ref, masks, strict=True))
+    return num / max(den, 1e-30)
+
+
+LayerFitter = Callable[[Tensor, Tensor, LayerStats, str], tuple[Tensor, LayerFit]]
+
+
+@torch.inference_mode()
+def _reconstruct_model(
+    model: nn.Module,
+    dense_model: nn.Module,
+    batches: Sequence[dict[str, Tensor]],
+    masks: Mapping[str, Tensor] | None,
+    fitter: LayerFitter,
+    start: str,
+    modules: str | None,
+    *,
+    device: torch.device | str,
+    progress: bool,
+    desc: str,
+) -> list[SDSBlockReport]:
+    """Block by block, group by group: collect the group's statistics on both streams, refit its Linears."""
+    model_in = capture_block_inputs(model, batches, device)
+    dense_in = capture_block_inputs(dense_model, batches, device)
+    inputs = BlockInputs(model_in.pruned, dense_in.pruned, model_in.extras, model_in.token_mask)
+    del model_in, dense_in
+    prefix = _block_prefix(model)
+    blocks, dense_blocks = find_blocks(model), find_blocks(dense_model)
+    if len(blocks) != len(dense_blocks):
+        raise ValueError(f"model has {len(blocks)} blocks, dense model {len(dense_blocks)}")
+    reports = []
+    for i in tqdm(range(len(blocks)), desc=desc, disable=not progress):
+        t0 = time.perf_counter()
+        block, dense_block = blocks[i], dense_blocks[i]
+        report = SDSBlockReport(index=i)
+        dense_mods = dict(dense_block.named_modules())
+        groups = linear_groups(model, block, modules)
+        dense_out: list[Tensor] | None = None
+        for gi, group in enumerate(groups):
+            names = list(group)
+            gs = group_stats(block, dense_block, names, inputs, dense_outputs=gi == len(groups) - 1)
+            dense_out = gs.dense_out if gs.dense_out is not None else dense_out
+            for name in names:
+                lin, W_d = group[name], dense_mods[name].weight.detach().float()
+                if W_d.shape != lin.weight.shape:
+                    raise ValueError(
+                        f"block {i} {name}: dense weight {tuple(W_d.shape)} != {tuple(lin.weight.shape)}"
+                    )
+                stats = LayerStats(H=gs.H, B=W_d @ gs.G, y_sq=gs.y_sq[name])
+                mask = _mask_for(masks, (f"{prefix}.{i}.{name}", f"{i}.{name}"), lin.weight)
+                W0 = W_d if start == "dense" else lin.weight.detach().float()
+                W, fit = fitter(W0, mask, stats, name)
+                lin.weight.data.copy_(W.to(lin.weight.dtype))
+                report.layers.append(fit)
+        model_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
+        if dense_out is None:  # no prunable Linear selected in this block
+            dense_out = [
+                block_forward(dense_block, x, e) for x, e in zip(inputs.dense, inputs.extras, strict=True)
+            ]
+        report.output_error = _relative_error(dense_out, model_out, inputs.token_mask)
+        inputs = BlockInputs(model_out, dense_out, inputs.extras, inputs.token_mask)
+        report.seconds = time.perf_counter() - t0
+        reports.append(report)
+    return reports
+
+
+def reactivate_model(
+    model: nn.Module,
+    dense_model: nn.Module,
+    batches: Sequence[dict[str, Tensor]],
+    masks: Mapping[str, Tensor] | None,
+    opts: SDSOptions,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[SDSBlockReport]:
+    """SDS step 2, in place on the pruned ``model``: re-dense reconstruction against ``dense_model``.
+
+    ``masks`` are the first prune's keep-masks, keyed by full Linear name
+    (``model.layers.3.self_attn.q_proj``) or as ``prune_model`` returns them (``3.self_attn.q_proj``);
+    None takes each weight's non-zeros (a pruned model loaded from disk). Each Linear sees inputs from
+    ``model`` as reconstructed so far (earlier blocks, and earlier groups of its block) and is fitted to
+    ``dense_model``'s output of the same Linear on the dense stream (module doc).
+    """
+
+    def fit(W0: Tensor, mask: Tensor, stats: LayerStats, name: str) -> tuple[Tensor, LayerFit]:
+        return reactivate_layer(W0, mask, stats, opts, name=name)
+
+    return _reconstruct_model(
+        model,
+        dense_model,
+        batches,
+        masks,
+        fit,
+        opts.init,
+        opts.modules,
+        device=device,
+        progress=progress,
+        desc="sds reactivate",
+    )
+
+
+def adjust_model(
+    model: nn.Module,
+    dense_model: nn.Module,
+    batches: Sequence[dict[str, Tensor]],
+    masks: Mapping[str, Tensor] | None,
+    opts: SDSOptions,
+    *,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> list[SDSBlockReport]:
+    """SDS step 3's optional adjustment, in place: ``final_adjust_steps`` of mask-fixed reconstruction.
+
+    ``masks`` are the re-prune's keep-masks (same keys as :func:`reactivate_model`; None = the
+    non-zeros). Inputs come from ``model`` as adjusted so far, targets from ``dense_model``'s dense
+    stream; pruned entries stay exactly zero.
+    """
+
+    def fit(W0: Tensor, mask: Tensor, stats: LayerStats, name: str) -> tuple[Tensor, LayerFit]:
+        return adjust_layer(W0, mask, stats, opts, name=name)
+
+    return _reconstruct_model(
+        model,
+        dense_model,
+        batches,
+        masks,
+        fit,
+        "pruned",
+        opts.modules,
+        device=device,
+        progress=progress,
+        desc="sds adjust",
+    )

@@ -1,0 +1,606 @@
+"""Tests of the offline attack recipes, wrapper, similarity encoder, runner and metrics.
+
+Everything runs on tiny synthetic models: a "keyword" classifier that predicts positive iff one of
+its keywords is present, a tiny random BERT encoder / masked LM on the conftest vocabulary, and
+synthetic word vectors where "good"'s nearest neighbour is "fine".  Every test runs with network
+connections forbidden (a connect raises), so building and running a recipe proves it is offline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from robustprune.attacks.types import AttackResources, WordVectors
+from tests.conftest import POSITIVE, tiny_bert, tiny_tokenizer, tiny_vocab
+
+
+class NetworkUsed(AssertionError):
+    """A test tried to open a network connection."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Fail any attempt to connect a non-local socket for the whole module (imports included)."""
+
+    def refuse(*args, **kwargs):
+        raise NetworkUsed(f"network connection attempted: {args[1:] or kwargs}")
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return real_connect(self, address)
+        refuse(self, address)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket.socket, "connect_ex", connect)
+        mp.setattr(socket, "create_connection", refuse)
+        yield
+
+
+IMPORTED_BEFORE: list[bool] = []  # whether textattack was imported before this module's fixture
+
+
+@pytest.fixture(scope="module")
+def ta(tmp_path_factory):
+    import sys
+
+    from robustprune.attacks.textattack_env import import_textattack
+
+    IMPORTED_BEFORE.append("textattack" in sys.modules)
+    return import_textattack(tmp_path_factory.mktemp("nltk_data"))
+
+
+# --------------------------------------------------------------------------- tiny components
+
+
+class KeywordModel(torch.nn.Module):
+    """Logit of class 1 = weight * (number of keyword tokens) + bias; class 0 logit = 0."""
+
+    def __init__(
+        self, keyword_ids: list[int], *, weight: float = 4.0, bias: float = -2.0, num_labels: int = 2
+    ):
+        super().__init__()
+        self.register_buffer("keywords", torch.tensor(sorted(keyword_ids)))
+        self.weight = torch.nn.Parameter(torch.tensor(weight))
+        self.bias = bias
+        self.config = SimpleNamespace(num_labels=num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        mask = (
+            torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        count = (torch.isin(input_ids, self.keywords) & mask).sum(1).float()
+        pos = self.weight * count + self.bias
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(pos), pos], 1))
+
+
+_BOW_INDEX: dict[str, int] = {}
+BOW_DIM = 512
+
+
+def _bow(text: str) -> torch.Tensor:
+    """A deterministic sentence embedding: bag of lower-cased words, one dimension per distinct word."""
+    from textattack.shared.utils import words_from_text
+
+    v = torch.zeros(BOW_DIM)
+    for w in words_from_text(text.lower()):
+        v[_BOW_INDEX.setdefault(w, len(_BOW_INDEX) % BOW_DIM)] += 1.0
+    return v
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def bow_encoder(ta):
+    from robustprune.attacks.similarity import MeanPooledEncoder
+
+    class BowEncoder(MeanPooledEncoder):
+        def _forward(self, texts):
+            self.stats.texts += len(texts)
+            return torch.stack([_bow(t) for t in texts]) if texts else torch.empty(0, BOW_DIM)
+
+    return BowEncoder(torch.nn.Linear(1, 1), None)
+
+
+def synthetic_vectors(words: list[str], close: dict[str, str], k: int = 4, seed: int = 0) -> WordVectors:
+    """Random unit vectors; each ``close[a] = b`` makes b a near copy of a (cosine ~0.95)."""
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(len(words), 16)).astype(np.float32)
+    index = {w: i for i, w in enumerate(words)}
+    for a, b in close.items():
+        m[index[b]] = m[index[a]] + 0.3 * rng.normal(size=16)
+    m /= np.linalg.norm(m, axis=1, keepdims=True)
+    sims = m @ m.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = np.argsort(-sims, axis=1)[:, :k]
+    return WordVectors(
+        m, tuple(words), nn.astype(np.int64), np.take_along_axis(sims, nn, 1).astype(np.float32)
+    )
+
+
+WORDS = ["good", "fine", "great", "bad", "film", "movie", "plot", "story", "cast", "witty", "fresh", "dull"]
+POS = {
+    "good": frozenset({"adj", "noun"}),
+    "fine": frozenset({"adj", "noun", "verb", "adv"}),
+    "great": frozenset({"adj"}),
+    "film": frozenset({"noun", "verb"}),
+    "movie": frozenset({"noun"}),
+    "witty": frozenset({"adj"}),
+    "dull": frozenset({"adj", "verb"}),
+}
+STOPWORDS = frozenset({"the", "is", "a", "and", "this", "very", "quite"})
+
+
+@pytest.fixture(scope="module")
+def resources(tmp_path_factory, tok) -> AttackResources:
+    """Synthetic resources: vectors with good~fine, WordNet-like POS, a tiny random encoder and MLM."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    root = tmp_path_factory.mktemp("resources")
+    enc_dir, mlm_dir = root / "encoder", root / "mlm"
+    tiny_bert().bert.save_pretrained(enc_dir)
+    tok.save_pretrained(enc_dir)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tiny_vocab()),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=64,
+    )
+    BertForMaskedLM(cfg).save_pretrained(mlm_dir)
+    tok.save_pretrained(mlm_dir)
+    return AttackResources(
+        vectors=synthetic_vectors(WORDS, {"good": "fine", "witty": "great"}),
+        pos=POS,
+        stopwords=STOPWORDS,
+        lookalikes={"o": ("0",), "l": ("1",), "a": ("@",), "e": ("3",), "i": ("1",)},
+        encoder_dir=enc_dir,
+        mlm_dir=mlm_dir,
+    )
+
+
+@pytest.fixture(scope="module")
+def keyword_wrapper(ta, tok):
+    """Predicts positive iff "good" is in the text."""
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    return FastClassifierWrapper(KeywordModel([tok.convert_tokens_to_ids("good")]), tok, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def counting_wrapper(ta, tok):
+    """Always positive; confidence falls with every positive word removed (attacks never succeed)."""
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    ids = tok.convert_tokens_to_ids(POSITIVE)
+    return FastClassifierWrapper(KeywordModel(ids, weight=1.0, bias=5.0), tok, max_length=32)
+
+
+RECIPE_OPTIONS = {"textfooler": {}, "bert-attack": {}, "textbugger": {}}
+
+
+# --------------------------------------------------------------------------- textattack_env
+
+
+def test_network_guard_is_active() -> None:
+    with pytest.raises(NetworkUsed):
+        socket.create_connection(("192.0.2.1", 80), timeout=0.01)
+    with pytest.raises(NetworkUsed), socket.socket() as s:
+        s.connect(("192.0.2.1", 80))
+
+
+def test_import_textattack_writes_stopwords_and_blocks_downloads(ta, tmp_path) -> None:
+    import nltk
+
+    from robustprune.attacks.textattack_env import ensure_stopwords_file, import_textattack
+
+    path = ensure_stopwords_file(tmp_path)
+    words = path.read_text().split()
+    assert path == tmp_path / "corpora" / "stopwords" / "english"
+    assert {"the", "and", "isn't"} <= set(words) and len(words) == 179
+    assert nltk.download("stopwords") is False  # refused, no network
+    assert import_textattack() is ta
+    if not IMPORTED_BEFORE[0]:  # conftest's value survived textattack's import
+        assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+# --------------------------------------------------------------------------- wrapper
+
+
+def test_wrapper_pads_to_longest_truncates_and_counts(ta, tok) -> None:
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    model = tiny_bert()
+    wrapper = FastClassifierWrapper(model, tok, max_length=8, batch_size=2)
+    texts = ["the film is good", "a very very dull and boring movie with a flat plot", "fun"]
+    logits = wrapper(texts)
+    assert logits.shape == (3, 2) and wrapper.stats.texts == 3 and wrapper.stats.calls == 1
+    assert wrapper.stats.forward_seconds > 0
+    for text, row in zip(texts, logits, strict=True):
+        alone = tok(text, truncation=True, max_length=8, return_tensors="pt")
+        assert alone["input_ids"].shape[1] <= 8
+        with torch.no_grad():
+            expected = model(**alone).logits[0]
+        torch.testing.assert_close(row, expected, atol=1e-5, rtol=1e-5)
+    assert wrapper([]).shape[0] == 0
+
+
+def test_wrapper_rejects_bad_settings(ta, tok) -> None:
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    with pytest.raises(ValueError, match="max_length"):
+        FastClassifierWrapper(tiny_bert(), tok, max_length=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        FastClassifierWrapper(tiny_bert(), tok, batch_size=0)
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+def test_mean_pooled_encoder_cache_and_padding(ta, resources) -> None:
+    from robustprune.attacks.similarity import MeanPooledEncoder
+
+    enc = MeanPooledEncoder.from_dir(resources.encoder_dir, batch_size=2)
+    texts = ["the film is good", "the film is good", "a dull plot", "the film is good and witty"]
+    emb = enc.encode(texts)
+    assert emb.shape == (4, 32)
+    assert enc.requested == 4 and enc.stats.texts == 3  # the repeated text is encoded once
+    torch.testing.assert_close(emb[0], emb[1])
+    alone = MeanPooledEncoder.from_dir(resources.encoder_dir, cache_size=0)
+    torch.testing.assert_close(alone.encode(["a dull plot"])[0], emb[2], atol=1e-5, rtol=1e-5)  # padding-free
+    enc.encode(["a dull plot"])
+    assert enc.stats.texts == 3  # served from the cache
+    small = MeanPooledEncoder.from_dir(resources.encoder_dir, cache_size=1)
+    small.encode(["a", "b"])
+    assert len(small._cache) == 1
+
+
+def test_encoder_similarity_filters_by_threshold(ta, bow_encoder) -> None:
+    from textattack.shared import AttackedText
+
+    from robustprune.attacks.similarity import EncoderSimilarity
+
+    original = AttackedText("the film is good and the cast is witty")
+    one = original.replace_word_at_index(3, "fine")
+    two = one.replace_word_at_index(8, "dull")
+
+    def sim(a, b) -> float:
+        return float(torch.nn.functional.cosine_similarity(_bow(a.text), _bow(b.text), dim=0))
+
+    between = (sim(original, one) + sim(original, two)) / 2
+    assert sim(original, two) < between < sim(original, one)
+    c = EncoderSimilarity(bow_encoder, threshold=between, metric="cosine", window_size=None)
+    kept = c._check_constraint_many([one, two], original)
+    assert [t.text for t in kept] == [one.text]
+    assert one.attack_attrs["similarity_score"] == pytest.approx(sim(original, one), abs=1e-6)
+
+
+def test_short_texts_are_passed_without_encoding(ta, bow_encoder) -> None:
+    from textattack.shared import AttackedText
+
+    from robustprune.attacks.similarity import EncoderSimilarity
+
+    c = EncoderSimilarity(
+        bow_encoder, threshold=0.99, metric="angular", window_size=5, skip_text_shorter_than_window=True
+    )
+    short = AttackedText("the film is good").replace_word_at_index(3, "fine")
+    long_ref = AttackedText("the film is good and the cast is witty")
+    long = long_ref.replace_word_at_index(3, "fine")
+    before = bow_encoder.stats.texts
+    assert c._check_constraint_many([short], AttackedText("the film is good")) == [short]
+    assert bow_encoder.stats.texts == before  # nothing encoded
+    assert short.attack_attrs["similarity_score"] == 1.0
+    kept = c._check_constraint_many([long, short], long_ref)
+    assert kept == [short] and bow_encoder.stats.texts > before  # the long one is checked and fails
+
+
+# --------------------------------------------------------------------------- components
+
+
+def test_word_embedding_skips_the_word_itself(ta, resources) -> None:
+    from robustprune.attacks.components import word_embedding
+
+    emb = word_embedding(resources.vectors)
+    good = emb.word2index("good")
+    assert emb.index2word(emb.nearest_neighbours(good, 1)[0]) == "fine"
+    assert good not in list(emb.nearest_neighbours(good, 4))
+    assert emb.get_cos_sim("good", "fine") == pytest.approx(
+        float(resources.vectors.similarities[good, 0]), abs=1e-5
+    )
+
+
+def test_one_word_filter_drops_punctuation_and_multiword(ta) -> None:
+    from robustprune.attacks.components import OneWordEmbeddingSwap, is_one_word
+
+    words = ["good", ",", "...", "fine", "well-made", "go od"]
+    m = np.eye(6, dtype=np.float32)
+    nn = np.array([[1, 2, 3, 4, 5]] + [[0, 1, 2, 3, 4]] * 5, dtype=np.int64)
+    vectors = WordVectors(m, tuple(words), nn, np.ones((6, 5), dtype=np.float32))
+    from robustprune.attacks.components import word_embedding
+
+    swap = OneWordEmbeddingSwap(max_candidates=5, embedding=word_embedding(vectors))
+    assert swap._get_replacement_words("Good") == ["Fine", "Well-made"]
+    assert [w for w in words if is_one_word(w)] == ["good", "fine", "well-made"]
+    assert is_one_word("'s")  # words_from_text strips the apostrophe: one word "s"
+
+
+def test_lexical_pos_and_lowercase_stopwords(ta) -> None:
+    from textattack.shared import AttackedText
+
+    from robustprune.attacks.components import LexicalPartOfSpeech, LowercaseStopwordModification
+
+    c = LexicalPartOfSpeech(POS, allow_verb_noun_swap=True)
+    assert c.compatible("good", "fine") and c.compatible("Good", "FINE")
+    assert not c.compatible("great", "movie")  # adj vs noun
+    assert c.compatible("movie", "dull")  # noun ~ verb allowed
+    assert not LexicalPartOfSpeech(POS, allow_verb_noun_swap=False).compatible("movie", "dull")
+    assert c.compatible("great", "unknownword") and c.compatible("zzz", "movie")
+    text = AttackedText("The film IS good")
+    assert LowercaseStopwordModification(STOPWORDS)._get_modifiable_indices(text) == {1, 3}
+
+
+def test_char_bugs_are_deterministic_and_inner(ta) -> None:
+    from robustprune.attacks.textbugger import CharBugSwap, char_bug, lookalike_bugs
+
+    for kind in ("insert", "delete", "swap"):
+        outs = {char_bug("terrible", kind, random.Random(s)) for s in range(50)}
+        for out in outs:
+            assert out[0] == "t" and out[-1] == "e"
+        assert len(outs) > 1
+    assert char_bug("ab", "delete", random.Random(0)) is None
+    assert char_bug("abc", "swap", random.Random(0)) is None
+    assert char_bug("abc", "insert", random.Random(0)) == "a bc"
+    assert lookalike_bugs("lol", {"o": ("0",), "l": ("1", "|")}) == ["1ol", "l0l", "lo1"]
+    bug = CharBugSwap("insert", seed=3)
+    assert bug._get_replacement_words("wonderful") == bug._get_replacement_words("wonderful")
+    assert len(bug._get_replacement_words("wonderful")[0].split()) == 2
+    with pytest.raises(ValueError, match="unknown character bug"):
+        CharBugSwap("typo")
+    with pytest.raises(ValueError, match="look-alike"):
+        CharBugSwap("sub_c")
+
+
+def test_best_combinations_is_exact() -> None:
+    import itertools
+
+    from robustprune.attacks.bert_attack import best_combinations
+
+    rng = np.random.default_rng(0)
+    lp = np.log(rng.dirichlet(np.ones(4), size=3))
+    brute = sorted(
+        ((c, sum(lp[i, j] for i, j in enumerate(c))) for c in itertools.product(range(4), repeat=3)),
+        key=lambda x: -x[1],
+    )[:5]
+    got = best_combinations(lp, 5)
+    assert [c for c, _ in got] == [c for c, _ in brute]
+    assert [s for _, s in got] == pytest.approx([s for _, s in brute])
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def test_build_attack_registry(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import RECIPES, build_attack
+
+    assert set(RECIPES) == {"textfooler", "bert-attack", "textbugger"}
+    for name in RECIPES:
+        attack = build_attack(name, keyword_wrapper, resources, encoder=bow_encoder)
+        assert isinstance(attack, ta.Attack)
+        assert "GreedyWordSwapWIR" in repr(attack)
+    with pytest.raises(
+        ValueError, match=r"unknown attack recipe 'pwws'.*bert-attack.*textbugger.*textfooler"
+    ):
+        build_attack("pwws", keyword_wrapper, resources)
+
+
+def test_bert_attack_needs_a_masked_lm(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from dataclasses import replace
+
+    from robustprune.attacks import build_attack
+
+    with pytest.raises(ValueError, match="masked language model"):
+        build_attack("bert-attack", keyword_wrapper, replace(resources, mlm_dir=None), encoder=bow_encoder)
+
+
+def test_recipes_build_with_the_real_encoder_loader(ta, keyword_wrapper, resources) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
+
+    attack = build_attack("textfooler", keyword_wrapper, resources)
+    (sim,) = [c for c in attack.constraints if isinstance(c, EncoderSimilarity)]
+    assert isinstance(sim.model, MeanPooledEncoder)
+    assert sim.threshold == pytest.approx(0.840845057) and sim.window_size == 15 and sim.metric == "angular"
+    assert not sim.compare_against_original and sim.skip_text_shorter_than_window
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_OPTIONS))
+def test_keyword_classifier_is_flipped(ta, name, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    attack = build_attack(name, keyword_wrapper, resources, encoder=bow_encoder)
+    text = "the film is good and the cast is witty and the plot is fresh"
+    (result,) = attack_examples(attack, [(text, 1)])
+    assert result.outcome == "succeeded", result
+    assert result.original_prediction == 1 and result.perturbed_prediction == 0
+    assert "good" not in result.perturbed_text.split()
+    assert 0 < result.words_perturbed_fraction <= 2 / 14
+    if name == "textfooler":
+        assert result.perturbed_text == text.replace("good", "fine")
+
+
+def test_similarity_threshold_blocks_and_is_respected(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    text = "the film is good and the cast is witty and the plot is fresh"
+    strict = build_attack("textbugger", keyword_wrapper, resources, encoder=bow_encoder, sim_threshold=0.999)
+    assert attack_examples(strict, [(text, 1)])[0].outcome == "failed"
+    loose = build_attack("textbugger", keyword_wrapper, resources, encoder=bow_encoder, sim_threshold=0.8)
+    (result,) = attack_examples(loose, [(text, 1)])
+    assert result.outcome == "succeeded"
+    cos = torch.nn.functional.cosine_similarity(_bow(text), _bow(result.perturbed_text), dim=0)
+    assert float(cos) >= 0.8
+    tf = build_attack(
+        "textfooler", keyword_wrapper, resources, encoder=bow_encoder, sim_threshold=0.999, window_size=3
+    )
+    assert attack_examples(tf, [(text, 1)])[0].outcome == "failed"
+
+
+def test_bert_attack_respects_max_percent_and_stopwords(ta, counting_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    words = ["good", "the", "great", "is", "fun", "and", "moving", "this", "smart", "warm"]
+    text = " ".join(words)
+    attack = build_attack("bert-attack", counting_wrapper, resources, encoder=bow_encoder, max_percent=0.4)
+    (result,) = attack_examples(attack, [(text, 1)])
+    assert result.outcome == "failed"  # the counting model can never be flipped
+    after = result.perturbed_text.split()
+    assert len(after) == len(words)
+    changed = [i for i, (a, b) in enumerate(zip(words, after, strict=True)) if a != b]
+    assert 0 < len(changed) <= math.ceil(0.4 * len(words))
+    assert all(words[i] not in STOPWORDS for i in changed)
+
+
+@pytest.mark.parametrize("name", ["textfooler", "textbugger"])
+def test_stopwords_are_never_touched(ta, name, counting_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    text = "The good and the great is fun and this witty film is very fresh"
+    attack = build_attack(name, counting_wrapper, resources, encoder=bow_encoder, sim_threshold=0.0)
+    (result,) = attack_examples(attack, [(text, 1)])
+    assert result.perturbed_text != text  # something was perturbed
+    before = [w for w in text.split() if w.lower() in STOPWORDS]
+    after = [w for w in result.perturbed_text.split() if w.lower() in STOPWORDS]
+    assert after == before
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def test_runner_order_skips_budget_and_labels(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import NO_WORDS, attack_examples
+
+    attack = build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder)
+    examples = [
+        ("the film is good", 1),
+        ("   ", 1),
+        ("the film is dull", 1),  # misclassified: skipped
+        ("", 0),
+        ("...", 0),
+        ("the film is dull", 0),  # no "good" to remove: the keyword model cannot be fooled
+    ]
+    results = attack_examples(attack, examples)
+    assert [r.index for r in results] == list(range(6))
+    assert [r.outcome for r in results] == ["succeeded", "skipped", "skipped", "skipped", "skipped", "failed"]
+    assert [r.reason for r in results] == [None, NO_WORDS, "misclassified", NO_WORDS, NO_WORDS, None]
+    assert results[1].num_queries == 0 and results[2].num_queries == 1
+    assert all(r.seconds >= 0 for r in results)
+    limited = attack_examples(attack, [("the film is good", 1)], query_budget=2)
+    assert limited[0].num_queries <= 2 and limited[0].outcome == "failed"
+    assert attack.goal_function.query_budget == float("inf")  # restored
+
+
+def test_long_text_is_truncated_not_rejected(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    attack = build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder)
+    # max_length=32 tokens: "good" at the end is cut off, so the model sees no keyword → label 0
+    long_text = "the film is " + "quite " * 40 + "good"
+    (result,) = attack_examples(attack, [(long_text, 1)])
+    assert result.outcome == "skipped" and result.original_prediction == 0
+
+
+def test_check_labels(ta, resources, tok) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples, check_labels
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    check_labels(2, [0, 1, 1])
+    with pytest.raises(ValueError, match="data has 3"):
+        check_labels(2, [0, 1], num_data_labels=3)
+    with pytest.raises(ValueError, match=r"labels \[2\] are outside"):
+        check_labels(2, [0, 2])
+    with pytest.raises(ValueError, match="num_labels"):
+        check_labels(None, [0])
+    three = FastClassifierWrapper(KeywordModel([5], num_labels=3), tok)
+    attack = build_attack("textbugger", three, resources, encoder=None)
+    with pytest.raises(ValueError, match="data has 2"):
+        attack_examples(attack, [("good film", 1)], num_data_labels=2)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _r(outcome: str, queries: int, frac: float, reason: str | None = None):
+    from robustprune.attacks.runner import ExampleResult
+
+    return ExampleResult(0, "t", "t", 1, 1, 0, outcome, queries, frac, 0.5, reason)
+
+
+def test_summarize_matches_textattack_definitions() -> None:
+    from robustprune.attacks.metrics import summarize
+    from robustprune.attacks.runner import NO_WORDS
+
+    results = [
+        _r("succeeded", 10, 0.25),
+        _r("succeeded", 30, 0.5),
+        _r("failed", 50, 0.4),  # failed: its perturbed fraction does not count
+        _r("skipped", 1, 0.0, "misclassified"),
+        _r("skipped", 0, 0.0, NO_WORDS),  # not an attacked example at all
+    ]
+    s = summarize(results)
+    assert (s.num_examples, s.num_succeeded, s.num_failed, s.num_skipped, s.num_no_words) == (4, 2, 1, 1, 1)
+    assert s.original_accuracy == pytest.approx(3 / 4)
+    assert s.accuracy_under_attack == pytest.approx(1 / 4)
+    assert s.attack_success_rate == pytest.approx(2 / 3)
+    assert s.avg_queries == pytest.approx((10 + 30 + 50) / 3)
+    assert s.avg_words_perturbed == pytest.approx(0.375)
+    assert s.to_dict()["num_examples"] == 4
+
+
+def test_summarize_edge_cases() -> None:
+    from robustprune.attacks.metrics import summarize
+
+    s = summarize([_r("skipped", 1, 0.0, "misclassified")] * 2)
+    assert s.original_accuracy == 0 and s.attack_success_rate == 0.0
+    assert math.isnan(s.avg_queries) and math.isnan(s.avg_words_perturbed)
+    assert math.isnan(summarize([]).original_accuracy)
+    with pytest.raises(ValueError, match="unknown outcomes"):
+        summarize([_r("maximized", 1, 0.0)])
+
+
+def test_metrics_do_not_import_textattack() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, robustprune.attacks.metrics, robustprune.attacks; print('textattack' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={"PYTHONPATH": str(root / "src")},
+    )
+    assert out.stdout.strip() == "False", out.stderr
