@@ -139,9 +139,16 @@ def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):
         "soup",
         "calibrate",
         "prune",
+        "sds",
         "evaluate",
+        "attack_resources",
+        "attack",
         "report",
     }
+    attack = next(r for r in children if r.info.run_name == "attack")
+    assert "soup-greedy.textfooler.accuracy_under_attack" in attack.data.metrics
+    csvs = {a.path for a in mlflow.MlflowClient().list_artifacts(attack.info.run_id, "attacks/soup-greedy")}
+    assert "attacks/soup-greedy/textbugger.csv" in csvs
     prune = next(r for r in children if r.info.run_name == "prune")
     assert prune.data.params["prune.methods"] == "['magnitude', 'sparsegpt', 'rakp']"
     evaluate = next(r for r in children if r.info.run_name == "evaluate")
