@@ -465,7 +465,8 @@ def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
                 )
         if dense:
             ax.axhline(100 * dense["accuracy_under_attack"], color="k", ls=":", lw=1)
-        ax.set_title(rec)
+        ax.set_title(f"{rec} (n = {sub[0].get('num_examples', '?') if sub else '?'})")
+        ax.set_ylim(-2, 102)  # the full range: on a few dozen examples, small gaps are noise
         ax.set_xlabel("sparsity (squares: N:M)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy under attack (%)")
