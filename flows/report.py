@@ -52,7 +52,8 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "") -> d
         },
         "attack": {
             f"{a['model']}.{a['recipe']}": {
-                k: a[k] for k in ("original_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_queries")
+                k: a[k]
+                for k in ("original_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_queries")
             }
             for a in attack
         },

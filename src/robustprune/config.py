@@ -246,7 +246,9 @@ class AttackResourcesConfig(_Section):
     neighbours: Annotated[int, Field(ge=1, le=200)] = 50
     counterfit_epochs: Annotated[int, Field(ge=0, le=1000)] = 20
     max_senses: Annotated[int, Field(ge=1)] | None = 3  # synonym pairs only via each word's top senses
-    mlm: str = "train"  # "train": a masked-LM head on the frozen MiniLM | a hub MLM (bert-base-uncased) | local dir
+    mlm: str = (
+        "train"  # "train": a masked-LM head on the frozen MiniLM | a hub MLM (bert-base-uncased) | local dir
+    )
     mlm_steps: Annotated[int, Field(ge=0, le=100_000)] = 250
     mlm_batch_size: Annotated[int, Field(gt=0, le=65536)] = 256
     seed: int = 0

@@ -14,12 +14,13 @@ import pytest
 import yaml
 
 from robustprune.config import load_params, parse_params
+from tests.conftest import ROOT, write_tiny_project
 
 
 def load_params_dict(raw: dict) -> dict:
     """Validate and fill every default back in (DVC needs every key a stage lists)."""
     return parse_params(raw).model_dump(mode="json")
-from tests.conftest import ROOT, write_tiny_project
+
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -56,13 +56,21 @@ def test_lm_flow_reports_dense_one_shot_and_sds(tmp_path: Path, prefect_harness)
             for seed in (0, 1):
                 assert (method, sp, "prune", seed) in stages
     for seed in (0, 1):
-        assert ("sparsegpt", "2:4", "reactivate", seed) in stages and ("sparsegpt", "2:4", "sds", seed) in stages
+        assert ("sparsegpt", "2:4", "reactivate", seed) in stages and (
+            "sparsegpt",
+            "2:4",
+            "sds",
+            seed,
+        ) in stages
     for r in rows:
         assert r["ppl"] > 1.0 and r["tokens"] == 8 * 31
         if r.get("stage") in ("prune", "sds"):
             assert r["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
     table = (tmp_path / "reports" / "lm.md").read_text()
-    assert "| sparsegpt | 2:4 |" in table and (tmp_path / "reports" / "plots" / "lm_perplexity.png").stat().st_size
+    assert (
+        "| sparsegpt | 2:4 |" in table
+        and (tmp_path / "reports" / "plots" / "lm_perplexity.png").stat().st_size
+    )
     # a second run is all cache hits: same rows, nothing recomputed
     lm_flow(params_path=str(params), root=str(tmp_path))
     assert read_json(tmp_path / "reports" / "lm.json") == rows

@@ -98,7 +98,8 @@ def test_sds_model_is_reactivated_then_repruned(pipeline_run):
     assert measured_sparsity(model) == pytest.approx(0.5, abs=1e-6)
     first = AutoModelForSequenceClassification.from_pretrained(root / "models" / "pruned" / "sparsegpt_0.5")
     assert any(  # the re-prune is a new solution, not the first pass copied
-        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), first.state_dict().values(), strict=True)
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), first.state_dict().values(), strict=True)
     )
 
 
@@ -108,7 +109,9 @@ def test_attack_stage_attacks_each_model_with_each_recipe(pipeline_run):
     root = pipeline_run[0]
     rows = read_json(root / "reports" / "attack.json")
     assert {(r["model"], r["recipe"]) for r in rows} == {
-        (m, r) for m in ("soup-greedy", "sds-sparsegpt_0.5") for r in ("textfooler", "bert-attack", "textbugger")
+        (m, r)
+        for m in ("soup-greedy", "sds-sparsegpt_0.5")
+        for r in ("textfooler", "bert-attack", "textbugger")
     }
     for r in rows:
         assert r["num_examples"] == 6

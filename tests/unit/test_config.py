@@ -42,7 +42,10 @@ def test_default_params_file_is_valid():
         ({"attack": {"models": ["soup-best"]}}, ["attack.models", "'soup-best'", "soup-greedy", "'pruned'"]),
         ({"attack": {"num_examples": 0}}, ["attack.num_examples", "0", "greater than 0"]),
         (
-            {"prune": {"methods": ["wanda"], "sparsities": [0.5]}, "sds": {"methods": ["wanda"], "sparsities": [0.75]}},
+            {
+                "prune": {"methods": ["wanda"], "sparsities": [0.5]},
+                "sds": {"methods": ["wanda"], "sparsities": [0.75]},
+            },
             ["sds", "wanda@0.75", "not prune combinations", "wanda@0.5"],
         ),
         ({"sds": {"optimizer": "sgd"}}, ["sds.optimizer", "'sgd'", "'fista'"]),
