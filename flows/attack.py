@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 
 import mlflow
 from prefect import flow
@@ -131,6 +132,16 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
                     row.get("avg_queries", float("nan")),
                     f"{row['wall_over_floor']:.2f}" if row["wall_over_floor"] else "-",
                 )
+        attacks_dir = layout.reports / "attacks"
+        wanted = {f"{r['model']}/{r['recipe']}.csv" for r in rows}
+        if attacks_dir.is_dir():  # per-example CSVs of models or recipes no longer attacked would be stale
+            for stale in attacks_dir.glob("*/*.csv"):
+                if stale.relative_to(attacks_dir).as_posix() not in wanted:
+                    stale.unlink()
+            for d in attacks_dir.iterdir():
+                if d.is_dir() and not any(d.iterdir()):
+                    shutil.rmtree(d)
+        write_json(attacks_dir / "index.json", [[r["model"], r["recipe"]] for r in rows])
         write_json(layout.reports / "attack.json", rows)
     return rows
 

@@ -7,6 +7,8 @@ model. ``reports/sds.json`` records prune -> reactivate -> re-prune for the repo
 
 from __future__ import annotations
 
+import shutil
+
 import mlflow
 from prefect import flow
 
@@ -36,6 +38,14 @@ def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                     f"{final['name']}.sparsity": final["measured_sparsity"],
                 }
             )
+        # the out directory always exists (DVC tracks it even when no combination is asked for), and holds
+        # exactly the combinations params.yaml asks for
+        sds_dir = layout.root / "models" / "sds"
+        sds_dir.mkdir(parents=True, exist_ok=True)
+        for stale in sds_dir.iterdir():
+            if stale.is_dir() and stale.name not in out and not stale.name.startswith("."):
+                shutil.rmtree(stale)
+        write_json(sds_dir / "index.json", sorted(out))
         write_json(layout.reports / "sds.json", out)
         mlflow.log_artifact(str(layout.reports / "sds.json"), artifact_path="sds")
     return out
