@@ -13,7 +13,7 @@ measures the first prune + adjustment alone (no re-activation), to separate the 
 Cheap proxy for tuning: ``--calib-chunks 16 --eval-windows 8`` (rows get a ``/calibN`` and ``/evalW`` suffix).
 
     nice -n 19 .venv/bin/python benchmarks/bench_sds.py --methods sparsegpt wanda --patterns 2:4 0.5 \
-        --l1 0.1 --steps 20 --adjust-steps 20
+        --l1 0.3 --steps 60
 
 Rows are merged into ``benchmarks/results/sds_smollm2.json`` (written atomically after every row).
 """
@@ -98,7 +98,7 @@ def _first_prune(
             lin.weight.data.copy_(weights[name])
         meta = read_json(cache / "meta.json")
         return model, load_masks(cache / "masks.safetensors"), meta.get("prune_s")
-    opts = PruneOptions(method=method, pattern=parse_pattern(pattern))
+    opts = PruneOptions(method=method, pattern=parse_pattern(pattern), track_dense=False)
     t0 = time.perf_counter()
     outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
     seconds = round(time.perf_counter() - t0, 1)
@@ -122,7 +122,7 @@ def _layer_errors(reports: list) -> dict[str, float]:
 def run_track(dense: torch.nn.Module, data: Any, method: str, pattern: str, args: argparse.Namespace) -> dict:
     """One row: first prune, SDS steps 2-3, perplexity after each step, times and peak RSS."""
     opts = _sds_options(args)
-    prune = PruneOptions(method=method, pattern=parse_pattern(pattern))
+    prune = PruneOptions(method=method, pattern=parse_pattern(pattern), track_dense=False)
     eval_ids = data.eval_ids[:, : args.eval_windows * 512]
     stages = set(args.eval_stages)
     row: dict[str, Any] = {"method": method, "pattern": pattern, "calib_chunks": args.calib_chunks}
@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=["sparsegpt"], choices=METHODS)
     ap.add_argument("--patterns", nargs="+", default=["2:4"])
-    ap.add_argument("--l1", type=float, default=0.1)
+    ap.add_argument("--l1", type=float, default=0.3)
     ap.add_argument("--regularizer", choices=("l1", "group"), default="l1")
     ap.add_argument("--group-size", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--optimizer", choices=("ista", "fista", "adam"), default="fista")
     ap.add_argument("--init", choices=("pruned", "dense"), default="pruned")
