@@ -115,9 +115,7 @@ def measure(
             alpha=None if args.alpha == "adaptive" else float(args.alpha),
             track_dense=args.track_dense,
         )
-        row.update(
-            track_dense=args.track_dense or method == "rakp", alpha=args.alpha if method == "rakp" else None
-        )
+        row.update(track_dense=args.track_dense, alpha=args.alpha if method == "rakp" else None)
         with PeakRSS() as rss, _timed() as t:
             outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
         blocks = [b.seconds for b in outcome.blocks]

@@ -175,3 +175,51 @@ def test_without_dense_tracking_sparsegpt_gives_the_same_masks(bert, calib_batch
     assert (
         full.blocks[1].output_error > 0 and lean.blocks[1].output_error != lean.blocks[1].output_error
     )  # NaN
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "rakp"])
+def test_lean_statistics_give_the_same_masks_and_weights(request, calib_batches, model, method):
+    """Without layer reports: no pass for magnitude, diag(H) for Wanda, no H_dense for RAKP; same result."""
+    net = request.getfixturevalue(model)
+    batches = (
+        calib_batches
+        if model == "bert"
+        else [
+            {"input_ids": torch.randint(0, 99, (2, 16), generator=torch.Generator().manual_seed(s))}
+            for s in (0, 1)
+        ]
+    )
+    a, b = copy.deepcopy(net), copy.deepcopy(net)
+    full = prune_model(a, batches, _opts(method, TWO_FOUR))
+    lean = prune_model(b, batches, _opts(method, TWO_FOUR, track_dense=False))
+    assert all(torch.equal(full.masks[k], lean.masks[k]) for k in full.masks)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=k)
+    rep = lean.blocks[1].layers[0]
+    if method == "rakp":  # the dense stream still runs (the correction needs it), H_dense does not
+        assert lean.blocks[1].output_error == pytest.approx(full.blocks[1].output_error, rel=1e-5)
+        assert rep.target_error != rep.target_error and rep.delta_norm > 0
+    else:
+        assert rep.error != rep.error  # NaN: no full Hessian was built
+
+
+def test_stats_pass_stops_after_the_last_hooked_group(llama):
+    """The pruned stream's statistics pass never runs the Linears after the last hooked group."""
+    from robustprune.pruning.sequential import StatsPlan, capture_block_inputs, collect_stats
+
+    ids = torch.randint(0, 99, (2, 16), generator=torch.Generator().manual_seed(0))
+    inputs = capture_block_inputs(llama, [{"input_ids": ids}])
+    block = find_blocks(llama)[0]
+    groups = linear_groups(llama, block, r"self_attn\.(q|k|v)_proj")
+    calls: list[str] = []
+    handles = [m.register_forward_hook(lambda *_a, n=n: calls.append(n)) for n, m in block.named_modules()]
+    try:
+        stats, dense_out = collect_stats(
+            block, groups, inputs, plan=StatsPlan(dense=False, dense_hessian=False)
+        )
+    finally:
+        for h in handles:
+            h.remove()
+    assert dense_out == [] and stats["self_attn.q_proj"].H is not None
+    assert "mlp.down_proj" not in calls and "self_attn.o_proj" not in calls

@@ -134,27 +134,70 @@ def block_forward(
 
 @dataclass
 class _Stats:
-    H: torch.Tensor | None = None  # 2/N X̃ᵀX̃
-    H_dense: torch.Tensor | None = None  # 2/N XᵀX
+    H: torch.Tensor | None = None  # 2/N X̃ᵀX̃, or only its diagonal (a vector) when that is all that is needed
+    H_dense: torch.Tensor | None = None  # 2/N XᵀX (only to report the per-layer target error)
     cross: torch.Tensor | None = None  # 2/N (X − X̃)ᵀX̃
     n: int = 0
 
 
+def _accumulate_diag(acc: torch.Tensor | None, x: torch.Tensor, n_seen: int) -> tuple[torch.Tensor, int]:
+    """Running ``2/N · Σ_t x_tj²``: the diagonal of ``H`` in O(N·d) instead of O(N·d²) (all Wanda reads)."""
+    total = n_seen + x.shape[0]
+    upd = x.square().sum(0)
+    if acc is None:
+        return upd * (2.0 / max(total, 1)), total
+    return acc * (n_seen / max(total, 1)) + upd * (2.0 / max(total, 1)), total
+
+
+@dataclass(frozen=True)
+class StatsPlan:
+    """What one block's statistics pass computes (:func:`stats_plan` picks it from the options).
+
+    ``hessian``: "full" (``H``), "diag" (its diagonal: Wanda without layer reports) or "none"
+    (magnitude without layer reports: no pass at all); ``dense``: run the dense stream too (RAKP's cross
+    term, the drift report, ``next_input = dense``); ``dense_hessian``: also ``H_dense``, only for the
+    per-layer target error of the drift report.
+    """
+
+    hessian: str = "full"
+    dense: bool = True
+    dense_hessian: bool = True
+
+
+def stats_plan(opts: PruneOptions) -> StatsPlan:
+    """The least work that ``opts`` needs: layer reports (``track_dense``) keep the full statistics."""
+    report = opts.track_dense
+    dense = report or opts.method == "rakp" or opts.next_input == "dense"
+    hessian = "full" if report else {"magnitude": "none", "wanda": "diag"}.get(opts.method, "full")
+    return StatsPlan(hessian=hessian, dense=dense, dense_hessian=report)
+
+
 @torch.inference_mode()
 def collect_stats(
-    block: nn.Module, groups: Sequence[dict[str, nn.Linear]], inputs: BlockInputs, *, track_dense: bool = True
+    block: nn.Module,
+    groups: Sequence[dict[str, nn.Linear]],
+    inputs: BlockInputs,
+    *,
+    track_dense: bool = True,
+    plan: StatsPlan | None = None,
 ) -> tuple[dict[str, _Stats], list[torch.Tensor]]:
-    """Per-Linear statistics, and the dense block's outputs (the next dense inputs).
+    """Per-Linear statistics, and the dense block's outputs (the next dense inputs; empty without them).
 
     Linears of one group read the same input (q/k/v; gate/up), so each group is hooked once and its
-    statistics shared. With ``track_dense`` both streams run token-aligned and every group gets
-    ``H``, ``H_dense`` and ``cross``; without it only the pruned stream runs and only ``H`` is built
-    (all SparseGPT and Wanda need: one forward and one XᵀX per group instead of three).
+    statistics shared. ``plan`` (default: everything if ``track_dense``, else only ``H`` on the pruned
+    stream) says what to build. The pruned stream's forward is cut short once every hooked group has
+    seen its input (its output is not needed: the caller runs the pruned block afterwards), which saves
+    the work after the last hooked Linear (for a Llama block, the down projection).
     """
+    if plan is None:
+        plan = StatsPlan() if track_dense else StatsPlan(dense=False, dense_hessian=False)
     shared = [_Stats() for _ in groups]
     stats = {name: st for st, g in zip(shared, groups, strict=True) for name in g}
+    if plan.hessian == "none" and not plan.dense:
+        return stats, []
     seen: dict[int, torch.Tensor] = {}
-    phase = {"dense": True, "mask": None}
+    fired: set[int] = set()
+    phase: dict[str, Any] = {"dense": True, "mask": None}
 
     def make_hook(gi: int) -> Callable:
         def hook(_mod: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
@@ -164,13 +207,19 @@ def collect_stats(
                 seen[gi] = x
                 return
             n = s.n
-            if not track_dense:
-                s.H, s.n = accumulate_xtx(s.H, x, n)
-                return
-            x_dense = seen.pop(gi)
-            s.H, _ = accumulate_xtx(s.H, x, n)
-            s.H_dense, _ = accumulate_xtx(s.H_dense, x_dense, n)
-            s.cross, s.n = accumulate_cross(s.cross, x_dense, x, n)
+            if plan.hessian == "full":
+                s.H, _ = accumulate_xtx(s.H, x, n)
+            elif plan.hessian == "diag":
+                s.H, _ = _accumulate_diag(s.H, x, n)
+            if plan.dense:
+                x_dense = seen.pop(gi)
+                if plan.dense_hessian:
+                    s.H_dense, _ = accumulate_xtx(s.H_dense, x_dense, n)
+                s.cross, _ = accumulate_cross(s.cross, x_dense, x, n)
+            s.n = n + x.shape[0]
+            fired.add(gi)
+            if len(fired) == len(groups):
+                raise _Stop
 
         return hook
 
@@ -180,11 +229,15 @@ def collect_stats(
         for i, (x_pruned, extra, mask) in enumerate(
             zip(inputs.pruned, inputs.extras, inputs.token_mask, strict=True)
         ):
-            if track_dense:
+            if plan.dense:
                 phase.update(dense=True, mask=mask)
                 dense_out.append(block_forward(block, inputs.dense[i], extra))
+            if plan.hessian == "none" and not plan.dense:
+                continue
             phase.update(dense=False, mask=mask)
-            block_forward(block, x_pruned, extra)
+            fired.clear()
+            with contextlib.suppress(_Stop):
+                block_forward(block, x_pruned, extra)
     finally:
         for h in handles:
             h.remove()
@@ -222,7 +275,7 @@ def _prune_linears(
             )
         except ValueError as e:
             raise ValueError(f"block {index}, layer {name!r} (weight {tuple(W.shape)}): {e}") from e
-        err = output_error(W, res.weight, s.H)
+        err = output_error(W, res.weight, s.H) if s.H is not None and s.H.dim() == 2 else float("nan")
         terr = target_error(W, res.weight, s.H_dense, s.H, s.cross) if s.H_dense is not None else float("nan")
         lin.weight.data.copy_(res.weight)
         masks[f"{index}.{name}"] = res.mask.cpu()
@@ -270,7 +323,7 @@ def select_alpha(
         raise ValueError(f"adaptive alpha needs at least 2 calibration batches, got {n}")
     fit, hold = _subset(inputs, range(n - n_hold)), _subset(inputs, range(n - n_hold, n))
     linears = {name: lin for g in groups for name, lin in g.items()}
-    stats, _ = collect_stats(block, groups, fit)
+    stats, _ = collect_stats(block, groups, fit, plan=stats_plan(opts))
     dense_hold = [block_forward(block, x, e) for x, e in zip(hold.dense, hold.extras, strict=True)]
     original = {name: lin.weight.data.clone() for name, lin in linears.items()}
     errors = {}
@@ -294,10 +347,11 @@ def prune_block(
     groups = linear_groups(model, block, opts.modules)
     linears = {name: lin for g in groups for name, lin in g.items()}
     report = BlockReport(index=index, alpha=opts.alpha if opts.method == "rakp" else None)
-    track = opts.track_dense or opts.method == "rakp" or opts.next_input == "dense"
+    plan = stats_plan(opts)
+    track = plan.dense
     if opts.method == "rakp" and opts.alpha is None:
         report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index)
-    stats, dense_out = collect_stats(block, groups, inputs, track_dense=track)
+    stats, dense_out = collect_stats(block, groups, inputs, plan=plan)
     masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
     pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
     report.output_error = _relative_error(dense_out, pruned_out, inputs.token_mask) if track else float("nan")

@@ -17,6 +17,9 @@ from .result import PruneResult
 def wanda_prune(W: Tensor, H: Tensor, pattern: Pattern) -> PruneResult:
     """Prune ``W`` (``d_out × d_in``) with Wanda scores ``|W_ij| · sqrt(H_jj)``.
 
+    ``H`` is the layer Hessian or only its diagonal (a ``d_in`` vector: all Wanda reads, and O(N·d)
+    to accumulate instead of O(N·d²)).
+
     Unstructured: the lowest scores of every output row are pruned, exactly
     ``num_to_prune(W.numel(), sparsity)`` in the layer: when ``sparsity · d_in`` is not an integer the
     rounding remainder is spread over the rows by cumulative rounding (:func:`split_prune_counts`), so
@@ -25,12 +28,15 @@ def wanda_prune(W: Tensor, H: Tensor, pattern: Pattern) -> PruneResult:
     """
     if W.dim() != 2:
         raise ValueError(f"W must be a (d_out, d_in) matrix, got shape {tuple(W.shape)}")
-    if H.shape != (W.shape[1], W.shape[1]):
+    d_in = W.shape[1]
+    if H.shape not in ((d_in, d_in), (d_in,)):
         raise ValueError(
-            f"H must be (d_in, d_in) = {(W.shape[1], W.shape[1])} for W of shape {tuple(W.shape)}, "
-            f"got {tuple(H.shape)}"
+            f"H must be (d_in, d_in) = {(d_in, d_in)} or its diagonal ({d_in},) for W of shape "
+            f"{tuple(W.shape)}, got {tuple(H.shape)}"
         )
-    col_norm = H.detach().float().diagonal().clamp_min(0).sqrt().to(W.device)
+    diag = H.detach().float()
+    diag = diag if diag.dim() == 1 else diag.diagonal()
+    col_norm = diag.clamp_min(0).sqrt().to(W.device)
     scores = W.detach().float().abs() * col_norm.unsqueeze(0)
     if pattern.is_nm:
         assert pattern.n is not None and pattern.m is not None
