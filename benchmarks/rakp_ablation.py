@@ -1,11 +1,15 @@
 """RAKP rectification ablation on the default encoder: fixed alpha vs the adaptive rule, per pattern.
 
-Reads what the default pipeline produced (``make run``): the greedy soup, the calibration set and the test
-split. For each pattern and each alpha in {0, 0.25, 0.5, 1, adaptive} it prunes a fresh copy of the soup with
-RAKP (alpha = 0 is exactly SparseGPT on the pruned stream) and measures test accuracy and the last block's
-output error against the dense model. Prints a table; writes benchmarks/results/rakp_ablation_encoder.json.
+Reads what the default pipeline produced (``make run``): the greedy soup, the calibration set, the splits and
+the attack resources. For each pattern and each alpha in {0, 0.25, 0.5, 1, adaptive (judged at the block's
+output), adaptive-model (judged at the last block's output)} it prunes a fresh copy of the soup with RAKP
+(alpha = 0 is exactly SparseGPT on the pruned stream) and measures validation and test accuracy, the last
+block's output error against the dense model and, with ``--attack-n``, TextFooler's accuracy under attack on
+the attack stage's seeded test rows. The "best fixed alpha" is reported twice: chosen on validation accuracy
+(what a user can do) and on test accuracy (an oracle). Prints a table; writes
+benchmarks/results/rakp_ablation_encoder.json.
 
-    .venv/bin/python benchmarks/rakp_ablation.py --patterns 0.75 0.875 2:4
+    .venv/bin/python benchmarks/rakp_ablation.py --patterns 0.75 0.875 2:4 --attack-n 50 --threads 1
 """
 
 from __future__ import annotations
@@ -26,6 +30,66 @@ from robustprune.modeling import load_classifier, load_tokenizer  # noqa: E402
 from robustprune.pruning import parse_pattern  # noqa: E402
 from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
 
+ADAPTIVE = {"adaptive": "block", "adaptive-block": "block", "adaptive-model": "model"}
+
+
+def attack_accuracy(model, tok, test, rows: list[int], bundle: Path, max_length: int) -> dict:
+    """TextFooler on ``rows`` of the test split (the attack stage's recipe and resources)."""
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.bundle import load_bundle
+    from robustprune.attacks.metrics import summarize
+    from robustprune.attacks.runner import attack_examples
+    from robustprune.attacks.similarity import MeanPooledEncoder
+    from robustprune.attacks.textattack_env import import_textattack
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    import_textattack()
+    global _RES, _ENC  # one bundle and one sentence-encoder cache for every model of the run
+    if "_RES" not in globals():
+        _RES = load_bundle(bundle)
+        _ENC = MeanPooledEncoder.from_dir(_RES.encoder_dir)
+    wrapper = FastClassifierWrapper(model, tok, max_length=max_length, batch_size=32)
+    attack = build_attack("textfooler", wrapper, _RES, encoder=_ENC)
+    examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
+    return summarize(attack_examples(attack, examples, progress=False)).to_dict()
+
+
+def summarize_rows(rows: list[dict]) -> dict:
+    """Per pattern: the best fixed alpha by validation and by test accuracy, against each adaptive rule."""
+    by_pattern, lines = {}, []
+    for pattern in dict.fromkeys(r["pattern"] for r in rows):
+        fixed = [r for r in rows if r["pattern"] == pattern and r["alpha"] not in ADAPTIVE]
+        adaptive = [r for r in rows if r["pattern"] == pattern and r["alpha"] in ADAPTIVE]
+        if not fixed:
+            continue
+        by_val = max(fixed, key=lambda r: (r["val_accuracy"], -float(r["alpha"])))
+        by_test = max(fixed, key=lambda r: (r["accuracy"], -float(r["alpha"])))
+        entry = {"best_fixed_by_val": by_val["alpha"], "best_fixed_by_test": by_test["alpha"], "adaptive": {}}
+
+        def aua(r: dict) -> float | None:
+            return r["attack"]["accuracy_under_attack"] if r.get("attack") else None
+
+        for r in adaptive:
+            entry["adaptive"][r["alpha"]] = {
+                "test_minus_best_by_val": round(100 * (r["accuracy"] - by_val["accuracy"]), 2),
+                "test_minus_best_by_test": round(100 * (r["accuracy"] - by_test["accuracy"]), 2),
+                "aua_minus_best_by_val": None
+                if aua(r) is None or aua(by_val) is None
+                else round(aua(r) - aua(by_val), 2),
+            }
+            e = entry["adaptive"][r["alpha"]]
+            lines.append(
+                f"{pattern:>6} {r['alpha']:>14}: test {e['test_minus_best_by_val']:+.2f} vs alpha={by_val['alpha']} "
+                f"(best on val), {e['test_minus_best_by_test']:+.2f} vs alpha={by_test['alpha']} (best on test)"
+                + (
+                    f"; AuA {e['aua_minus_best_by_val']:+.1f} vs best on val"
+                    if e["aua_minus_best_by_val"] is not None
+                    else ""
+                )
+            )
+        by_pattern[pattern] = entry
+    return {"by_pattern": by_pattern, "lines": lines}
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -35,9 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "rakp_ablation_encoder.json"
     )
+    ap.add_argument(
+        "--attack-n", type=int, default=0, help="TextFooler on this many seeded test rows (0 = skip)"
+    )
+    ap.add_argument("--attack-seed", type=int, default=0)
+    ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "attack")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import numpy as np
+
+    bad = [a for a in args.alphas if a not in ADAPTIVE and not a.replace(".", "", 1).isdigit()]
+    if bad:
+        ap.error(f"--alphas: {bad} are neither numbers in [0, 1] nor one of {sorted(ADAPTIVE)}")
     calib = batches(load_tensors(ROOT / "data" / "calibration" / "calibration.safetensors"), 32)
-    test = load_splits(ROOT / "data" / "prepared").test
+    splits = load_splits(ROOT / "data" / "prepared")
+    test, val = splits.test, splits.validation
+    rng = np.random.default_rng(args.attack_seed)
+    attack_rows = sorted(
+        int(i) for i in rng.choice(len(test), size=min(args.attack_n, len(test)), replace=False)
+    )
     tok = load_tokenizer(args.model)
     rows = []
     for pattern in args.patterns:
@@ -46,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             opts = PruneOptions(
                 method="rakp",
                 pattern=parse_pattern(pattern),
-                alpha=None if alpha == "adaptive" else float(alpha),
+                alpha=None if alpha in ADAPTIVE else float(alpha),
+                alpha_criterion=ADAPTIVE.get(alpha, "block"),
             )
             t0 = time.perf_counter()
             out = prune_model(model, calib, opts)
@@ -54,28 +139,43 @@ def main(argv: list[str] | None = None) -> int:
             acc = evaluate_accuracy(
                 model, tok, test["text"].tolist(), test["label"].tolist(), max_length=64
             ).accuracy
+            val_acc = evaluate_accuracy(
+                model, tok, val["text"].tolist(), val["label"].tolist(), max_length=64
+            ).accuracy
+            attacked = (
+                attack_accuracy(model, tok, test, attack_rows, args.bundle, 64) if attack_rows else None
+            )
             rows.append(
                 {
                     "pattern": pattern,
                     "alpha": alpha,
                     "accuracy": acc,
+                    "val_accuracy": val_acc,
+                    "attack": attacked,
                     "prune_s": round(secs, 1),
                     "last_block_output_error": out.blocks[-1].output_error,
                     "alpha_per_block": [b.alpha for b in out.blocks],
                 }
             )
+            aua = f"  AuA {attacked['accuracy_under_attack']:.1f}%" if attacked else ""
             print(
-                f"{pattern:>6} alpha={alpha:>8}  acc {100 * acc:6.2f}%  drift {rows[-1]['last_block_output_error']:.4f}"
+                f"{pattern:>6} alpha={alpha:>14}  val {100 * val_acc:6.2f}%  test {100 * acc:6.2f}%{aua}  drift {rows[-1]['last_block_output_error']:.4f}"
                 f"  alphas {rows[-1]['alpha_per_block']}  {secs:.1f}s",
                 flush=True,
             )
+    summary = summarize_rows(rows)
+    for line in summary["lines"]:
+        print(line)
     write_json(
         args.out,
         {
             "model": str(args.model.relative_to(ROOT)),
             "calibration_batches": len(calib),
             "test_examples": len(test),
+            "validation_examples": len(val),
+            "attack": {"recipe": "textfooler", "rows": attack_rows, "seed": args.attack_seed},
             "rows": rows,
+            "summary": summary["by_pattern"],
         },
     )
     return 0

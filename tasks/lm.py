@@ -139,6 +139,7 @@ def prune_options(params: Params, method: str, sparsity: str) -> PruneOptions:
         alpha=None if lm.rakp.alpha == "adaptive" else lm.rakp.alpha,
         alpha_grid=tuple(lm.rakp.alpha_grid),
         holdout_fraction=lm.rakp.holdout_fraction,
+        alpha_criterion=lm.rakp.alpha_criterion,
         ridge=lm.rakp.ridge,
         next_input=lm.rakp.next_input,
         track_dense=lm.track_dense,

@@ -66,6 +66,7 @@ def options(params: Params, method: str, sparsity: str) -> PruneOptions:
         alpha=None if p.rakp.alpha == "adaptive" else p.rakp.alpha,
         alpha_grid=tuple(p.rakp.alpha_grid),
         holdout_fraction=p.rakp.holdout_fraction,
+        alpha_criterion=p.rakp.alpha_criterion,
         ridge=p.rakp.ridge,
         next_input=p.rakp.next_input,
         modules=p.modules,

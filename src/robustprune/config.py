@@ -135,6 +135,7 @@ class RakpConfig(_Section):
         1.0,
     ]
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    alpha_criterion: Literal["block", "model"] = "block"
     ridge: Annotated[float, Field(ge=0)] = 0.1
     next_input: Literal["pruned", "dense"] = "pruned"
 

@@ -223,3 +223,40 @@ def test_stats_pass_stops_after_the_last_hooked_group(llama):
             h.remove()
     assert dense_out == [] and stats["self_attn.q_proj"].H is not None
     assert "mlp.down_proj" not in calls and "self_attn.o_proj" not in calls
+
+
+def test_model_criterion_judges_alpha_at_the_last_block(bert, calib_batches):
+    """'model' scores each candidate after the rest (still dense) network; with nothing after, it is 'block'."""
+    from robustprune.pruning.sequential import capture_block_inputs, select_alpha
+
+    batches = calib_batches + calib_batches
+    from robustprune.pruning.sequential import BlockInputs
+
+    dense = capture_block_inputs(bert, batches)
+    g = torch.Generator().manual_seed(0)
+    shifted = [x + 0.3 * torch.randn(x.shape, generator=g) for x in dense.dense]  # as if upstream was pruned
+    inputs = BlockInputs(shifted, dense.dense, dense.extras, dense.token_mask)
+    blocks = find_blocks(bert)
+    groups = linear_groups(bert, blocks[0])
+    grid = (0.0, 0.5, 1.0)
+    block_opts = _opts("rakp", alpha=None, alpha_grid=grid)
+    model_opts = _opts("rakp", alpha=None, alpha_grid=grid, alpha_criterion="model")
+    before = {k: v.clone() for k, v in bert.state_dict().items()}
+    _, alone = select_alpha(blocks[0], groups, inputs, block_opts, 0)
+    _, no_rest = select_alpha(blocks[0], groups, inputs, model_opts, 0, later=())
+    calls = []
+    handle = blocks[1].register_forward_hook(lambda *_a: calls.append(1))
+    try:
+        best, through = select_alpha(blocks[0], groups, inputs, model_opts, 0, later=blocks[1:])
+    finally:
+        handle.remove()
+    assert no_rest == pytest.approx(alone, rel=1e-6)
+    n_hold = max(1, round(len(batches) * 0.25))
+    assert len(calls) == n_hold * (1 + len(grid))  # the dense reference, then every candidate
+    assert all(through[a] != alone[a] for a in grid)
+    assert best == min(through, key=lambda x: (through[x], x))
+    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in before.items())  # candidates are undone
+    out = prune_model(copy.deepcopy(bert), batches, model_opts)
+    assert all(rep.alpha in grid for rep in out.blocks)
+    with pytest.raises(ValueError, match="alpha_criterion"):
+        prune_model(copy.deepcopy(bert), batches, _opts("rakp", alpha=None, alpha_criterion="loss"))

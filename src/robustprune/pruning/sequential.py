@@ -41,6 +41,9 @@ class PruneOptions:
     alpha: float | None = 0.25  # RAKP rectification strength; None = adaptive (select_alpha)
     alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
+    alpha_criterion: str = (
+        "block"  # adaptive α judged at the block's output | the model's last block ("model")
+    )
     track_dense: bool = True  # run the dense stream for every method (drift report); RAKP always does
     ridge: float = 0.1
     next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
@@ -302,21 +305,43 @@ def _subset(inputs: BlockInputs, idx: Sequence[int]) -> BlockInputs:
     )
 
 
+ALPHA_CRITERIA = ("block", "model")
+
+
+def _run_blocks(
+    blocks: Sequence[nn.Module], hidden: Sequence[torch.Tensor], extras: Sequence[tuple]
+) -> list[torch.Tensor]:
+    out = list(hidden)
+    for blk in blocks:
+        out = [block_forward(blk, h, e) for h, e in zip(out, extras, strict=True)]
+    return out
+
+
+@torch.inference_mode()
 def select_alpha(
     block: nn.Module,
     groups: Sequence[dict[str, nn.Linear]],
     inputs: BlockInputs,
     opts: PruneOptions,
     index: int,
+    later: Sequence[nn.Module] = (),
 ) -> tuple[float, dict[float, float]]:
-    """Adaptive rectification: the α whose pruned BLOCK best reproduces the dense block on held-out batches.
+    """Adaptive rectification: the α whose pruned model best reproduces the dense one on held-out batches.
 
     The design notes measured that choosing α per module by the module's own error rewards
-    over-correction, which then compounds. This criterion looks one level further and out of sample:
-    the statistics come from the first batches, and each candidate α is judged by the relative error of
-    the whole block's output (attention and MLP together, dense target) on the last
-    ``holdout_fraction`` of the calibration batches, which the solver never saw.
+    over-correction, which then compounds. Both criteria look further and out of sample: the statistics
+    come from the first batches, and each candidate α is judged on the last ``holdout_fraction`` of the
+    calibration batches, which the solver never saw, by the relative error against the dense model of
+
+    - ``alpha_criterion = "block"``: the whole block's output (attention and MLP together);
+    - ``"model"``: the LAST block's output, the candidate block followed by the ``later`` blocks, which are
+      still dense when block ``index`` is pruned. This measures how the block's error propagates to what
+      the head reads, the "model's held-out loss" criterion of the issue without a task loss (it needs no
+      labels and works for encoders and decoders alike); it costs one pass of the rest of the network per
+      candidate on the held-out batches.
     """
+    if opts.alpha_criterion not in ALPHA_CRITERIA:
+        raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
     n = len(inputs.pruned)
     n_hold = min(max(1, round(n * opts.holdout_fraction)), n - 1)
     if n_hold < 1:
@@ -324,12 +349,13 @@ def select_alpha(
     fit, hold = _subset(inputs, range(n - n_hold)), _subset(inputs, range(n - n_hold, n))
     linears = {name: lin for g in groups for name, lin in g.items()}
     stats, _ = collect_stats(block, groups, fit, plan=stats_plan(opts))
-    dense_hold = [block_forward(block, x, e) for x, e in zip(hold.dense, hold.extras, strict=True)]
+    rest = list(later) if opts.alpha_criterion == "model" else []
+    dense_hold = _run_blocks([block, *rest], hold.dense, hold.extras)
     original = {name: lin.weight.data.clone() for name, lin in linears.items()}
     errors = {}
     for alpha in opts.alpha_grid:
         _prune_linears(linears, stats, opts, index, alpha)
-        got = [block_forward(block, x, e) for x, e in zip(hold.pruned, hold.extras, strict=True)]
+        got = _run_blocks([block, *rest], hold.pruned, hold.extras)
         errors[alpha] = _relative_error(dense_hold, got, hold.token_mask)
         for name, lin in linears.items():
             lin.weight.data.copy_(original[name])
@@ -343,14 +369,16 @@ def prune_block(
 ) -> tuple[BlockInputs, dict[str, torch.Tensor], BlockReport]:
     """Prune block ``index`` in place; return the next block's inputs, the masks (by full name) and a report."""
     t0 = time.perf_counter()
-    block = find_blocks(model)[index]
+    blocks = find_blocks(model)
+    block = blocks[index]
     groups = linear_groups(model, block, opts.modules)
     linears = {name: lin for g in groups for name, lin in g.items()}
     report = BlockReport(index=index, alpha=opts.alpha if opts.method == "rakp" else None)
     plan = stats_plan(opts)
     track = plan.dense
     if opts.method == "rakp" and opts.alpha is None:
-        report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index)
+        later = blocks[index + 1 :]
+        report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index, later)
     stats, dense_out = collect_stats(block, groups, inputs, plan=plan)
     masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
     pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
@@ -375,9 +403,23 @@ def prune_model(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> PruneOutcome:
-    """Prune every block of ``model`` in place, in order (the in-memory form of the pipeline's prune stage)."""
-    inputs = capture_block_inputs(model, batches, device)
+    """Prune every block of ``model`` in place, in order (the in-memory form of the pipeline's prune stage).
+
+    Magnitude pruning without layer reports reads no calibration data: no forward pass is run at all.
+    """
     outcome = PruneOutcome(masks={}, blocks=[])
+    if stats_plan(opts) == StatsPlan(hessian="none", dense=False, dense_hessian=False):
+        model.to(device)
+        for i, block in enumerate(tqdm(find_blocks(model), desc="prune magnitude", disable=not progress)):
+            t0 = time.perf_counter()
+            linears = {n: lin for g in linear_groups(model, block, opts.modules) for n, lin in g.items()}
+            report = BlockReport(index=i, output_error=float("nan"))
+            masks, report.layers = _prune_linears(linears, {n: _Stats() for n in linears}, opts, i, 0.0)
+            report.seconds = time.perf_counter() - t0
+            outcome.masks.update(masks)
+            outcome.blocks.append(report)
+        return outcome
+    inputs = capture_block_inputs(model, batches, device)
     for i in tqdm(range(len(find_blocks(model))), desc=f"prune {opts.method}", disable=not progress):
         inputs, masks, report = prune_block(model, i, inputs, opts)
         outcome.masks.update(masks)
