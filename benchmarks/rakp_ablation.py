@@ -67,7 +67,7 @@ def summarize_rows(rows: list[dict]) -> dict:
         entry = {"best_fixed_by_val": by_val["alpha"], "best_fixed_by_test": by_test["alpha"], "adaptive": {}}
 
         def aua(r: dict) -> float | None:
-            return r["attack"]["accuracy_under_attack"] if r.get("attack") else None
+            return 100 * r["attack"]["accuracy_under_attack"] if r.get("attack") else None
 
         for r in adaptive:
             entry["adaptive"][r["alpha"]] = {
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                     "alpha_per_block": [b.alpha for b in out.blocks],
                 }
             )
-            aua = f"  AuA {attacked['accuracy_under_attack']:.1f}%" if attacked else ""
+            aua = f"  AuA {100 * attacked['accuracy_under_attack']:.1f}%" if attacked else ""
             print(
                 f"{pattern:>6} alpha={alpha:>14}  val {100 * val_acc:6.2f}%  test {100 * acc:6.2f}%{aua}  drift {rows[-1]['last_block_output_error']:.4f}"
                 f"  alphas {rows[-1]['alpha_per_block']}  {secs:.1f}s",
