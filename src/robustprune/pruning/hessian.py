@@ -48,6 +48,19 @@ def accumulate_xtx(acc: Tensor | None, x: Tensor, n_seen: int) -> tuple[Tensor, 
     return _running_update(acc, xt.T @ xt, xt.shape[0], n_seen, xt.shape[1])
 
 
+def accumulate_diag(acc: Tensor | None, x: Tensor, n_seen: int) -> tuple[Tensor, int]:
+    """The running diagonal of ``2/N · XᵀX`` (``2/N · Σ_t x_tj²``) in O(N·d) instead of O(N·d²).
+
+    All Wanda reads (Sun et al. 2023, eq. 1). Same running-mean convention as :func:`accumulate_xtx`.
+    """
+    xt = _as_tokens(x)
+    total = n_seen + xt.shape[0]
+    if total == 0:
+        return (acc if acc is not None else xt.new_zeros(xt.shape[1])), 0
+    upd = xt.square().sum(0) * (2.0 / total)
+    return (upd if acc is None else acc.float() * (n_seen / total) + upd), total
+
+
 def accumulate_cross(
     acc: Tensor | None, x_dense: Tensor, x_pruned: Tensor, n_seen: int
 ) -> tuple[Tensor, int]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from robustprune.modeling import architecture_of, find_blocks, linear_groups
 from robustprune.pruning import Pattern, output_error, prune_weight, target_error
-from robustprune.pruning.hessian import accumulate_cross, accumulate_xtx
+from robustprune.pruning.hessian import accumulate_cross, accumulate_diag, accumulate_xtx
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,8 @@ class PruneOptions:
     alpha: float | None = 0.25  # RAKP rectification strength; None = adaptive (select_alpha)
     alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
-    alpha_criterion: str = (
-        "block"  # adaptive α judged at the block's output | the model's last block ("model")
-    )
+    # adaptive α judged at the block's output ("block") or at the model's last block ("model")
+    alpha_criterion: str = "block"
     track_dense: bool = True  # run the dense stream for every method (drift report); RAKP always does
     ridge: float = 0.1
     next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
@@ -143,15 +142,6 @@ class _Stats:
     n: int = 0
 
 
-def _accumulate_diag(acc: torch.Tensor | None, x: torch.Tensor, n_seen: int) -> tuple[torch.Tensor, int]:
-    """Running ``2/N · Σ_t x_tj²``: the diagonal of ``H`` in O(N·d) instead of O(N·d²) (all Wanda reads)."""
-    total = n_seen + x.shape[0]
-    upd = x.square().sum(0)
-    if acc is None:
-        return upd * (2.0 / max(total, 1)), total
-    return acc * (n_seen / max(total, 1)) + upd * (2.0 / max(total, 1)), total
-
-
 @dataclass(frozen=True)
 class StatsPlan:
     """What one block's statistics pass computes (:func:`stats_plan` picks it from the options).
@@ -213,7 +203,7 @@ def collect_stats(
             if plan.hessian == "full":
                 s.H, _ = accumulate_xtx(s.H, x, n)
             elif plan.hessian == "diag":
-                s.H, _ = _accumulate_diag(s.H, x, n)
+                s.H, _ = accumulate_diag(s.H, x, n)
             if plan.dense:
                 x_dense = seen.pop(gi)
                 if plan.dense_hessian:
@@ -235,8 +225,6 @@ def collect_stats(
             if plan.dense:
                 phase.update(dense=True, mask=mask)
                 dense_out.append(block_forward(block, inputs.dense[i], extra))
-            if plan.hessian == "none" and not plan.dense:
-                continue
             phase.update(dense=False, mask=mask)
             fired.clear()
             with contextlib.suppress(_Stop):
