@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from robustprune.checkpoints import (
     save_tensors,
     write_json,
 )
-from robustprune.config import Params, parse_sparsity
+from robustprune.config import Params
 from robustprune.lm import (
     convert_gguf,
     load_causal_lm,
@@ -39,10 +40,11 @@ from robustprune.lm import (
     speech_texts,
 )
 from robustprune.modeling import measured_sparsity, prunable_linears, resolve_device
+from robustprune.options import lm_prune_options, sds_options
 from robustprune.profiling import PeakRSS
-from robustprune.pruning import Pattern
 from robustprune.pruning.sequential import PruneOptions, prune_model
 from robustprune.resources import download, extract
+from robustprune.sds import SDSOptions
 from tasks.common import Layout, combo_name, sha256_files
 
 
@@ -129,21 +131,7 @@ def _protocol(path: str) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 
 def prune_options(params: Params, method: str, sparsity: str) -> PruneOptions:
-    s, n, m = parse_sparsity(sparsity)
-    lm = params.lm
-    return PruneOptions(
-        method=method,
-        pattern=Pattern(sparsity=s, n=n, m=m),
-        block_size=lm.block_size,
-        dampening=lm.dampening,
-        alpha=None if lm.rakp.alpha == "adaptive" else lm.rakp.alpha,
-        alpha_grid=tuple(lm.rakp.alpha_grid),
-        holdout_fraction=lm.rakp.holdout_fraction,
-        alpha_criterion=lm.rakp.alpha_criterion,
-        ridge=lm.rakp.ridge,
-        next_input=lm.rakp.next_input,
-        track_dense=lm.track_dense,
-    )
+    return lm_prune_options(params.lm, method, sparsity)
 
 
 def _code_digest() -> str:
@@ -256,13 +244,12 @@ def lm_prune(
     return metrics
 
 
-def masks_of(work: str | Path) -> dict[str, torch.Tensor]:
-    return load_masks(Path(work) / "masks.safetensors")
+def masks_of(work: str | Path) -> Mapping[str, torch.Tensor]:
+    """A pruned model's keep-masks, kept bit-packed (13 MB for SmolLM2-135M, not 106 MB as bool)."""
+    return load_masks(Path(work) / "masks.safetensors", packed=True)
 
 
-def _lm_sds_options(params: Params):  # noqa: ANN202 - SDSOptions
-    from tasks.sds import sds_options
-
+def _lm_sds_options(params: Params) -> SDSOptions:
     return sds_options(params.lm.sds)
 
 

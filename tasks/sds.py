@@ -25,24 +25,11 @@ from robustprune.config import Params
 from robustprune.data import load_splits
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
+from robustprune.options import sds_options
 from robustprune.pruning.sequential import prune_model
-from robustprune.sds import SDSOptions, adjust_model, reactivate_model
+from robustprune.sds import adjust_model, reactivate_model
 from tasks.common import Layout, combo_name, model_digest, sha256_files
 from tasks.prune import _calib_batches, options, source_model
-
-
-def sds_options(cfg) -> SDSOptions:  # noqa: ANN001 - config.SdsConfig
-    return SDSOptions(
-        l1=cfg.l1,
-        regularizer=cfg.regularizer,
-        group_size=cfg.group_size,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        optimizer=cfg.optimizer,
-        init=cfg.init,
-        final_adjust_steps=cfg.final_adjust_steps,
-        adjust_lr=cfg.adjust_lr,
-    )
 
 
 def sds_name(method: str, sparsity: str) -> str:
@@ -107,7 +94,7 @@ def sds_reactivate(params: Params, layout: Layout, method: str, sparsity: str) -
         return read_json(work / "metrics.json")
     device = resolve_device(params.runtime.device)
     model, dense_model = load_classifier(first), load_classifier(dense)
-    masks = load_masks(first / "masks.safetensors")
+    masks = load_masks(first / "masks.safetensors", packed=True)
     t0 = time.perf_counter()
     reports = reactivate_model(
         model,

@@ -174,3 +174,17 @@ runtime: {{progress: false, device: cpu}}
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     return write_tiny_project(tmp_path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where CUDA is visible (``pytest -m gpu`` on a CUDA host)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: no CUDA device visible")
+    for item in gpu_items:
+        item.add_marker(skip)

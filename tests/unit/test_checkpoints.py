@@ -35,3 +35,9 @@ def test_masks_survive_pack_and_unpack(tmp_path: Path):
     for k in masks:
         assert torch.equal(back[k], masks[k])
     assert (tmp_path / "masks.safetensors").stat().st_size < (7 * 13 + 64 * 256) / 4  # 8 mask bits per byte
+    lazy = load_masks(tmp_path / "masks.safetensors", packed=True)
+    assert len(lazy) == 2 and set(lazy) == set(masks) and "0.q" in lazy and "2.x" not in lazy
+    for k in masks:
+        assert lazy[k].dtype == torch.bool and torch.equal(lazy[k], masks[k])
+    with pytest.raises(KeyError):
+        lazy["2.x"]
