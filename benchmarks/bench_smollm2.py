@@ -72,7 +72,9 @@ def _timed() -> Iterator[dict[str, float]]:
         out["seconds"] = time.perf_counter() - t0
 
 
-def prepare(cache: Path, rng: str, calib_chunks: int = 64) -> tuple[Path, LMData, dict[str, Any]]:
+def prepare(
+    cache: Path, rng: str, calib_chunks: int = 64, calib_batch_size: int = 1
+) -> tuple[Path, LMData, dict[str, Any]]:
     """Convert SmolLM2 once (cached), build the protocol; returns the model dir, the data and its summary."""
     hf_dir = cache / "hf"
     if not (hf_dir / "config.json").is_file() or not (hf_dir / "model.safetensors").is_file():
@@ -83,7 +85,13 @@ def prepare(cache: Path, rng: str, calib_chunks: int = 64) -> tuple[Path, LMData
         print(f"converted {gguf.name} -> {hf_dir} in {t['seconds']:.1f} s", flush=True)
     speeches = extract("political_speeches", ROOT / ".cache" / "resources" / "political_speeches")
     tokenizer = load_lm_tokenizer(hf_dir)
-    data = perplexity_protocol(speech_texts(speeches), tokenizer, rng=rng, calib_chunks=calib_chunks)
+    data = perplexity_protocol(
+        speech_texts(speeches),
+        tokenizer,
+        rng=rng,
+        calib_chunks=calib_chunks,
+        calib_batch_size=calib_batch_size,
+    )
     summary = {
         "rng": rng,
         "eval_docs": len(data.eval_doc_indices),
@@ -102,7 +110,12 @@ def measure(
 ) -> dict[str, Any]:
     """One row: load a fresh model, prune it (unless dense), measure perplexity, time and peak RSS."""
     gc.collect()
-    row: dict[str, Any] = {"method": method or "dense", "pattern": pattern, "calib_chunks": args.calib_chunks}
+    row: dict[str, Any] = {
+        "method": method or "dense",
+        "pattern": pattern,
+        "calib_chunks": args.calib_chunks,
+        "calib_batch_size": args.calib_batch_size,
+    }
     with PeakRSS() as load_rss:
         model = load_causal_lm(hf_dir)
     row["rss_after_load_mb"] = round(load_rss.peak_mb, 1)
@@ -113,9 +126,12 @@ def measure(
             block_size=args.block_size,
             dampening=args.dampening,
             alpha=None if args.alpha == "adaptive" else float(args.alpha),
+            alpha_criterion=args.alpha_criterion,
             track_dense=args.track_dense,
         )
         row.update(track_dense=args.track_dense, alpha=args.alpha if method == "rakp" else None)
+        if method == "rakp" and args.alpha == "adaptive":
+            row["alpha_criterion"] = args.alpha_criterion
         with PeakRSS() as rss, _timed() as t:
             outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
         blocks = [b.seconds for b in outcome.blocks]
@@ -128,6 +144,8 @@ def measure(
             last_block_output_error=outcome.blocks[-1].output_error if outcome.blocks else None,
             sparsity=round(measured_sparsity(model), 4),
         )
+        if method == "rakp":
+            row["alpha_per_block"] = [b.alpha for b in outcome.blocks]
         del outcome
     with PeakRSS() as rss, _timed() as t:
         result = perplexity(model, data.eval_ids, window=args.window, batch_size=args.batch_size)
@@ -150,6 +168,10 @@ def _key(row: dict[str, Any]) -> str:
     key = f"{row['method']}@{row['pattern']}"
     if row["method"] == "rakp" and row.get("alpha") not in (None, "0.25"):
         key += f"/alpha{row['alpha']}"
+        if row.get("alpha_criterion", "block") != "block":
+            key += f"-{row['alpha_criterion']}"
+    if row.get("calib_batch_size", 1) != 1:
+        key += f"/batch{row['calib_batch_size']}"
     return (
         key
         if row.get("calib_chunks", DEFAULT_CALIB_CHUNKS) == DEFAULT_CALIB_CHUNKS
@@ -191,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_CALIB_CHUNKS,
         help="calibration chunks of 512 tokens (the protocol: 64; fewer = a quicker, off-protocol row)",
     )
+    parser.add_argument(
+        "--calib-batch-size",
+        type=int,
+        default=1,
+        help="calibration chunks per forward while pruning (8: fewer, larger GEMMs; masks differ only by float order)",
+    )
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward in perplexity()")
     parser.add_argument("--block-size", type=int, default=128)
@@ -198,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--progress", action="store_true", help="per-block progress bar while pruning")
     parser.add_argument("--alpha", default="0.25", help="RAKP rectification strength, or 'adaptive'")
+    parser.add_argument(
+        "--alpha-criterion",
+        choices=("block", "model"),
+        default="block",
+        help="adaptive alpha judged at the block's output or at the model's last block (see PruneOptions)",
+    )
     parser.add_argument(
         "--track-dense",
         action=argparse.BooleanOptionalAction,
@@ -210,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    hf_dir, data, protocol = prepare(args.cache, args.rng, args.calib_chunks)
+    hf_dir, data, protocol = prepare(args.cache, args.rng, args.calib_chunks, args.calib_batch_size)
     print(
         f"protocol: {protocol['eval_docs']} eval speeches, {protocol['eval_available_tokens']} tokens "
         f"-> {protocol['eval_tokens']}; {protocol['calib_chunks']} x {protocol['calib_len']} calibration "

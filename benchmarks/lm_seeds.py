@@ -112,7 +112,8 @@ def protocol(params: Params, model: str, seed: int, directory: Path) -> tuple[to
         calib = torch.cat([b["input_ids"] for b in data.calib_batches])
         save_tensors(path, {"eval_ids": data.eval_ids, "calib_ids": calib})
     t = load_tensors(path)
-    return t["eval_ids"], [{"input_ids": row.unsqueeze(0)} for row in t["calib_ids"]]
+    ids, bs = t["calib_ids"], lm.calib_batch_size
+    return t["eval_ids"], [{"input_ids": ids[i : i + bs]} for i in range(0, ids.shape[0], bs)]
 
 
 class Results:

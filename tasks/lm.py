@@ -125,9 +125,11 @@ def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> 
     return str(path)
 
 
-def _protocol(path: str) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+def _protocol(path: str, batch_size: int = 1) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Evaluation ids and the calibration chunks in batches of ``batch_size`` (``lm.calib_batch_size``)."""
     t = load_tensors(path)
-    return t["eval_ids"], [{"input_ids": row.unsqueeze(0)} for row in t["calib_ids"]]
+    ids = t["calib_ids"]
+    return t["eval_ids"], [{"input_ids": ids[i : i + batch_size]} for i in range(0, ids.shape[0], batch_size)]
 
 
 def prune_options(params: Params, method: str, sparsity: str) -> PruneOptions:
@@ -209,12 +211,12 @@ def lm_prune(
     logger = get_run_logger()
     opts = prune_options(params, method, sparsity)
     name = f"{combo_name(method, sparsity)}-s{seed}"
-    key = work_key(model, sha256_files(protocol), repr(opts), _code_digest())
+    key = work_key(model, sha256_files(protocol), repr(opts), params.lm.calib_batch_size, _code_digest())
     work = lm_dirs(layout)["work"] / name / key
     if (work / "metrics.json").is_file():
         logger.info("cache hit: %s", name)
         return read_json(work / "metrics.json")
-    eval_ids, calib = _protocol(protocol)
+    eval_ids, calib = _protocol(protocol, params.lm.calib_batch_size)
     net = load_causal_lm(model)
     device = resolve_device(params.runtime.device)
     with PeakRSS() as rss:
@@ -260,11 +262,15 @@ def lm_sds_reactivate(params: Params, layout: Layout, model: str, protocol: str,
 
     opts = _lm_sds_options(params)
     name = f"sds-reactivated-{pruned['name']}"
-    work = lm_dirs(layout)["work"] / name / work_key(pruned["work"], repr(opts), _code_digest())
+    work = (
+        lm_dirs(layout)["work"]
+        / name
+        / work_key(pruned["work"], repr(opts), params.lm.calib_batch_size, _code_digest())
+    )
     if (work / "metrics.json").is_file():
         get_run_logger().info("cache hit: %s", name)
         return read_json(work / "metrics.json")
-    eval_ids, calib = _protocol(protocol)
+    eval_ids, calib = _protocol(protocol, params.lm.calib_batch_size)
     net = load_linears(load_causal_lm(model), Path(pruned["work"]) / "weights.safetensors")
     dense = load_causal_lm(model)
     device = resolve_device(params.runtime.device)
@@ -307,12 +313,12 @@ def lm_sds_reprune(
     work = (
         lm_dirs(layout)["work"]
         / name
-        / work_key(reactivated["work"], repr(opts), repr(sopts), _code_digest())
+        / work_key(reactivated["work"], repr(opts), repr(sopts), params.lm.calib_batch_size, _code_digest())
     )
     if (work / "metrics.json").is_file():
         get_run_logger().info("cache hit: %s", name)
         return read_json(work / "metrics.json")
-    eval_ids, calib = _protocol(protocol)
+    eval_ids, calib = _protocol(protocol, params.lm.calib_batch_size)
     net = load_linears(load_causal_lm(model), Path(reactivated["work"]) / "weights.safetensors")
     device = resolve_device(params.runtime.device)
     with PeakRSS() as rss:

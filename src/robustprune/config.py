@@ -291,6 +291,9 @@ class LMConfig(_Section):
     window: Annotated[int, Field(ge=2, le=32768)] = 512
     calib_chunks: Annotated[int, Field(gt=0, le=100_000)] = 64
     calib_len: Annotated[int, Field(ge=2, le=32768)] = 512
+    # calibration chunks per forward while pruning / reconstructing: 8 makes the Hessian GEMMs larger and
+    # fewer (~18% less time per SmolLM2 block on 2 cores); only the float summation order changes
+    calib_batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
     calib_seeds: Annotated[list[int], Field(min_length=1)] = [0]
     methods: Annotated[list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]], Field(min_length=0)] = [
         "magnitude",

@@ -259,3 +259,31 @@ def test_convert_smollm2_gguf(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 20
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert load_lm_tokenizer(out)("Hello world", add_special_tokens=False)["input_ids"] == [19556, 905]
+
+
+def test_lm_task_protocol_batches_calibration_chunks(tmp_path: Path) -> None:
+    """``lm.calib_batch_size`` groups the saved chunks in order; the last batch takes the remainder."""
+    from robustprune.checkpoints import save_tensors
+    from tasks.lm import _protocol
+
+    calib = torch.arange(5 * 4).reshape(5, 4)
+    save_tensors(tmp_path / "p.safetensors", {"eval_ids": torch.arange(8).reshape(1, 8), "calib_ids": calib})
+    for bs, shapes in ((1, [1] * 5), (2, [2, 2, 1]), (8, [5])):
+        _, batches = _protocol(str(tmp_path / "p.safetensors"), bs)
+        assert [b["input_ids"].shape[0] for b in batches] == shapes
+        assert torch.equal(torch.cat([b["input_ids"] for b in batches]), calib)
+
+
+def test_batched_calibration_gives_the_same_masks() -> None:
+    """Pruning on the same chunks in batches of 4 or 1 changes only the float summation order."""
+    from robustprune.pruning import parse_pattern
+    from robustprune.pruning.sequential import PruneOptions, prune_model
+    from tests.conftest import tiny_llama
+
+    ids = torch.randint(0, 99, (8, 16), generator=torch.Generator().manual_seed(0))
+    for method in ("sparsegpt", "rakp"):
+        opts = PruneOptions(method=method, pattern=parse_pattern("2:4"), block_size=16)
+        one = prune_model(tiny_llama(), [{"input_ids": r.unsqueeze(0)} for r in ids], opts)
+        four = prune_model(tiny_llama(), [{"input_ids": ids[i : i + 4]} for i in range(0, 8, 4)], opts)
+        agree = sum(int((one.masks[k] == four.masks[k]).sum()) for k in one.masks)
+        assert agree / sum(m.numel() for m in one.masks.values()) >= 0.99

@@ -165,6 +165,17 @@ def test_accumulate_xtx_running_mean_matches_full_batch() -> None:
     assert acc.dtype == torch.float32
 
 
+@pytest.mark.parametrize(("d", "block"), [(64, 16), (100, 32), (96, 40), (640, None), (20, None)])
+def test_gram_is_the_symmetric_product(d: int, block: int | None) -> None:
+    """The striped upper-triangle product equals x.T @ x (mirrored), whatever the stripe width."""
+    from robustprune.pruning.hessian import gram
+
+    x = torch.randn(70, d, generator=_gen(d))
+    g = gram(x, block)
+    assert torch.equal(g, g.T)
+    _assert_close(g, x.T @ x, rtol=1e-5, atol=1e-4)
+
+
 def test_accumulate_cross_and_identity_with_h_pruned() -> None:
     g = _gen(3)
     X = torch.randn(40, 6, generator=g)

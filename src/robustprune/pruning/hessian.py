@@ -38,6 +38,34 @@ def _running_update(
     return new, total
 
 
+def _gram_block(d: int) -> int:
+    """Stripe width for :func:`gram`: 0 (plain product) below d = 512, two stripes up to 1024, else 384."""
+    if d < 512:
+        return 0
+    return -(-d // 64) * 32 if d < 1024 else 384
+
+
+def gram(x: Tensor, block: int | None = None) -> Tensor:
+    """``XᵀX`` of a ``(tokens, d)`` matrix, computing only the blocks on and above the diagonal.
+
+    The product is symmetric, so each ``block``-wide stripe of rows ``i`` is computed only against
+    columns ``i..d`` and mirrored: ``(1 + 1/k) / 2`` of the FLOPs for ``k`` stripes (5/8 for SmolLM2's
+    down projection, d = 1536). On 2 CPU cores this was 20-35 % faster than ``x.T @ x`` for d = 576 and
+    1536 at 512-4096 tokens (``benchmarks/bench_kernels.py --only gram``).
+    """
+    d = x.shape[1]
+    block = _gram_block(d) if block is None else block
+    if block <= 0 or d < 2 * block:
+        return x.T @ x
+    out = x.new_empty(d, d)
+    xt = x.T
+    for i in range(0, d, block):
+        stripe = xt[i : i + block] @ x[:, i:]  # rows i..i+block, columns i..d
+        out[i : i + block, i:] = stripe
+        out[i + block :, i : i + block] = stripe[:, block:].T
+    return out
+
+
 def accumulate_xtx(acc: Tensor | None, x: Tensor, n_seen: int) -> tuple[Tensor, int]:
     """Add a batch of inputs to the running Hessian ``2/N · XᵀX`` (SparseGPT Sec. 3).
 
@@ -45,7 +73,7 @@ def accumulate_xtx(acc: Tensor | None, x: Tensor, n_seen: int) -> tuple[Tensor, 
     accumulator (float32, ``d_in × d_in``) and the new token count; the input accumulator is not modified.
     """
     xt = _as_tokens(x)
-    return _running_update(acc, xt.T @ xt, xt.shape[0], n_seen, xt.shape[1])
+    return _running_update(acc, gram(xt), xt.shape[0], n_seen, xt.shape[1])
 
 
 def accumulate_diag(acc: Tensor | None, x: Tensor, n_seen: int) -> tuple[Tensor, int]:

@@ -194,7 +194,8 @@ def collect_stats(
 
     def make_hook(gi: int) -> Callable:
         def hook(_mod: nn.Module, inp: tuple, _out: torch.Tensor) -> None:
-            x = inp[0][phase["mask"]].float()  # (tokens, d_in), padding dropped
+            mask = phase["mask"]  # None: no padding in this batch, so no copy is needed
+            x = (inp[0].reshape(-1, inp[0].shape[-1]) if mask is None else inp[0][mask]).float()
             s = shared[gi]
             if phase["dense"]:
                 seen[gi] = x
@@ -222,6 +223,7 @@ def collect_stats(
         for i, (x_pruned, extra, mask) in enumerate(
             zip(inputs.pruned, inputs.extras, inputs.token_mask, strict=True)
         ):
+            mask = None if bool(mask.all()) else mask  # (tokens,) selection of real tokens
             if plan.dense:
                 phase.update(dense=True, mask=mask)
                 dense_out.append(block_forward(block, inputs.dense[i], extra))
