@@ -34,18 +34,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from robustprune.checkpoints import load_tensors, read_json, save_tensors, write_json  # noqa: E402
+from robustprune.checkpoints import read_json, write_json  # noqa: E402
 from robustprune.config import Params, load_params  # noqa: E402
 from robustprune.lm import (  # noqa: E402
     convert_gguf,
     load_causal_lm,
     load_lm_tokenizer,
+    load_protocol,
     perplexity,
     perplexity_protocol,
-    speech_texts,
+    protocol_texts,
+    save_protocol,
 )
 from robustprune.modeling import measured_sparsity, resolve_device  # noqa: E402
-from robustprune.options import lm_prune_options, sds_options  # noqa: E402
+from robustprune.options import prune_options, sds_options  # noqa: E402
 from robustprune.pruning.sequential import prune_model  # noqa: E402
 from robustprune.sds import adjust_model, reactivate_model  # noqa: E402
 
@@ -89,18 +91,8 @@ def protocol(params: Params, model: str, seed: int, directory: Path) -> tuple[to
     lm = params.lm
     path = directory / f"protocol-s{seed}.safetensors"
     if not path.is_file():
-        if lm.text != "political_speeches":
-            docs = [d.strip() for d in Path(lm.text).read_text(encoding="utf-8").split("\n\n")]
-            texts = [d for d in docs if d]
-        else:
-            from robustprune.resources import download, extract
-
-            download("political_speeches")
-            texts = speech_texts(
-                extract("political_speeches", ROOT / ".cache" / "resources" / "political_speeches")
-            )
         data = perplexity_protocol(
-            texts,
+            protocol_texts(lm.text, ROOT / ".cache" / "resources"),
             load_lm_tokenizer(model),
             seed=params.seed,
             eval_tokens=lm.eval_tokens,
@@ -109,11 +101,8 @@ def protocol(params: Params, model: str, seed: int, directory: Path) -> tuple[to
             calib_len=lm.calib_len,
             calib_seed=seed,
         )
-        calib = torch.cat([b["input_ids"] for b in data.calib_batches])
-        save_tensors(path, {"eval_ids": data.eval_ids, "calib_ids": calib})
-    t = load_tensors(path)
-    ids, bs = t["calib_ids"], lm.calib_batch_size
-    return t["eval_ids"], [{"input_ids": ids[i : i + bs]} for i in range(0, ids.shape[0], bs)]
+        save_protocol(path, data)
+    return load_protocol(path, lm.calib_batch_size)
 
 
 class Results:
@@ -199,7 +188,7 @@ def run(args: argparse.Namespace) -> Results:
             wants_sds = (method, sparsity) in sds_combos and not args.no_sds
             if res.get(**key, stage="one-shot") and (not wants_sds or res.get(**key, stage="sds")):
                 continue
-            opts = lm_prune_options(lm, method, sparsity)
+            opts = prune_options(lm, method, sparsity)
             net = load_causal_lm(model)
             torch.manual_seed(params.seed)
             outcome, seconds, peak = _timed(device, prune_model, net, calib, opts, device=device)
@@ -237,7 +226,7 @@ def run(args: argparse.Namespace) -> Results:
         if res.get(**key, stage="one-shot") is None:
             eval_ids, calib = eval_cache[args.seeds[0]]
             net = load_causal_lm(model)
-            opts = lm_prune_options(lm, method, sparsity)
+            opts = prune_options(lm, method, sparsity)
             cpu = torch.device("cpu")
             _, seconds, _ = _timed(cpu, prune_model, net, calib, opts, device=cpu)
             value = perplexity(net, eval_ids, window=lm.window, batch_size=lm.eval_batch_size).ppl

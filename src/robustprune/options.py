@@ -6,27 +6,31 @@ so a profile means the same run whichever of them executes it.
 
 from __future__ import annotations
 
-from robustprune.config import LMConfig, SdsConfig, parse_sparsity
+from robustprune.config import LMConfig, PruneConfig, SdsConfig, parse_sparsity
 from robustprune.pruning import Pattern
 from robustprune.pruning.sequential import PruneOptions
 from robustprune.sds import SDSOptions
 
 
-def lm_prune_options(lm: LMConfig, method: str, sparsity: str) -> PruneOptions:
-    """The causal-LM track's options for one ``method`` x ``sparsity`` (``"0.5"``, ``"2:4"``)."""
+def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> PruneOptions:
+    """Options for one ``method`` x ``sparsity`` (``"0.5"``, ``"2:4"``) from the ``prune`` or ``lm`` section.
+
+    Both sections carry the same solver fields; only ``prune`` restricts the pruned Linears (``modules``).
+    """
     s, n, m = parse_sparsity(sparsity)
     return PruneOptions(
         method=method,
         pattern=Pattern(sparsity=s, n=n, m=m),
-        block_size=lm.block_size,
-        dampening=lm.dampening,
-        alpha=None if lm.rakp.alpha == "adaptive" else lm.rakp.alpha,
-        alpha_grid=tuple(lm.rakp.alpha_grid),
-        holdout_fraction=lm.rakp.holdout_fraction,
-        alpha_criterion=lm.rakp.alpha_criterion,
-        ridge=lm.rakp.ridge,
-        next_input=lm.rakp.next_input,
-        track_dense=lm.track_dense,
+        block_size=cfg.block_size,
+        dampening=cfg.dampening,
+        alpha=None if cfg.rakp.alpha == "adaptive" else cfg.rakp.alpha,
+        alpha_grid=tuple(cfg.rakp.alpha_grid),
+        holdout_fraction=cfg.rakp.holdout_fraction,
+        alpha_criterion=cfg.rakp.alpha_criterion,
+        ridge=cfg.rakp.ridge,
+        next_input=cfg.rakp.next_input,
+        modules=cfg.modules if isinstance(cfg, PruneConfig) else None,
+        track_dense=cfg.track_dense,
     )
 
 
