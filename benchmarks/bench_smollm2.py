@@ -44,6 +44,7 @@ from robustprune.lm import (  # noqa: E402
     speech_texts,
 )
 from robustprune.modeling import measured_sparsity  # noqa: E402
+from robustprune.options import alpha_spec  # noqa: E402
 from robustprune.profiling import PeakRSS  # noqa: E402
 from robustprune.pruning import METHODS, parse_pattern  # noqa: E402
 from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
@@ -125,8 +126,7 @@ def measure(
             pattern=parse_pattern(pattern),
             block_size=args.block_size,
             dampening=args.dampening,
-            alpha=None if args.alpha == "adaptive" else float(args.alpha),
-            alpha_criterion=args.alpha_criterion,
+            **{**alpha_spec(args.alpha), "alpha_criterion": args.alpha_criterion},
             track_dense=args.track_dense,
         )
         row.update(track_dense=args.track_dense, alpha=args.alpha if method == "rakp" else None)
@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dampening", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--progress", action="store_true", help="per-block progress bar while pruning")
-    parser.add_argument("--alpha", default="0.25", help="RAKP rectification strength, or 'adaptive'")
+    parser.add_argument(
+        "--alpha",
+        default="0.25",
+        help="RAKP rectification strength, 'adaptive', or 'depth:A-B' (linear schedule)",
+    )
     parser.add_argument(
         "--alpha-criterion",
         choices=("block", "model"),
@@ -241,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for p in args.patterns:
         parse_pattern(p)
+    try:
+        alpha_spec(args.alpha)
+    except ValueError as e:
+        parser.error(f"--alpha: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
 

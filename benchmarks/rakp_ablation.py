@@ -4,7 +4,8 @@ Reads what the default pipeline produced (``make run``): the greedy soup, the ca
 the attack resources. For each pattern and each alpha in {0, 0.25, 0.5, 1, adaptive (judged at the block's
 output), adaptive-model (judged at the last block's output)} it prunes a fresh copy of the soup with RAKP
 (alpha = 0 is exactly SparseGPT on the pruned stream) and measures validation and test accuracy, the last
-block's output error against the dense model and, with ``--attack-n``, TextFooler's accuracy under attack on
+block's output error against the dense model and, with ``--attack-n``, the accuracy under attack (``--attack-recipe``,
+default TextFooler) on
 the attack stage's seeded test rows. The "best fixed alpha" is reported twice: chosen on validation accuracy
 (what a user can do) and on test accuracy (an oracle). Prints a table; writes
 benchmarks/results/rakp_ablation_encoder.json.
@@ -27,14 +28,20 @@ from robustprune.checkpoints import load_tensors, write_json  # noqa: E402
 from robustprune.data import load_splits  # noqa: E402
 from robustprune.metrics import evaluate_accuracy  # noqa: E402
 from robustprune.modeling import load_classifier, load_tokenizer  # noqa: E402
+from robustprune.options import alpha_spec  # noqa: E402
 from robustprune.pruning import parse_pattern  # noqa: E402
 from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
 
-ADAPTIVE = {"adaptive": "block", "adaptive-block": "block", "adaptive-model": "model"}
+
+def is_rule(alpha: str) -> bool:
+    """Anything but a fixed number: the adaptive rules and the depth schedules."""
+    return alpha_spec(alpha)["alpha"] is None
 
 
-def attack_accuracy(model, tok, test, rows: list[int], bundle: Path, max_length: int) -> dict:
-    """TextFooler on ``rows`` of the test split (the attack stage's recipe and resources)."""
+def attack_accuracy(
+    model, tok, test, rows: list[int], bundle: Path, max_length: int, recipe: str = "textfooler"
+) -> dict:
+    """``recipe`` on ``rows`` of the test split (the attack stage's recipes and resources)."""
     from robustprune.attacks import build_attack
     from robustprune.attacks.bundle import load_bundle
     from robustprune.attacks.metrics import summarize
@@ -49,7 +56,7 @@ def attack_accuracy(model, tok, test, rows: list[int], bundle: Path, max_length:
         _RES = load_bundle(bundle)
         _ENC = MeanPooledEncoder.from_dir(_RES.encoder_dir)
     wrapper = FastClassifierWrapper(model, tok, max_length=max_length, batch_size=32)
-    attack = build_attack("textfooler", wrapper, _RES, encoder=_ENC)
+    attack = build_attack(recipe, wrapper, _RES, encoder=_ENC)
     examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
     return summarize(attack_examples(attack, examples, progress=False)).to_dict()
 
@@ -58,8 +65,8 @@ def summarize_rows(rows: list[dict]) -> dict:
     """Per pattern: the best fixed alpha by validation and by test accuracy, against each adaptive rule."""
     by_pattern, lines = {}, []
     for pattern in dict.fromkeys(r["pattern"] for r in rows):
-        fixed = [r for r in rows if r["pattern"] == pattern and r["alpha"] not in ADAPTIVE]
-        adaptive = [r for r in rows if r["pattern"] == pattern and r["alpha"] in ADAPTIVE]
+        fixed = [r for r in rows if r["pattern"] == pattern and not is_rule(r["alpha"])]
+        adaptive = [r for r in rows if r["pattern"] == pattern and is_rule(r["alpha"])]
         if not fixed:
             continue
         by_val = max(fixed, key=lambda r: (r["val_accuracy"], -float(r["alpha"])))
@@ -94,13 +101,19 @@ def summarize_rows(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--patterns", nargs="+", default=["0.75", "0.875", "2:4"])
-    ap.add_argument("--alphas", nargs="+", default=["0", "0.25", "0.5", "1", "adaptive"])
+    ap.add_argument(
+        "--alphas",
+        nargs="+",
+        default=["0", "0.25", "0.5", "1", "adaptive"],
+        help="fixed numbers, adaptive | adaptive-block | adaptive-model, or depth:A-B (linear schedule)",
+    )
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "soup" / "greedy")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "rakp_ablation_encoder.json"
     )
+    ap.add_argument("--attack-n", type=int, default=0, help="attack this many seeded test rows (0 = skip)")
     ap.add_argument(
-        "--attack-n", type=int, default=0, help="TextFooler on this many seeded test rows (0 = skip)"
+        "--attack-recipe", default="textfooler", choices=("textfooler", "bert-attack", "textbugger")
     )
     ap.add_argument("--attack-seed", type=int, default=0)
     ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "attack")
@@ -112,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import numpy as np
 
-    bad = [a for a in args.alphas if a not in ADAPTIVE and not a.replace(".", "", 1).isdigit()]
-    if bad:
-        ap.error(f"--alphas: {bad} are neither numbers in [0, 1] nor one of {sorted(ADAPTIVE)}")
+    for a in args.alphas:
+        try:
+            alpha_spec(a)
+        except ValueError as e:
+            ap.error(f"--alphas: {e}")
     calib = batches(load_tensors(ROOT / "data" / "calibration" / "calibration.safetensors"), 32)
     splits = load_splits(ROOT / "data" / "prepared")
     test, val = splits.test, splits.validation
@@ -130,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             opts = PruneOptions(
                 method="rakp",
                 pattern=parse_pattern(pattern),
-                alpha=None if alpha in ADAPTIVE else float(alpha),
-                alpha_criterion=ADAPTIVE.get(alpha, "block"),
+                **alpha_spec(alpha),
             )
             t0 = time.perf_counter()
             out = prune_model(model, calib, opts)
@@ -143,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                 model, tok, val["text"].tolist(), val["label"].tolist(), max_length=64
             ).accuracy
             attacked = (
-                attack_accuracy(model, tok, test, attack_rows, args.bundle, 64) if attack_rows else None
+                attack_accuracy(model, tok, test, attack_rows, args.bundle, 64, args.attack_recipe)
+                if attack_rows
+                else None
             )
             rows.append(
                 {
@@ -173,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "calibration_batches": len(calib),
             "test_examples": len(test),
             "validation_examples": len(val),
-            "attack": {"recipe": "textfooler", "rows": attack_rows, "seed": args.attack_seed},
+            "attack": {"recipe": args.attack_recipe, "rows": attack_rows, "seed": args.attack_seed},
             "rows": rows,
             "summary": summary["by_pattern"],
         },

@@ -126,7 +126,9 @@ class CalibrateConfig(_Section):
 
 
 class RakpConfig(_Section):
-    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive"] = 0.25
+    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive", "depth"] = 0.25
+    # alpha = depth: (first block's alpha, last block's alpha), linear in between
+    alpha_depth: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.5)
     alpha_grid: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = [
         0.0,
         0.25,

@@ -23,7 +23,8 @@ def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> Pr
         pattern=Pattern(sparsity=s, n=n, m=m),
         block_size=cfg.block_size,
         dampening=cfg.dampening,
-        alpha=None if cfg.rakp.alpha == "adaptive" else cfg.rakp.alpha,
+        alpha=cfg.rakp.alpha if isinstance(cfg.rakp.alpha, float) else None,
+        alpha_depth=tuple(cfg.rakp.alpha_depth) if cfg.rakp.alpha == "depth" else None,
         alpha_grid=tuple(cfg.rakp.alpha_grid),
         holdout_fraction=cfg.rakp.holdout_fraction,
         alpha_criterion=cfg.rakp.alpha_criterion,
@@ -47,3 +48,29 @@ def sds_options(cfg: SdsConfig) -> SDSOptions:
         final_adjust_steps=cfg.final_adjust_steps,
         adjust_lr=cfg.adjust_lr,
     )
+
+
+def alpha_spec(text: str) -> dict[str, object]:
+    """RAKP's α as the benchmarks take it on the command line, as :class:`PruneOptions` fields.
+
+    ``"0.25"`` (fixed), ``"adaptive"`` / ``"adaptive-block"`` / ``"adaptive-model"`` (held-out choice per
+    block, judged at the block's or the last block's output) or ``"depth:A-B"`` (linear depth schedule from
+    A at the first block to B at the last). Raises ValueError naming the accepted forms.
+    """
+    rules = {"adaptive": "block", "adaptive-block": "block", "adaptive-model": "model"}
+    if text in rules:
+        return {"alpha": None, "alpha_depth": None, "alpha_criterion": rules[text]}
+    try:
+        if text.startswith("depth:"):
+            first, last = (float(v) for v in text[len("depth:") :].split("-"))
+            if not (0 <= first <= 1 and 0 <= last <= 1):
+                raise ValueError
+            return {"alpha": None, "alpha_depth": (first, last), "alpha_criterion": "block"}
+        value = float(text)
+        if not 0 <= value <= 1:
+            raise ValueError
+        return {"alpha": value, "alpha_depth": None, "alpha_criterion": "block"}
+    except ValueError:
+        raise ValueError(
+            f"alpha {text!r}: expected a number in [0, 1], one of {sorted(rules)}, or 'depth:A-B' with A, B in [0, 1]"
+        ) from None

@@ -49,6 +49,11 @@ def test_default_params_file_is_valid():
             ["sds", "wanda@0.75", "not prune combinations", "wanda@0.5"],
         ),
         ({"sds": {"optimizer": "sgd"}}, ["sds.optimizer", "'sgd'", "'fista'"]),
+        ({"prune": {"rakp": {"alpha": "often"}}}, ["prune.rakp.alpha", "'often'", "'depth'"]),
+        (
+            {"prune": {"rakp": {"alpha_depth": [0.0, 1.5]}}},
+            ["prune.rakp.alpha_depth.1", "1.5", "less than or equal to 1"],
+        ),
         ({"lm": {"eval_tokens": 1000, "window": 512}}, ["eval_tokens=1000", "multiple of window=512"]),
         ({"lm": {"text": "/nonexistent.txt"}}, ["lm.text", "/nonexistent.txt", "political_speeches"]),
     ],
@@ -178,3 +183,16 @@ def test_cli_rejects_bad_data(tmp_path: Path, rows, header, extra, expected):
     assert res.returncode == 2, res.stderr
     assert expected in res.stderr, res.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_alpha_modes_reach_the_solver_options():
+    """alpha: a number (fixed), adaptive (alpha None) or depth (alpha_depth from the params)."""
+    from robustprune.options import prune_options
+
+    fixed = prune_options(parse_params({"prune": {"rakp": {"alpha": 1}}}).prune, "rakp", "2:4")
+    assert fixed.alpha == 1.0 and fixed.alpha_depth is None
+    adaptive = prune_options(parse_params({"prune": {"rakp": {"alpha": "adaptive"}}}).prune, "rakp", "2:4")
+    assert adaptive.alpha is None and adaptive.alpha_depth is None
+    depth = parse_params({"lm": {"rakp": {"alpha": "depth", "alpha_depth": [0.1, 0.6]}}}).lm
+    opts = prune_options(depth, "rakp", "0.5")
+    assert opts.alpha is None and opts.alpha_depth == (0.1, 0.6)

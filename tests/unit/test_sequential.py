@@ -223,6 +223,17 @@ def test_stats_pass_stops_after_the_last_hooked_group(llama):
             h.remove()
     assert dense_out == [] and stats["self_attn.q_proj"].H is not None
     assert "mlp.down_proj" not in calls and "self_attn.o_proj" not in calls
+    # every group hooked: the last one (down_proj) gets its statistics but is never computed
+    calls.clear()
+    groups = linear_groups(llama, block)
+    handles = [m.register_forward_hook(lambda *_a, n=n: calls.append(n)) for n, m in block.named_modules()]
+    try:
+        stats, _ = collect_stats(block, groups, inputs, plan=StatsPlan(dense=False, dense_hessian=False))
+    finally:
+        for h in handles:
+            h.remove()
+    assert stats["mlp.down_proj"].H is not None and stats["mlp.down_proj"].n == ids.numel()
+    assert "mlp.up_proj" in calls and "mlp.down_proj" not in calls
 
 
 def test_model_criterion_judges_alpha_at_the_last_block(bert, calib_batches):
@@ -260,3 +271,31 @@ def test_model_criterion_judges_alpha_at_the_last_block(bert, calib_batches):
     assert all(rep.alpha in grid for rep in out.blocks)
     with pytest.raises(ValueError, match="alpha_criterion"):
         prune_model(copy.deepcopy(bert), batches, _opts("rakp", alpha=None, alpha_criterion="loss"))
+
+
+def test_depth_schedule_sets_alpha_per_block_linearly(bert, calib_batches):
+    """alpha_depth=(a, b): block i uses a + (b - a) i / (L - 1), exactly what a fixed alpha of that value does."""
+    from robustprune.pruning.sequential import depth_alpha
+
+    assert depth_alpha(0.0, 0.5, 0, 30) == 0.0
+    assert depth_alpha(0.0, 0.5, 29, 30) == 0.5
+    assert depth_alpha(0.1, 0.7, 1, 3) == pytest.approx(0.4)
+    assert depth_alpha(0.3, 0.9, 0, 1) == 0.3
+    out = prune_model(copy.deepcopy(bert), calib_batches, _opts("rakp", alpha_depth=(0.0, 1.0)))
+    assert [rep.alpha for rep in out.blocks] == [0.0, 1.0]  # 2 blocks: the two ends
+    assert all(rep.alpha_errors == {} for rep in out.blocks)  # no held-out search
+    # a flat schedule is a fixed alpha, whatever ``alpha`` says
+    flat = prune_model(copy.deepcopy(bert), calib_batches, _opts("rakp", alpha=0.9, alpha_depth=(0.5, 0.5)))
+    fixed = prune_model(copy.deepcopy(bert), calib_batches, _opts("rakp", alpha=0.5))
+    assert all(torch.equal(flat.masks[k], fixed.masks[k]) for k in fixed.masks)
+
+
+def test_alpha_spec_parses_the_benchmarks_alpha_forms():
+    from robustprune.options import alpha_spec
+
+    assert alpha_spec("0.25") == {"alpha": 0.25, "alpha_depth": None, "alpha_criterion": "block"}
+    assert alpha_spec("adaptive-model")["alpha_criterion"] == "model"
+    assert alpha_spec("depth:0-0.5") == {"alpha": None, "alpha_depth": (0.0, 0.5), "alpha_criterion": "block"}
+    for bad in ("1.5", "depth:0-2", "depth:0.5", "sometimes"):
+        with pytest.raises(ValueError, match="depth:A-B"):
+            alpha_spec(bad)

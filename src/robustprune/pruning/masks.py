@@ -171,11 +171,21 @@ def rowwise_prune_mask(scores: Tensor, sparsity: float, *, exact_total: bool = F
     else:
         counts = [num_to_prune(cols, sparsity)] * rows2d.shape[0]
     keep = torch.ones_like(rows2d, dtype=torch.bool)
-    if any(counts):
-        order = torch.argsort(rows2d, dim=1, stable=True)
-        k = torch.tensor(counts, dtype=torch.long, device=scores.device)
-        rank = torch.arange(cols, device=scores.device).unsqueeze(0)
-        keep.scatter_(1, order, rank >= k.unsqueeze(1))
+    if not any(counts):
+        return keep.view(scores.shape)
+    # Selection per row in O(cols) (kthvalue) instead of a stable argsort: the k-th smallest score is the
+    # row's threshold, entries below it are pruned and ties at it are filled in column order, which is
+    # the mask a stable argsort gives. The counts take at most two values (floor/ceil), one pass each.
+    vals = torch.nan_to_num(rows2d, nan=float("inf")) if rows2d.is_floating_point() else rows2d
+    k_all = torch.tensor(counts, dtype=torch.long, device=scores.device)
+    for k in sorted(set(counts) - {0}):
+        rows = (k_all == k).nonzero().squeeze(1)
+        sub = vals.index_select(0, rows)
+        thresh = torch.kthvalue(sub, k, dim=1, keepdim=True).values
+        below = sub < thresh
+        at = sub == thresh
+        room = k - below.sum(dim=1, keepdim=True)
+        keep[rows] = ~(below | (at & (torch.cumsum(at, dim=1) <= room)))
     return keep.view(scores.shape)
 
 
