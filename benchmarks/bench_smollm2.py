@@ -121,17 +121,23 @@ def measure(
         model = load_causal_lm(hf_dir)
     row["rss_after_load_mb"] = round(load_rss.peak_mb, 1)
     if method is not None and pattern is not None:
+        spec = alpha_spec(args.alpha)
+        if args.alpha_criterion is not None:
+            spec["alpha_criterion"] = args.alpha_criterion
         opts = PruneOptions(
             method=method,
             pattern=parse_pattern(pattern),
             block_size=args.block_size,
             dampening=args.dampening,
-            **{**alpha_spec(args.alpha), "alpha_criterion": args.alpha_criterion},
+            **spec,
+            output_stride=args.output_stride,
             track_dense=args.track_dense,
         )
         row.update(track_dense=args.track_dense, alpha=args.alpha if method == "rakp" else None)
-        if method == "rakp" and args.alpha == "adaptive":
-            row["alpha_criterion"] = args.alpha_criterion
+        if method == "rakp" and args.alpha.startswith("adaptive"):
+            row.update(alpha="adaptive", alpha_criterion=spec["alpha_criterion"])
+            if spec["alpha_criterion"] == "output":
+                row["output_stride"] = args.output_stride
         with PeakRSS() as rss, _timed() as t:
             outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
         blocks = [b.seconds for b in outcome.blocks]
@@ -228,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--alpha",
         default="0.25",
-        help="RAKP rectification strength, 'adaptive', or 'depth:A-B' (linear schedule)",
+        help="RAKP rectification strength, 'adaptive[-block|-model|-output]', or 'depth:A-B' (linear schedule)",
     )
     parser.add_argument(
         "--alpha-criterion",
-        choices=("block", "model"),
-        default="block",
-        help="adaptive alpha judged at the block's output or at the model's last block (see PruneOptions)",
+        choices=("block", "model", "output"),
+        default=None,
+        help="adaptive alpha judged at the block's output, the model's last block, or by the KL of the LM's "
+        "next-token distribution (see PruneOptions; default: the one --alpha names, else block)",
+    )
+    parser.add_argument(
+        "--output-stride", type=int, default=8, help="alpha criterion 'output': every k-th token position"
     )
     parser.add_argument(
         "--track-dense",

@@ -2,7 +2,8 @@
 
 Reads what the default pipeline produced (``make run``): the greedy soup, the calibration set, the splits and
 the attack resources. For each pattern and each alpha in {0, 0.25, 0.5, 1, adaptive (judged at the block's
-output), adaptive-model (judged at the last block's output)} it prunes a fresh copy of the soup with RAKP
+output), adaptive-model (judged at the last block's output), adaptive-output (judged by the KL of the
+classifier's output distribution)} it prunes a fresh copy of the soup with RAKP
 (alpha = 0 is exactly SparseGPT on the pruned stream) and measures validation and test accuracy, the last
 block's output error against the dense model and, with ``--attack-n``, the accuracy under attack (``--attack-recipe``,
 default TextFooler) on

@@ -137,7 +137,9 @@ class RakpConfig(_Section):
         1.0,
     ]
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
-    alpha_criterion: Literal["block", "model"] = "block"
+    alpha_criterion: Literal["block", "model", "output"] = "block"
+    # alpha_criterion = output: judge every k-th token position of a causal LM (ignored for classifiers)
+    output_stride: Annotated[int, Field(ge=1)] = 8
     ridge: Annotated[float, Field(ge=0)] = 0.1
     next_input: Literal["pruned", "dense"] = "pruned"
 

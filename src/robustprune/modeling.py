@@ -9,6 +9,7 @@ pruned.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,45 @@ def prunable_linears(model: nn.Module, modules: str | None = None) -> dict[str, 
             for name, lin in group.items():
                 out[f"{prefix}.{i}.{name}"] = lin
     return out
+
+
+def output_head(model: nn.Module, stride: int = 1) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A function (last block's hidden states (B, T, d), token mask (B, T)) -> the model's output logits.
+
+    Everything after the blocks, and nothing else: a Llama-family causal LM's final norm and ``lm_head``
+    (one row per real token, every ``stride``-th position only: the head is a 49k-wide GEMM, so a judge that
+    calls it often subsamples positions), or a sequence classifier's head (BERT's pooler + classifier,
+    RoBERTa/ELECTRA/MPNet's classification head on the first token; one row per sequence, ``stride``
+    ignored). Eval mode: dropout is off. Used by RAKP's adaptive α with ``alpha_criterion = "output"``.
+    Raises UnsupportedModelError now, before any work, for a model without such a head (a bare encoder or
+    decoder, a masked-LM head).
+    """
+    if stride < 1:
+        raise ValueError(f"output head stride must be >= 1, got {stride}")
+    arch = architecture_of(model)
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    name = type(model).__name__
+    if arch is ARCHITECTURES["llama-decoder"]:
+        norm, lm_head = getattr(base, "norm", None), getattr(model, "lm_head", None)
+        if not isinstance(norm, nn.Module) or not isinstance(lm_head, nn.Module):
+            raise UnsupportedModelError(f"{name} has no final norm + lm_head to read output logits from")
+
+        def lm_logits(hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+            keep = token_mask[:, ::stride].bool()
+            return lm_head(norm(hidden[:, ::stride][keep]))
+
+        return lm_logits
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Module):
+        raise UnsupportedModelError(
+            f"{name} has no classification head to read output logits from (a sequence classifier is needed)"
+        )
+    if model.config.model_type == "bert":
+        pooler = getattr(base, "pooler", None)
+        if not isinstance(pooler, nn.Module):
+            raise UnsupportedModelError(f"{name} has no pooler in front of its classifier")
+        return lambda hidden, _mask: classifier(pooler(hidden))
+    return lambda hidden, _mask: classifier(hidden)
 
 
 def _get(model: nn.Module, path: str) -> object:

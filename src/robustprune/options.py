@@ -28,6 +28,7 @@ def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> Pr
         alpha_grid=tuple(cfg.rakp.alpha_grid),
         holdout_fraction=cfg.rakp.holdout_fraction,
         alpha_criterion=cfg.rakp.alpha_criterion,
+        output_stride=cfg.rakp.output_stride,
         ridge=cfg.rakp.ridge,
         next_input=cfg.rakp.next_input,
         modules=cfg.modules if isinstance(cfg, PruneConfig) else None,
@@ -53,11 +54,17 @@ def sds_options(cfg: SdsConfig) -> SDSOptions:
 def alpha_spec(text: str) -> dict[str, object]:
     """RAKP's α as the benchmarks take it on the command line, as :class:`PruneOptions` fields.
 
-    ``"0.25"`` (fixed), ``"adaptive"`` / ``"adaptive-block"`` / ``"adaptive-model"`` (held-out choice per
-    block, judged at the block's or the last block's output) or ``"depth:A-B"`` (linear depth schedule from
+    ``"0.25"`` (fixed), ``"adaptive"`` / ``"adaptive-block"`` / ``"adaptive-model"`` / ``"adaptive-output"``
+    (held-out choice per block, judged at the block's output, the last block's, or by the KL divergence of the
+    model's output distribution) or ``"depth:A-B"`` (linear depth schedule from
     A at the first block to B at the last). Raises ValueError naming the accepted forms.
     """
-    rules = {"adaptive": "block", "adaptive-block": "block", "adaptive-model": "model"}
+    rules = {
+        "adaptive": "block",
+        "adaptive-block": "block",
+        "adaptive-model": "model",
+        "adaptive-output": "output",
+    }
     if text in rules:
         return {"alpha": None, "alpha_depth": None, "alpha_criterion": rules[text]}
     try:

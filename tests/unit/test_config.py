@@ -54,6 +54,14 @@ def test_default_params_file_is_valid():
             {"prune": {"rakp": {"alpha_depth": [0.0, 1.5]}}},
             ["prune.rakp.alpha_depth.1", "1.5", "less than or equal to 1"],
         ),
+        (
+            {"prune": {"rakp": {"alpha_criterion": "loss"}}},
+            ["prune.rakp.alpha_criterion", "'loss'", "'output'"],
+        ),
+        (
+            {"lm": {"rakp": {"output_stride": 0}}},
+            ["lm.rakp.output_stride", "0", "greater than or equal to 1"],
+        ),
         ({"lm": {"eval_tokens": 1000, "window": 512}}, ["eval_tokens=1000", "multiple of window=512"]),
         ({"lm": {"text": "/nonexistent.txt"}}, ["lm.text", "/nonexistent.txt", "political_speeches"]),
     ],
@@ -196,3 +204,8 @@ def test_alpha_modes_reach_the_solver_options():
     depth = parse_params({"lm": {"rakp": {"alpha": "depth", "alpha_depth": [0.1, 0.6]}}}).lm
     opts = prune_options(depth, "rakp", "0.5")
     assert opts.alpha is None and opts.alpha_depth == (0.1, 0.6)
+    out = parse_params(
+        {"lm": {"rakp": {"alpha": "adaptive", "alpha_criterion": "output", "output_stride": 4}}}
+    ).lm
+    opts = prune_options(out, "rakp", "2:4")
+    assert opts.alpha is None and opts.alpha_criterion == "output" and opts.output_stride == 4

@@ -273,6 +273,103 @@ def test_model_criterion_judges_alpha_at_the_last_block(bert, calib_batches):
         prune_model(copy.deepcopy(bert), batches, _opts("rakp", alpha=None, alpha_criterion="loss"))
 
 
+def _last_block_hidden(model, batch) -> torch.Tensor:
+    """The last block's output for ``batch``, caught by a hook (before any final norm)."""
+    caught = []
+    handle = find_blocks(model)[-1].register_forward_hook(
+        lambda _m, _i, out: caught.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad():
+            logits = model(**batch).logits
+    finally:
+        handle.remove()
+    return caught[0], logits
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_output_head_reproduces_the_models_logits(bert, llama, calib_batches, arch, stride):
+    """output_head(last block's hidden) is exactly the model's own logits (LM: every stride-th real token)."""
+    from robustprune.modeling import output_head
+
+    model = bert if arch == "bert" else llama
+    batch = {k: v.clone() for k, v in calib_batches[0].items()}
+    batch["attention_mask"][2:, 8:] = 0  # padded rows
+    batch["input_ids"][2:, 8:] = 0
+    hidden, logits = _last_block_hidden(model, batch)
+    with torch.no_grad():
+        got = output_head(model, stride)(hidden, batch["attention_mask"])
+    if arch == "llama":
+        keep = batch["attention_mask"][:, ::stride].bool()
+        logits = logits[:, ::stride][keep]
+        assert got.shape[0] == int(keep.sum()) < keep.numel()
+    torch.testing.assert_close(got, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_output_head_needs_a_head_and_fails_before_any_forward(bert, calib_batches):
+    """A bare encoder has no output distribution: the 'output' criterion says so before running anything."""
+    from transformers import BertModel
+
+    from robustprune.modeling import output_head
+
+    bare = BertModel(bert.config).eval()
+    with pytest.raises(UnsupportedModelError, match="BertModel has no classification head"):
+        output_head(bare)
+    with pytest.raises(ValueError, match="stride"):
+        output_head(bert, 0)
+    calls = []
+    bare.embeddings.register_forward_hook(lambda *_a: calls.append(1))
+    with pytest.raises(UnsupportedModelError, match="classification head"):
+        prune_model(bare, calib_batches, _opts("rakp", alpha=None, alpha_criterion="output"))
+    assert calls == []
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_output_criterion_is_the_kl_of_the_models_outputs(bert, llama, calib_batches, arch):
+    """'output' scores a candidate by mean KL(dense ‖ pruned) of the model's output distribution on held-out
+    batches, with the rest of the network dense. At block 0 both streams are the same, so every α is
+    SparseGPT (Δ = 0), all candidates tie, the smallest wins, and the KL equals one computed from the logits
+    of a copy whose block 0 was pruned on the fit batches alone."""
+    from robustprune.modeling import output_head
+    from robustprune.pruning.sequential import capture_block_inputs, prune_block, select_alpha
+
+    model = bert if arch == "bert" else llama
+    if arch == "bert":  # a random classifier's outputs are near-uniform: sharpen them so the KL is not ~1e-8
+        model.classifier.weight.data *= 200
+    batches = calib_batches + calib_batches[::-1]
+    n_hold = max(1, round(len(batches) * 0.25))
+    fit, hold = batches[: len(batches) - n_hold], batches[len(batches) - n_hold :]
+    grid = (0.0, 0.5, 1.0)
+    opts = _opts("rakp", alpha=None, alpha_grid=grid, alpha_criterion="output", output_stride=2)
+    blocks = find_blocks(model)
+    inputs = capture_block_inputs(model, batches)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head = output_head(model, 2)
+    best, errors = select_alpha(blocks[0], linear_groups(model, blocks[0]), inputs, opts, 0, blocks[1:], head)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # candidates are undone
+
+    ref = copy.deepcopy(model)
+    prune_block(ref, 0, capture_block_inputs(ref, fit), _opts("sparsegpt", alpha_criterion="output"))
+    num = rows = 0.0
+    for b in hold:
+        h_dense, _ = _last_block_hidden(model, b)
+        h_pruned, _ = _last_block_hidden(ref, b)
+        with torch.no_grad():
+            p = torch.log_softmax(head(h_dense, b["attention_mask"]).double(), -1)
+            q = torch.log_softmax(head(h_pruned, b["attention_mask"]).double(), -1)
+        num += float((p.exp() * (p - q)).sum())
+        rows += p.shape[0]
+    expected = num / rows
+    assert expected > 0
+    for a in grid:
+        assert errors[a] == pytest.approx(expected, rel=1e-4), a
+    assert best == 0.0
+    out = prune_model(copy.deepcopy(model), batches, opts)
+    assert all(rep.alpha in grid and set(rep.alpha_errors) == set(grid) for rep in out.blocks)
+    assert all(v >= 0 for rep in out.blocks for v in rep.alpha_errors.values())
+
+
 def test_depth_schedule_sets_alpha_per_block_linearly(bert, calib_batches):
     """alpha_depth=(a, b): block i uses a + (b - a) i / (L - 1), exactly what a fixed alpha of that value does."""
     from robustprune.pruning.sequential import depth_alpha
@@ -295,6 +392,7 @@ def test_alpha_spec_parses_the_benchmarks_alpha_forms():
 
     assert alpha_spec("0.25") == {"alpha": 0.25, "alpha_depth": None, "alpha_criterion": "block"}
     assert alpha_spec("adaptive-model")["alpha_criterion"] == "model"
+    assert alpha_spec("adaptive-output")["alpha_criterion"] == "output"
     assert alpha_spec("depth:0-0.5") == {"alpha": None, "alpha_depth": (0.0, 0.5), "alpha_criterion": "block"}
     for bad in ("1.5", "depth:0-2", "depth:0.5", "sometimes"):
         with pytest.raises(ValueError, match="depth:A-B"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustprune.modeling import architecture_of, find_blocks, linear_groups
+from robustprune.modeling import architecture_of, find_blocks, linear_groups, output_head
 from robustprune.pruning import Pattern, output_error, prune_weight, target_error
 from robustprune.pruning.hessian import accumulate_cross, accumulate_diag, accumulate_xtx
 
@@ -43,8 +43,10 @@ class PruneOptions:
     alpha_depth: tuple[float, float] | None = None
     alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
-    # adaptive α judged at the block's output ("block") or at the model's last block ("model")
+    # adaptive α judged at the block's output ("block"), at the model's last block ("model") or by the
+    # KL divergence of the model's output distribution from the dense model's ("output")
     alpha_criterion: str = "block"
+    output_stride: int = 8  # "output": judge every k-th token position of a causal LM (the head is wide)
     track_dense: bool = True  # run the dense stream for every method (drift report); RAKP always does
     ridge: float = 0.1
     next_input: str = "pruned"  # which stream feeds the next block's "pruned" input (RAKP ablation)
@@ -298,7 +300,21 @@ def _subset(inputs: BlockInputs, idx: Sequence[int]) -> BlockInputs:
     )
 
 
-ALPHA_CRITERIA = ("block", "model")
+ALPHA_CRITERIA = ("block", "model", "output")
+
+Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (last block's hidden, token mask) -> logits
+
+
+def _mean_kl(ref_logp: Sequence[torch.Tensor], got_logits: Sequence[torch.Tensor]) -> float:
+    """Mean over rows of KL(p_dense ‖ p_candidate) = Σ p_d (log p_d − log p_c), from dense log-probs.
+
+    In float64: candidates can differ by less than float32's rounding of a 49k-way log-softmax."""
+    num = rows = 0.0
+    for lp, logits in zip(ref_logp, got_logits, strict=True):
+        lq = torch.log_softmax(logits.double(), dim=-1)
+        num += float((lp.exp() * (lp - lq)).sum())
+        rows += lp.shape[0]
+    return num / max(rows, 1.0)
 
 
 def depth_alpha(first: float, last: float, index: int, num_blocks: int) -> float:
@@ -331,6 +347,7 @@ def select_alpha(
     opts: PruneOptions,
     index: int,
     later: Sequence[nn.Module] = (),
+    head: Head | None = None,
 ) -> tuple[float, dict[float, float]]:
     """Adaptive rectification: the α whose pruned model best reproduces the dense one on held-out batches.
 
@@ -344,7 +361,11 @@ def select_alpha(
       still dense when block ``index`` is pruned. This measures how the block's error propagates to what
       the head reads, the "model's held-out loss" criterion of the issue without a task loss (it needs no
       labels and works for encoders and decoders alike); it costs one pass of the rest of the network per
-      candidate on the held-out batches.
+      candidate on the held-out batches. Its MSE weighs every residual dimension alike, so in a Llama
+      model it is dominated by the few massive-activation dimensions the head's norm largely divides out;
+    - ``"output"``: the same pass followed by ``head`` (the final norm and LM head, or a classifier's
+      head: :func:`robustprune.modeling.output_head`), scored by the mean KL(dense ‖ candidate) of the
+      output distributions: what perplexity and accuracy actually read. Labels are still not needed.
     """
     if opts.alpha_criterion not in ALPHA_CRITERIA:
         raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
@@ -355,14 +376,26 @@ def select_alpha(
     fit, hold = _subset(inputs, range(n - n_hold)), _subset(inputs, range(n - n_hold, n))
     linears = {name: lin for g in groups for name, lin in g.items()}
     stats, _ = collect_stats(block, groups, fit, plan=stats_plan(opts))
-    rest = list(later) if opts.alpha_criterion == "model" else []
+    if opts.alpha_criterion == "output" and head is None:
+        raise ValueError("alpha_criterion 'output' needs the model's head (select_alpha(head=...))")
+    rest = list(later) if opts.alpha_criterion in ("model", "output") else []
     dense_hold = _run_blocks([block, *rest], hold.dense, hold.extras)
+    if opts.alpha_criterion == "output":
+        dense_hold = [
+            torch.log_softmax(head(h, m).double(), dim=-1)
+            for h, m in zip(dense_hold, hold.token_mask, strict=True)
+        ]
     original = {name: lin.weight.data.clone() for name, lin in linears.items()}
     errors = {}
     for alpha in opts.alpha_grid:
         _prune_linears(linears, stats, opts, index, alpha)
         got = _run_blocks([block, *rest], hold.pruned, hold.extras)
-        errors[alpha] = _relative_error(dense_hold, got, hold.token_mask)
+        if opts.alpha_criterion == "output":
+            errors[alpha] = _mean_kl(
+                dense_hold, [head(h, m) for h, m in zip(got, hold.token_mask, strict=True)]
+            )
+        else:
+            errors[alpha] = _relative_error(dense_hold, got, hold.token_mask)
         for name, lin in linears.items():
             lin.weight.data.copy_(original[name])
     best = min(errors, key=lambda a: (errors[a], a))
@@ -386,7 +419,8 @@ def prune_block(
         report.alpha = depth_alpha(*opts.alpha_depth, index, len(blocks))
     elif opts.method == "rakp" and opts.alpha is None:
         later = blocks[index + 1 :]
-        report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index, later)
+        head = output_head(model, opts.output_stride) if opts.alpha_criterion == "output" else None
+        report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index, later, head)
     stats, dense_out = collect_stats(block, groups, inputs, plan=plan)
     masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
     pruned_out = [block_forward(block, x, e) for x, e in zip(inputs.pruned, inputs.extras, strict=True)]
@@ -427,6 +461,11 @@ def prune_model(
             outcome.masks.update(masks)
             outcome.blocks.append(report)
         return outcome
+    if opts.method == "rakp" and opts.alpha is None and opts.alpha_depth is None:
+        if opts.alpha_criterion not in ALPHA_CRITERIA:
+            raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
+        if opts.alpha_criterion == "output":
+            output_head(model, opts.output_stride)  # no head: fail before any forward pass
     inputs = capture_block_inputs(model, batches, device)
     for i in tqdm(range(len(find_blocks(model))), desc=f"prune {opts.method}", disable=not progress):
         inputs, masks, report = prune_block(model, i, inputs, opts)
