@@ -305,14 +305,17 @@ ALPHA_CRITERIA = ("block", "model", "output")
 Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (last block's hidden, token mask) -> logits
 
 
-def _mean_kl(ref_logp: Sequence[torch.Tensor], got_logits: Sequence[torch.Tensor]) -> float:
+def _mean_kl(ref_logp: Sequence[torch.Tensor], got_logits: Sequence[torch.Tensor], chunk: int = 256) -> float:
     """Mean over rows of KL(p_dense ‖ p_candidate) = Σ p_d (log p_d − log p_c), from dense log-probs.
 
-    In float64: candidates can differ by less than float32's rounding of a 49k-way log-softmax."""
+    In float64: candidates can differ by less than float32's rounding of a 49k-way log-softmax. ``chunk``
+    rows at a time, so a 49k-wide vocabulary costs tens of MB of temporaries, not a GB."""
     num = rows = 0.0
     for lp, logits in zip(ref_logp, got_logits, strict=True):
-        lq = torch.log_softmax(logits.double(), dim=-1)
-        num += float((lp.exp() * (lp - lq)).sum())
+        for s in range(0, lp.shape[0], chunk):
+            p = lp[s : s + chunk]
+            lq = torch.log_softmax(logits[s : s + chunk].double(), dim=-1)
+            num += float((p.exp() * (p - lq)).sum())
         rows += lp.shape[0]
     return num / max(rows, 1.0)
 
