@@ -305,19 +305,17 @@ ALPHA_CRITERIA = ("block", "model", "output")
 Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (last block's hidden, token mask) -> logits
 
 
-def _mean_kl(ref_logp: Sequence[torch.Tensor], got_logits: Sequence[torch.Tensor], chunk: int = 256) -> float:
-    """Mean over rows of KL(p_dense ‖ p_candidate) = Σ p_d (log p_d − log p_c), from dense log-probs.
+def _kl_sum(ref_logits: torch.Tensor, got_logits: torch.Tensor, chunk: int = 256) -> float:
+    """Σ over rows of KL(p_ref ‖ p_got) = Σ_v p_ref (log p_ref − log p_got), from two (rows, classes) logits.
 
-    In float64: candidates can differ by less than float32's rounding of a 49k-way log-softmax. ``chunk``
-    rows at a time, so a 49k-wide vocabulary costs tens of MB of temporaries, not a GB."""
-    num = rows = 0.0
-    for lp, logits in zip(ref_logp, got_logits, strict=True):
-        for s in range(0, lp.shape[0], chunk):
-            p = lp[s : s + chunk]
-            lq = torch.log_softmax(logits[s : s + chunk].double(), dim=-1)
-            num += float((p.exp() * (p - lq)).sum())
-        rows += lp.shape[0]
-    return num / max(rows, 1.0)
+    In float64, ``chunk`` rows at a time: candidates can differ by less than float32's rounding of a
+    49k-way log-softmax, and a 49k-wide vocabulary then needs tens of MB of temporaries, not a GB."""
+    total = 0.0
+    for s in range(0, ref_logits.shape[0], chunk):
+        lp = torch.log_softmax(ref_logits[s : s + chunk].double(), dim=-1)
+        lq = torch.log_softmax(got_logits[s : s + chunk].double(), dim=-1)
+        total += float((lp.exp() * (lp - lq)).sum())
+    return total
 
 
 def depth_alpha(first: float, last: float, index: int, num_blocks: int) -> float:
@@ -383,20 +381,17 @@ def select_alpha(
         raise ValueError("alpha_criterion 'output' needs the model's head (select_alpha(head=...))")
     rest = list(later) if opts.alpha_criterion in ("model", "output") else []
     dense_hold = _run_blocks([block, *rest], hold.dense, hold.extras)
-    if opts.alpha_criterion == "output":
-        dense_hold = [
-            torch.log_softmax(head(h, m).double(), dim=-1)
-            for h, m in zip(dense_hold, hold.token_mask, strict=True)
-        ]
+    if opts.alpha_criterion == "output":  # the dense model's logits (float32, as the head computes them)
+        dense_hold = [head(h, m) for h, m in zip(dense_hold, hold.token_mask, strict=True)]
+        rows = sum(r.shape[0] for r in dense_hold)
     original = {name: lin.weight.data.clone() for name, lin in linears.items()}
     errors = {}
     for alpha in opts.alpha_grid:
         _prune_linears(linears, stats, opts, index, alpha)
         got = _run_blocks([block, *rest], hold.pruned, hold.extras)
-        if opts.alpha_criterion == "output":
-            errors[alpha] = _mean_kl(
-                dense_hold, [head(h, m) for h, m in zip(got, hold.token_mask, strict=True)]
-            )
+        if opts.alpha_criterion == "output":  # mean KL(dense ‖ candidate) per output row
+            kl = sum(_kl_sum(r, head(h, m)) for r, h, m in zip(dense_hold, got, hold.token_mask, strict=True))
+            errors[alpha] = kl / max(rows, 1)
         else:
             errors[alpha] = _relative_error(dense_hold, got, hold.token_mask)
         for name, lin in linears.items():
