@@ -74,7 +74,7 @@ def _timed() -> Iterator[dict[str, float]]:
 
 
 def prepare(
-    cache: Path, rng: str, calib_chunks: int = 64, calib_batch_size: int = 1
+    cache: Path, rng: str, calib_chunks: int = 64, calib_batch_size: int = 1, calib_seed: int = 0
 ) -> tuple[Path, LMData, dict[str, Any]]:
     """Convert SmolLM2 once (cached), build the protocol; returns the model dir, the data and its summary."""
     hf_dir = cache / "hf"
@@ -92,6 +92,7 @@ def prepare(
         rng=rng,
         calib_chunks=calib_chunks,
         calib_batch_size=calib_batch_size,
+        calib_seed=calib_seed,
     )
     summary = {
         "rng": rng,
@@ -116,6 +117,7 @@ def measure(
         "pattern": pattern,
         "calib_chunks": args.calib_chunks,
         "calib_batch_size": args.calib_batch_size,
+        "calib_seed": args.calib_seed,
     }
     with PeakRSS() as load_rss:
         model = load_causal_lm(hf_dir)
@@ -176,6 +178,8 @@ def _key(row: dict[str, Any]) -> str:
         key += f"/alpha{row['alpha']}"
         if row.get("alpha_criterion", "block") != "block":
             key += f"-{row['alpha_criterion']}"
+    if row.get("calib_seed", 0) != 0:
+        key += f"/seed{row['calib_seed']}"
     if row.get("calib_batch_size", 1) != 1:
         key += f"/batch{row['calib_batch_size']}"
     return (
@@ -213,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "smollm2.json")
     parser.add_argument("--fresh", action="store_true", help="overwrite the results file instead of merging")
     parser.add_argument("--rng", choices=("python", "numpy"), default="python")
+    parser.add_argument(
+        "--calib-seed",
+        type=int,
+        default=0,
+        help="which calibration chunks (the evaluation tokens stay the same)",
+    )
     parser.add_argument(
         "--calib-chunks",
         type=int,
@@ -262,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    hf_dir, data, protocol = prepare(args.cache, args.rng, args.calib_chunks, args.calib_batch_size)
+    hf_dir, data, protocol = prepare(
+        args.cache, args.rng, args.calib_chunks, args.calib_batch_size, args.calib_seed
+    )
     print(
         f"protocol: {protocol['eval_docs']} eval speeches, {protocol['eval_available_tokens']} tokens "
         f"-> {protocol['eval_tokens']}; {protocol['calib_chunks']} x {protocol['calib_len']} calibration "
