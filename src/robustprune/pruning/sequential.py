@@ -318,6 +318,20 @@ def _kl_sum(ref_logits: torch.Tensor, got_logits: torch.Tensor, chunk: int = 256
     return total
 
 
+def _check_alpha_criterion(opts: PruneOptions) -> None:
+    if opts.alpha_criterion not in ALPHA_CRITERIA:
+        raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
+
+
+def _alpha_head(model: nn.Module, opts: PruneOptions) -> Head | None:
+    """The head RAKP's adaptive α reads (criterion "output"), else None; raises for an unknown criterion
+    or a model without a head, so :func:`prune_model` can call it before any forward pass."""
+    if opts.method != "rakp" or opts.alpha is not None or opts.alpha_depth is not None:
+        return None
+    _check_alpha_criterion(opts)
+    return output_head(model, opts.output_stride) if opts.alpha_criterion == "output" else None
+
+
 def depth_alpha(first: float, last: float, index: int, num_blocks: int) -> float:
     """RAKP's rectification strength for block ``index`` of ``num_blocks`` on a linear depth schedule.
 
@@ -368,8 +382,7 @@ def select_alpha(
       head: :func:`robustprune.modeling.output_head`), scored by the mean KL(dense ‖ candidate) of the
       output distributions: what perplexity and accuracy actually read. Labels are still not needed.
     """
-    if opts.alpha_criterion not in ALPHA_CRITERIA:
-        raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
+    _check_alpha_criterion(opts)
     n = len(inputs.pruned)
     n_hold = min(max(1, round(n * opts.holdout_fraction)), n - 1)
     if n_hold < 1:
@@ -417,7 +430,7 @@ def prune_block(
         report.alpha = depth_alpha(*opts.alpha_depth, index, len(blocks))
     elif opts.method == "rakp" and opts.alpha is None:
         later = blocks[index + 1 :]
-        head = output_head(model, opts.output_stride) if opts.alpha_criterion == "output" else None
+        head = _alpha_head(model, opts)
         report.alpha, report.alpha_errors = select_alpha(block, groups, inputs, opts, index, later, head)
     stats, dense_out = collect_stats(block, groups, inputs, plan=plan)
     masks, report.layers = _prune_linears(linears, stats, opts, index, report.alpha or 0.0)
@@ -459,11 +472,7 @@ def prune_model(
             outcome.masks.update(masks)
             outcome.blocks.append(report)
         return outcome
-    if opts.method == "rakp" and opts.alpha is None and opts.alpha_depth is None:
-        if opts.alpha_criterion not in ALPHA_CRITERIA:
-            raise ValueError(f"alpha_criterion must be one of {ALPHA_CRITERIA}, got {opts.alpha_criterion!r}")
-        if opts.alpha_criterion == "output":
-            output_head(model, opts.output_stride)  # no head: fail before any forward pass
+    _alpha_head(model, opts)  # an unknown criterion or a missing head fails before any forward pass
     inputs = capture_block_inputs(model, batches, device)
     for i in tqdm(range(len(find_blocks(model))), desc=f"prune {opts.method}", disable=not progress):
         inputs, masks, report = prune_block(model, i, inputs, opts)
