@@ -20,27 +20,12 @@ from prefect.context import TaskRunContext
 from robustprune.config import Params
 from robustprune.data import load_splits
 from tasks.attack_resources import attack_dir
-from tasks.common import Layout, model_digest, sha256_files
+from tasks.common import Layout, all_models, model_digest, sha256_files
 
 
 def model_paths(params: Params, layout: Layout) -> dict[str, dict]:
-    """Every model the pipeline produces: name -> {path, kind, method, sparsity}."""
-    out = {v.name: {"path": layout.finetuned / v.name, "kind": "variant"} for v in params.finetune.variants}
-    out.update({f"soup-{k}": {"path": layout.soup / k, "kind": "soup"} for k in ("greedy", "uniform")})
-    for m, s in params.prune.combos:
-        out[f"{m}_{s.replace(':', '-')}"] = {"path": layout.pruned_model(m, s), "kind": "pruned"}
-    for m, s in params.sds.combos:
-        name = f"sds-{m}_{s.replace(':', '-')}"
-        out[name] = {"path": layout.root / "models" / "sds" / name, "kind": "sds"}
-    meta = {}
-    for name, d in out.items():
-        method, sparsity = ("dense", "0")
-        if d["kind"] in ("pruned", "sds"):
-            method, sp = name.removeprefix("sds-").rsplit("_", 1)
-            sparsity = sp.replace("-", ":")
-            method = f"sds+{method}" if d["kind"] == "sds" else method
-        meta[name] = {**d, "path": str(d["path"]), "name": name, "method": method, "sparsity": sparsity}
-    return meta
+    """Every model the pipeline produces: name -> {name, path, kind, method, sparsity}."""
+    return {m["name"]: m for m in all_models(params, layout)}
 
 
 def attacked_examples(params: Params, layout: Layout) -> list[int]:

@@ -51,6 +51,10 @@ class Layout:
         return self.root / "models" / "pruned"
 
     @property
+    def sds(self) -> Path:
+        return self.root / "models" / "sds"
+
+    @property
     def prune_work(self) -> Path:
         return self.root / ".cache" / "prune-work"
 
@@ -60,6 +64,31 @@ class Layout:
 
     def pruned_model(self, method: str, sparsity: str) -> Path:
         return self.pruned / combo_name(method, sparsity)
+
+
+def all_models(params: Params, layout: Layout) -> list[dict]:
+    """Every model the pipeline produces, in report order: the one list evaluate, attack and report share.
+
+    Each entry: ``name`` (as in the report and ``attack.models``), ``kind`` (variant | soup | pruned | sds |
+    cap), ``method`` (``dense`` for variants and soups), ``sparsity`` (a label: ``0``, ``0.875``, ``2:4``) and
+    ``path`` (a saved Hugging Face directory).
+    """
+
+    def entry(name: str, kind: str, method: str, sparsity: str, path: Path) -> dict:
+        return {"name": name, "kind": kind, "method": method, "sparsity": sparsity, "path": str(path)}
+
+    out = [
+        entry(v.name, "variant", "dense", "0", layout.finetuned / v.name) for v in params.finetune.variants
+    ]
+    out += [entry(f"soup-{k}", "soup", "dense", "0", layout.soup / k) for k in ("greedy", "uniform")]
+    out += [
+        entry(combo_name(m, s), "pruned", m, s, layout.pruned_model(m, s)) for m, s in params.prune.combos
+    ]
+    out += [
+        entry(f"sds-{combo_name(m, s)}", "sds", f"sds+{m}", s, layout.sds / f"sds-{combo_name(m, s)}")
+        for m, s in params.sds.combos
+    ]
+    return out
 
 
 def combo_name(method: str, sparsity: str | float) -> str:

@@ -15,52 +15,12 @@ from robustprune.config import Params
 from robustprune.data import load_splits
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
-from tasks.common import Layout, combo_name, model_digest, sha256_files
+from tasks.common import Layout, all_models, model_digest, sha256_files
 
 
 def models_to_evaluate(params: Params, layout: Layout) -> list[dict]:
     """(name, kind, method, sparsity, path) of every model, in report order."""
-    out = [
-        {
-            "name": v.name,
-            "kind": "variant",
-            "method": "dense",
-            "sparsity": "0",
-            "path": str(layout.finetuned / v.name),
-        }
-        for v in params.finetune.variants
-    ]
-    out += [
-        {
-            "name": f"soup-{k}",
-            "kind": "soup",
-            "method": "dense",
-            "sparsity": "0",
-            "path": str(layout.soup / k),
-        }
-        for k in ("greedy", "uniform")
-    ]
-    out += [
-        {
-            "name": combo_name(m, s),
-            "kind": "pruned",
-            "method": m,
-            "sparsity": s,
-            "path": str(layout.pruned_model(m, s)),
-        }
-        for m, s in params.prune.combos
-    ]
-    out += [
-        {
-            "name": f"sds-{combo_name(m, s)}",
-            "kind": "sds",
-            "method": f"sds+{m}",
-            "sparsity": s,
-            "path": str(layout.root / "models" / "sds" / f"sds-{combo_name(m, s)}"),
-        }
-        for m, s in params.sds.combos
-    ]
-    return out
+    return all_models(params, layout)
 
 
 def _cache_key(_ctx: TaskRunContext, p: dict) -> str:
