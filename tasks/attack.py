@@ -55,13 +55,14 @@ def _resources_digest(directory: str) -> str:
 
 def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
     params, layout, model, recipe, rows = p["params"], p["layout"], p["model"], p["recipe"], p["rows"]
+    split = p.get("split", "test")
     a = params.attack
     return "-".join(
         [
             "attack",
             recipe,
             model_digest(model["path"])[:16],
-            sha256_files(layout.data / "test.parquet")[:12],
+            sha256_files(layout.data / f"{split}.parquet")[:12],
             _resources_digest(str(attack_dir(layout))),
             _code_digest(),
             f"{rows[0]}-{rows[-1]}-{len(rows)}",
@@ -86,14 +87,17 @@ def _encoder(directory: str):  # noqa: ANN202 - MeanPooledEncoder
 
 
 @task(name="attack-shard", tags=["gpu"], cache_key_fn=_shard_key, persist_result=True, retries=2)
-def attack_shard(params: Params, layout: Layout, model: dict, recipe: str, rows: list[int]) -> dict:
-    """Attack rows ``rows`` of the test split on one model with one recipe; per-example results + timings."""
+def attack_shard(
+    params: Params, layout: Layout, model: dict, recipe: str, rows: list[int], split: str = "test"
+) -> dict:
+    """Attack rows ``rows`` of a split (the test split; the soup stage attacks validation rows) on one model
+    with one recipe; per-example results + timings."""
     from robustprune.attacks import build_attack
     from robustprune.attacks.runner import attack_examples, check_labels, forward_floor, reset_forward_stats
     from robustprune.attacks.wrapper import FastClassifierWrapper
     from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
 
-    test = load_splits(layout.data).test
+    test = getattr(load_splits(layout.data), split)
     net = load_classifier(model["path"]).to(resolve_device(params.runtime.device))
     check_labels(net.config.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
     wrapper = FastClassifierWrapper(
