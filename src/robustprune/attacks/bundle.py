@@ -8,6 +8,8 @@ Layout of ``models/attack/``::
     lookalikes.json    character -> look-alike characters
     encoder/           sentence encoder (HF directory, mean-pooled) for the similarity constraints
     mlm/               masked LM (HF directory) for BERT-Attack (absent when it is a hub name: see info.json)
+    tagger/            spaCy pipeline (en_core_web_sm) for TextFooler's contextual part of speech (absent:
+                       the recipes fall back to pos.json, WordNet's lexical categories)
     info.json          how it was built (sizes, timings, neighbour samples, which MLM)
 """
 
@@ -55,6 +57,7 @@ def load_bundle(directory: Path) -> AttackResources:
         )
     info = read_json(directory / "info.json") if (directory / "info.json").exists() else {}
     mlm = directory / "mlm" if (directory / "mlm" / "config.json").exists() else info.get("mlm_name")
+    tagger = directory / "tagger" if (directory / "tagger" / "config.cfg").is_file() else None
     return AttackResources(
         vectors=load_word_vectors(directory / "vectors.npz"),
         pos={w: frozenset(p) for w, p in read_json(directory / "pos.json").items()},
@@ -64,11 +67,12 @@ def load_bundle(directory: Path) -> AttackResources:
         mlm_dir=Path(mlm)
         if mlm
         else None,  # a hub name travels as a Path; from_pretrained(str(...)) takes it
+        tagger_dir=tagger,
         extra={"mlm_name": str(mlm)} if mlm else {},
     )
 
 
 def describe(directory: Path) -> str:
-    """One line for logs: vocabulary size, neighbours, MLM."""
+    """One line for logs: vocabulary size, neighbours, MLM, tagger."""
     info = read_json(Path(directory) / "info.json")
-    return json.dumps({k: info.get(k) for k in ("vocab_size", "neighbours", "mlm")})
+    return json.dumps({k: info.get(k) for k in ("vocab_size", "neighbours", "mlm", "tagger")})

@@ -10,18 +10,21 @@ Each one replaces a stock component that downloads something or crashes offline
   ``SentenceEncoder._score_list`` with ``StopIteration``);
 * :class:`LowercaseStopwordModification` compares words case-insensitively (textattack compares the
   raw word, so a sentence-initial "The" would be modifiable);
-* :class:`LexicalPartOfSpeech` replaces ``PartOfSpeech`` (its NLTK tagger model is unavailable
-  offline) by a lexicon check against WordNet's lexical categories;
+* :class:`ContextualPartOfSpeech` is textattack's ``PartOfSpeech`` rule with spaCy's tagger
+  (:mod:`robustprune.attacks.tagger`) in place of NLTK's perceptron tagger, whose model is
+  unavailable offline; :class:`LexicalPartOfSpeech` (WordNet's lexical categories) is the fallback
+  when the tagger is absent, and :func:`part_of_speech` picks between them;
 * :func:`sentence_encoder` loads the shared mean-pooled encoder, :func:`untargeted_goal` the goal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from robustprune.attacks.similarity import MeanPooledEncoder
+from robustprune.attacks.tagger import ContextTagger
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources, WordVectors
 
@@ -157,6 +160,127 @@ class LexicalPartOfSpeech(Constraint):
     def extra_repr_keys(self) -> list[str]:
         """Shown in ``print(attack)``."""
         return ["allow_verb_noun_swap", *super().extra_repr_keys()]
+
+
+# the label reports carry for the lexicon fallback (ContextTagger.name for the tagger)
+LEXICAL_POS = "wordnet-lexical"
+POS_CONTEXT_BEFORE = 4  # textattack's PartOfSpeech window: 4 words before the swapped one ...
+POS_CONTEXT_AFTER = 3  # ... and 3 after it
+
+
+def pos_context(words: Sequence[str], index: int, word: str) -> tuple[tuple[str, ...], int]:
+    """The words textattack's ``PartOfSpeech`` tags around ``index``, with ``word`` at ``index``.
+
+    Returns ``(context, position of word in context)``: up to 4 words before and 3 after
+    (``words[max(i - 4, 0) : i] + [word] + words[i + 1 : i + 4]``).
+    """
+    before = tuple(words[max(index - POS_CONTEXT_BEFORE, 0) : index])
+    after = tuple(words[index + 1 : index + 1 + POS_CONTEXT_AFTER])
+    return (*before, word, *after), len(before)
+
+
+def can_replace_pos(a: str, b: str, allow_verb_noun_swap: bool) -> bool:
+    """TextFooler's POS filter: the same universal tag, or nouns and verbs for each other."""
+    return a == b or (allow_verb_noun_swap and {a, b} <= {"NOUN", "VERB"})
+
+
+class ContextualPartOfSpeech(Constraint):
+    """A swap keeps the part of speech of the word it replaces, both tagged in context.
+
+    TextFooler (Jin et al. 2019, Sec. 3.1 step 2) and textattack's ``PartOfSpeech`` (which
+    TextFooler's recipe uses): for every newly modified index i, the reference word and the new
+    word are each tagged inside the reference text's window ``words[i-4:i] + [w] + words[i+1:i+4]``
+    (:func:`pos_context`); the swap passes when both get the same universal tag, or (with
+    ``allow_verb_noun_swap``) one is a noun and the other a verb (:func:`can_replace_pos`).
+
+    Differences from textattack's class: the tagger is spaCy's (``tagger``, a
+    :class:`~robustprune.attacks.tagger.ContextTagger`) instead of NLTK's; the word's tag is read
+    at its position in the window (textattack looks the word up with ``list.index``, which picks an
+    earlier occurrence of the same word in the window); all candidates of a step are tagged in one
+    batch (``_check_constraint_many``) and every window is cached by the tagger.
+    ``compare_against_original`` defaults to True as textattack's.
+    """
+
+    def __init__(
+        self,
+        tagger: ContextTagger,
+        *,
+        allow_verb_noun_swap: bool = True,
+        compare_against_original: bool = True,
+    ):
+        super().__init__(compare_against_original)
+        self.tagger = tagger
+        self.allow_verb_noun_swap = allow_verb_noun_swap
+
+    def _contexts(self, transformed_text, reference_text) -> list[tuple[tuple, int, tuple, int]] | None:
+        """(reference window, position, transformed window, position) per newly modified index.
+
+        None when an index lies outside either text (the swap cannot be checked: rejected).
+        """
+        ref, new = reference_text.words, transformed_text.words
+        out = []
+        for i in sorted(transformed_text.attack_attrs["newly_modified_indices"]):
+            if i >= len(ref) or i >= len(new):
+                return None
+            a, pa = pos_context(ref, i, ref[i])
+            b, pb = pos_context(ref, i, new[i])
+            out.append((a, pa, b, pb))
+        return out
+
+    def _check_constraint_many(self, transformed_texts, reference_text) -> list:
+        """The transformed texts whose every swap keeps its part of speech (one tagger batch)."""
+        plans = [self._contexts(t, reference_text) for t in transformed_texts]
+        windows = [w for plan in plans if plan for a, _, b, _ in plan for w in (a, b)]
+        tags = dict(zip(windows, self.tagger.tag_batch(windows), strict=True))
+        kept = []
+        for text, plan in zip(transformed_texts, plans, strict=True):
+            if plan is not None and all(
+                can_replace_pos(tags[a][pa], tags[b][pb], self.allow_verb_noun_swap) for a, pa, b, pb in plan
+            ):
+                kept.append(text)
+        return kept
+
+    def _check_constraint(self, transformed_text, reference_text) -> bool:
+        """One transformed text (textattack's single-text entry point)."""
+        return bool(self._check_constraint_many([transformed_text], reference_text))
+
+    def check_compatibility(self, transformation) -> bool:
+        """Meaningful for word swaps only (as textattack's PartOfSpeech)."""
+        return transformation_consists_of_word_swaps(transformation)
+
+    def extra_repr_keys(self) -> list[str]:
+        """Shown in ``print(attack)``."""
+        return ["allow_verb_noun_swap", *super().extra_repr_keys()]
+
+
+def part_of_speech(
+    resources: AttackResources,
+    tagger: ContextTagger | None,
+    *,
+    mode: str = "tagger",
+    allow_verb_noun_swap: bool = True,
+) -> tuple[Constraint, str]:
+    """The part-of-speech constraint a recipe uses, and a label saying which one ran.
+
+    ``mode="tagger"``: :class:`ContextualPartOfSpeech` with ``tagger`` when one is given, else the
+    WordNet fallback :class:`LexicalPartOfSpeech`; ``mode="lexical"``: always the fallback.  The
+    label is the tagger's name or :data:`LEXICAL_POS`.
+    """
+    if mode not in ("tagger", "lexical"):
+        raise ValueError(f"unknown part-of-speech mode {mode!r}; known: ['lexical', 'tagger']")
+    if mode == "tagger" and tagger is not None:
+        return ContextualPartOfSpeech(tagger, allow_verb_noun_swap=allow_verb_noun_swap), tagger.name
+    return LexicalPartOfSpeech(resources.pos, allow_verb_noun_swap=allow_verb_noun_swap), LEXICAL_POS
+
+
+def pos_label(attack) -> str | None:
+    """Which part-of-speech check ``attack`` runs: the tagger's name, :data:`LEXICAL_POS`, or None."""
+    for c in attack.constraints:
+        if isinstance(c, ContextualPartOfSpeech):
+            return c.tagger.name
+        if isinstance(c, LexicalPartOfSpeech):
+            return LEXICAL_POS
+    return None
 
 
 def sentence_encoder(

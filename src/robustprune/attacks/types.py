@@ -42,6 +42,8 @@ class AttackResources:
     ``lookalikes``: character → look-alike characters (TextBugger "sub-C").
     ``encoder_dir``: sentence encoder (HF directory, mean-pooled) for the similarity constraints.
     ``mlm_dir``: masked-LM directory (``AutoModelForMaskedLM`` loads it) for BERT-Attack.
+    ``tagger_dir``: spaCy pipeline directory for the contextual part-of-speech check (TextFooler);
+    ``None``: the WordNet lexical check (``pos``) is used instead.
     """
 
     vectors: WordVectors
@@ -50,4 +52,5 @@ class AttackResources:
     lookalikes: dict[str, tuple[str, ...]]
     encoder_dir: Path
     mlm_dir: Path | None = None
+    tagger_dir: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
