@@ -47,7 +47,7 @@ from robustprune.modeling import measured_sparsity  # noqa: E402
 from robustprune.options import alpha_spec  # noqa: E402
 from robustprune.profiling import PeakRSS  # noqa: E402
 from robustprune.pruning import METHODS, parse_pattern  # noqa: E402
-from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
+from robustprune.pruning.sequential import PruneOptions, RakpOptions, prune_model  # noqa: E402
 from robustprune.resources import download, extract  # noqa: E402
 
 ANCHORS: dict[str, dict[str, Any]] = {
@@ -131,9 +131,8 @@ def measure(
             pattern=parse_pattern(pattern),
             block_size=args.block_size,
             dampening=args.dampening,
-            **spec,
-            output_stride=args.output_stride,
             track_dense=args.track_dense,
+            rakp=RakpOptions(**spec, output_stride=args.output_stride),
         )
         row.update(track_dense=args.track_dense, alpha=args.alpha if method == "rakp" else None)
         if method == "rakp" and args.alpha.startswith("adaptive"):

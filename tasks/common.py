@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustprune.config import Params, combo_label, load_params
+from robustprune.config import Params, combo_label, load_params, sparsity_label
 
 log = logging.getLogger("robustprune")
 
@@ -55,6 +55,10 @@ class Layout:
         return self.root / "models" / "sds"
 
     @property
+    def cap(self) -> Path:
+        return self.root / "models" / "cap"
+
+    @property
     def prune_work(self) -> Path:
         return self.root / ".cache" / "prune-work"
 
@@ -88,6 +92,21 @@ def all_models(params: Params, layout: Layout) -> list[dict]:
         entry(f"sds-{combo_name(m, s)}", "sds", f"sds+{m}", s, layout.sds / f"sds-{combo_name(m, s)}")
         for m, s in params.sds.combos
     ]
+    cap = params.cap
+    out += [
+        entry(
+            f"{run}_{sparsity_label(s)}",
+            "cap",
+            run,
+            sparsity_label(s),
+            layout.cap / f"{run}_{sparsity_label(s)}",
+        )
+        for run, _ in cap.runs
+        for s in cap.sparsities
+    ]
+    if cap.structured.sparsities:
+        s = sparsity_label(cap.structured.sparsities[-1])
+        out.append(entry(f"cap-f_{s}", "cap", "cap-f", s, layout.cap / f"cap-f_{s}"))
     return out
 
 
@@ -114,6 +133,21 @@ def sha256_files(*paths: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def code_digest(*modules: str) -> str:
+    """Hash of the source a cached result depends on: each dotted module's file, or every ``.py`` file of a
+    package (``"robustprune.pruning"``), by name and content. Every task's cache key uses this one helper."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in modules:
+        path = Path(importlib.import_module(name).__file__ or "")
+        files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(path.parent).as_posix()}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def model_digest(model_dir: str | Path) -> str:
     """Content hash of a saved model's weights (cheap relative to evaluating it)."""
     d = Path(model_dir)
@@ -122,14 +156,19 @@ def model_digest(model_dir: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------- MLflow
+def tracking_uri(params: Params, root: Path) -> str:
+    """runtime.mlflow_uri with a relative sqlite path resolved against the project root."""
+    uri = params.runtime.mlflow_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
 def mlflow_setup(params: Params, root: Path) -> str:
     """Point MLflow at the project's sqlite store and experiment; returns the experiment id."""
     import mlflow
 
-    uri = params.runtime.mlflow_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(tracking_uri(params, root))
     exp = mlflow.get_experiment_by_name(params.runtime.experiment)
     if exp is None:
         return mlflow.create_experiment(

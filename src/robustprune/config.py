@@ -20,7 +20,7 @@ BUILTIN_DATA = ("rotten_tomatoes",)
 BUILTIN_MODELS = ("minilm",)
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "rakp")
 ATTACK_RECIPES = ("textfooler", "bert-attack", "textbugger")
-ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds")
+ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds", "cap")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -89,13 +89,26 @@ class ModelConfig(_Section):
         return v
 
 
+class FreeLBConfig(_Section):
+    """FreeLB adversarial training (Zhu et al. 2020): K ascent steps on the input word embeddings."""
+
+    steps: Annotated[int, Field(ge=0, le=100)] = 2  # K (0 = plain training)
+    step_size: Annotated[float, Field(gt=0, le=100)] = 0.1  # adv-lr
+    max_norm: Annotated[float, Field(gt=0, le=1000)] = 0.6  # L2 bound of the perturbation per example
+    init_mag: Annotated[float, Field(ge=0, le=1000)] = 0.2  # magnitude of the random start
+
+
 class Variant(_Section):
-    """One fine-tuned ingredient of the soup."""
+    """One fine-tuned ingredient of the soup (RAKP's recipe table: lr, optimiser, epochs, decay, adversary)."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     learning_rate: Annotated[float, Field(gt=0, lt=1)]
     epochs: Annotated[float, Field(gt=0, le=100)] = 1
     seed: int = 0
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd only
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None  # None: finetune.weight_decay
+    adversarial: FreeLBConfig | None = None  # FreeLB settings; null = plain training
 
 
 class FinetuneConfig(_Section):
@@ -115,8 +128,23 @@ class FinetuneConfig(_Section):
         return v
 
 
+class SoupAttackConfig(_Section):
+    """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness)."""
+
+    recipe: Literal["textfooler", "bert-attack", "textbugger"] = "textfooler"
+    num_examples: Annotated[int, Field(gt=0, le=100_000)] = 40
+    seed: int = 0
+    query_budget: Annotated[int, Field(gt=0)] | None = None
+
+
 class SoupConfig(_Section):
+    """Greedy soup (RAKP Sec. 4.1): rank ingredients by the criterion, keep one only if the soup's criterion
+    does not drop and its clean validation accuracy stays within max_accuracy_drop of the current soup's."""
+
     prune_source: Literal["greedy", "uniform", "best"] = "greedy"
+    criterion: Literal["accuracy", "robustness"] = "robustness"
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
+    attack: SoupAttackConfig = SoupAttackConfig()
 
 
 class CalibrateConfig(_Section):
@@ -141,6 +169,9 @@ class RakpConfig(_Section):
     # alpha_criterion = output: judge every k-th token position of a causal LM (ignored for classifiers)
     output_stride: Annotated[int, Field(ge=1)] = 8
     ridge: Annotated[float, Field(ge=0)] = 0.1
+    # also rectify the classifier head (BERT's pooler + classifier, RoBERTa-style dense + out_proj) after
+    # the last block, with the last block's alpha: the paper's "pooler and classifier refit"; classifiers only
+    refit_head: bool = False
     next_input: Literal["pruned", "dense"] = "pruned"
 
 
@@ -242,6 +273,141 @@ class SdsConfig(_Section):
     @property
     def combos(self) -> list[tuple[str, str]]:
         return [(m, sparsity_label(s)) for m in self.methods for s in self.sparsities]
+
+
+CAP_MODULES = ("prc", "fic", "snc")
+_Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+def _increasing(v: list[float]) -> list[float]:
+    if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        raise ValueError(f"must increase strictly (each stage starts from the previous one), got {v}")
+    return v
+
+
+def _unique_modules(v: list[str]) -> list[str]:
+    dup = sorted({m for m in v if v.count(m) > 1})
+    if dup:
+        raise ValueError(f"modules repeated: {dup}")
+    return v
+
+
+class CapWeights(_Section):
+    """CAP's loss weights: ce·CE + kd·KL·T² + Σ_banks (unsup·L_unsup + sup·L_sup)."""
+
+    ce: Annotated[float, Field(ge=0)] = 0.1
+    kd: Annotated[float, Field(ge=0)] = 0.9
+    unsup: Annotated[float, Field(ge=0)] = 0.1
+    sup: Annotated[float, Field(ge=0)] = 10.0
+
+
+class CapStructuredConfig(_Section):
+    """CAP-f: heads and FFN neurons removed in steps, retrained with CAP's loss after each."""
+
+    sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.25, 0.5]  # [] = no structured run
+    retrain_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 30
+    importance_batches: Annotated[int, Field(ge=1, le=100_000)] = 8
+    lr: Annotated[float, Field(gt=0, lt=1)] = 1.0e-4
+    min_heads: Annotated[int, Field(ge=1)] = 1
+    modules: list[Literal["prc", "fic", "snc"]] = ["prc", "fic", "snc"]
+    weights: CapWeights = CapWeights(unsup=0.3, sup=3.0)  # the reference's CAP-f script
+    kd_temperature: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, v: list[float]) -> list[float]:
+        return _increasing(v)
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        return _unique_modules(v)
+
+
+class CapLatencyConfig(_Section):
+    """CPU latency of the structured model against the dense soup (torch.utils.benchmark, median)."""
+
+    threads: Annotated[int, Field(ge=1, le=256)] = 2
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(max_length=8)] = [1, 32]
+    min_run_time: Annotated[float, Field(gt=0, le=600)] = 1.0
+    rounds: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class CapConfig(_Section):
+    """CAP (contrastive pruning during fine-tuning): one staged unstructured run per module set, CAP-f."""
+
+    criterion: Literal["magnitude", "movement", "soft"] = "magnitude"
+    sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.5, 0.75, 0.875, 0.9]
+    train_examples: Annotated[int, Field(gt=0)] | None = 2000  # seeded subset of the training split (null: all)
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # dense, before the first stage's ramp
+    ramp_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 20  # cubic ramp, every stage
+    hold_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # at the stage's sparsity, every stage
+    lr: Annotated[float, Field(gt=0, lt=1)] = 1.0e-4
+    score_lr: Annotated[float, Field(gt=0, le=100)] = 1.0e-2  # movement / soft scores
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1  # learning-rate warm-up share of each stage
+    temperature: Annotated[float, Field(gt=0)] = 0.1
+    kd_temperature: Annotated[float, Field(gt=0)] = 2.0
+    extra_negatives: Annotated[int, Field(ge=0, le=10_000_000)] = 256
+    representation: Literal["mean", "cls"] = "mean"
+    modules: list[Literal["prc", "fic", "snc"]] = ["prc", "fic", "snc"]
+    ablations: list[list[Literal["prc", "fic", "snc"]]] = [[]]  # more runs, same schedule ([] -> cap-nocl)
+    weights: CapWeights = CapWeights()
+    soft_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    soft_lambda: Annotated[float, Field(ge=0)] = 100.0
+    bank_batch_size: Annotated[int, Field(gt=0, le=65536)] = 128
+    seed: int = 0
+    structured: CapStructuredConfig = CapStructuredConfig()
+    latency: CapLatencyConfig = CapLatencyConfig()
+
+    @field_validator("sparsities")
+    @classmethod
+    def _sparsities(cls, v: list[float]) -> list[float]:
+        return _increasing(v)
+
+    @field_validator("modules")
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        return _unique_modules(v)
+
+    @field_validator("ablations")
+    @classmethod
+    def _ablations(cls, v: list[list[str]]) -> list[list[str]]:
+        for mods in v:
+            _unique_modules(mods)
+        keys = [tuple(sorted(m)) for m in v]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"ablation module sets repeated: {[list(k) for k in dup]}")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self) -> CapConfig:
+        if any(sorted(m) == sorted(self.modules) for m in self.ablations):
+            raise ValueError(f"cap.ablations repeats the main run's modules {self.modules}")
+        if self.sparsities and self.ramp_steps + self.hold_steps == 0:
+            raise ValueError("cap: ramp_steps + hold_steps must be > 0 (a stage needs steps)")
+        return self
+
+    def run_name(self, modules: list[str]) -> str:
+        """``cap`` (the main module set), ``cap-nocl`` ([]), else ``cap-<module>-<module>``."""
+        if sorted(modules) == sorted(self.modules):
+            return "cap"
+        if not modules:
+            return "cap-nocl"
+        return "cap-" + "-".join(m for m in CAP_MODULES if m in modules)
+
+    @property
+    def runs(self) -> list[tuple[str, list[str]]]:
+        """(run name, modules) of every unstructured staged run, the main one first."""
+        return [(self.run_name(m), list(m)) for m in [self.modules, *self.ablations]]
+
+    def model_names(self) -> list[str]:
+        names = [f"{run}_{sparsity_label(s)}" for run, _ in self.runs for s in self.sparsities]
+        if self.structured.sparsities:
+            names.append(f"cap-f_{sparsity_label(self.structured.sparsities[-1])}")
+        return names
 
 
 class AttackResourcesConfig(_Section):
@@ -347,6 +513,11 @@ class LMConfig(_Section):
         missing = [f"{m}@{s}" for m, s in self.sds.combos if (m, s) not in combos]
         if missing:
             raise ValueError(f"lm.sds: {missing} are not lm.methods x lm.sparsities combinations")
+        if self.rakp.refit_head:
+            raise ValueError(
+                "lm.rakp.refit_head = true: the head refit is for sequence classifiers (a causal LM's lm_head "
+                "is tied to its input embeddings, which are never changed); set it to false"
+            )
         return self
 
     @property
@@ -358,12 +529,48 @@ class EvaluateConfig(_Section):
     batch_size: Annotated[int, Field(gt=0)] = 64
 
 
+# MLflow 3.x tracking stores by URI scheme (mlflow.tracking._tracking_service.utils): SQLAlchemy databases
+# (a "+driver" suffix allowed), a tracking server, Databricks; "file" (or a bare path) is the file store,
+# which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true (checked in preflight)
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc")
+
+
+def mlflow_uri_kind(uri: str) -> str:
+    """The store a tracking URI selects: a scheme of MLFLOW_SCHEMES (driver dropped), "file", or "" (unknown)."""
+    if uri in ("databricks", "databricks-uc"):
+        return uri
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return "file"  # a bare path
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme == "file":
+        return "file"
+    base = scheme.split("+", 1)[0]
+    return base if base in MLFLOW_SCHEMES else ""
+
+
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     work_pool: str | None = None
     mlflow_uri: str = "sqlite:///mlruns.db"
     experiment: str = "robustprune"
     progress: bool = True
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _tracking_uri(cls, v: str) -> str:
+        if not v.strip() or not mlflow_uri_kind(v):
+            raise ValueError(
+                f"not an MLflow tracking URI: the scheme must be one of {list(MLFLOW_SCHEMES)} "
+                "(e.g. sqlite:///mlruns.db, http://host:5000), or file:/a path (the file store)"
+            )
+        return v
+
+    @field_validator("work_pool")
+    @classmethod
+    def _pool(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("an empty work pool name; use null to run every stage in-process")
+        return v
 
 
 class Params(_Section):
@@ -377,6 +584,7 @@ class Params(_Section):
     calibrate: CalibrateConfig = CalibrateConfig()
     prune: PruneConfig = PruneConfig()
     sds: SdsConfig = SdsConfig()
+    cap: CapConfig = CapConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     attack: AttackConfig = AttackConfig()
     lm: LMConfig = LMConfig()
@@ -408,6 +616,7 @@ class Params(_Section):
         names = [v.name for v in self.finetune.variants] + ["soup-greedy", "soup-uniform"]
         names += [combo_label(m, s) for m, s in self.prune.combos]
         names += [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos]
+        names += self.cap.model_names()
         return names
 
     def attacked_models(self) -> list[str]:
@@ -419,6 +628,7 @@ class Params(_Section):
             "soups": ["soup-greedy", "soup-uniform"],
             "pruned": [combo_label(m, s) for m, s in self.prune.combos],
             "sds": [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos],
+            "cap": self.cap.model_names(),
         }
         wanted: list[str] = []
         for entry in self.attack.models:
@@ -478,12 +688,7 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Par
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate params.yaml (plus dotted-key overrides such as {"prune.sparsities": [0.5]})."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"params file {str(path)!r} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = yaml_mapping(read_params_text(path), path)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -491,3 +696,52 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: dict[str, Any] | N
             node = node.setdefault(p, {})
         node[leaf] = value
     return parse_params(raw, str(path))
+
+
+def read_params_text(path: Path) -> str:
+    """The text of a params file; ConfigError (one line) when missing, a directory, binary or empty.
+
+    An empty file (or one of comments and blank lines only) is refused: it would run everything with the
+    code's defaults, which is almost always a mistake (a truncated copy, the wrong path). Write ``{}`` to
+    mean "all defaults".
+    """
+    if path.is_dir():
+        raise ConfigError(f"params file {str(path)!r} is a directory; pass a YAML file (e.g. params.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"params file {str(path)!r} not found")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"params file {str(path)!r} cannot be read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a text file (byte {data[e.start]:#04x} at offset {e.start} is not UTF-8); "
+            "a params file is YAML text"
+        ) from None
+    if "\x00" in text:
+        at = text.index("\x00")
+        raise ConfigError(f"{path}: not a text file (NUL byte at offset {at}); a params file is YAML text")
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise ConfigError(
+            f"{path}: the file is empty (no keys); an empty params file would run everything with the code's "
+            "defaults: pass the right file, or write {} to mean that"
+        )
+    return text
+
+
+def yaml_mapping(text: str, path: Path) -> dict[str, Any]:
+    """Parse params YAML; a syntax error is one line naming where."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (no keys); write {{}} to run with the code's defaults")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw

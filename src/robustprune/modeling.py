@@ -170,6 +170,33 @@ def output_head(model: nn.Module, stride: int = 1) -> Callable[[torch.Tensor, to
     return lambda hidden, _mask: classifier(hidden)
 
 
+def head_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """A sequence classifier's head Linears by full name, in forward order (what RAKP's head refit rectifies).
+
+    BERT: the pooler's dense layer, then the classifier; RoBERTa / XLM-R / ELECTRA / MPNet: the
+    classification head's ``dense`` and ``out_proj``. Raises UnsupportedModelError for anything else (a
+    causal LM's ``lm_head`` is usually tied to the input embeddings, which are never changed).
+    """
+    arch = architecture_of(model)
+    name = type(model).__name__
+    classifier = getattr(model, "classifier", None)
+    if arch is ARCHITECTURES["llama-decoder"] or not isinstance(classifier, nn.Module):
+        raise UnsupportedModelError(f"{name} has no sequence-classification head (refit_head needs one)")
+    parts: list[tuple[str, nn.Module]] = []
+    if model.config.model_type == "bert":
+        pooler = getattr(getattr(model, model.base_model_prefix, None), "pooler", None)
+        if not isinstance(pooler, nn.Module):
+            raise UnsupportedModelError(f"{name} has no pooler in front of its classifier")
+        parts.append((f"{model.base_model_prefix}.pooler", pooler))
+    parts.append(("classifier", classifier))
+    out = {}
+    for prefix, module in parts:
+        for sub, mod in module.named_modules():
+            if isinstance(mod, nn.Linear):
+                out[f"{prefix}.{sub}" if sub else prefix] = mod
+    return out
+
+
 def _get(model: nn.Module, path: str) -> object:
     node: object = model
     for part in path.split("."):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from robustprune.config import LMConfig, PruneConfig, SdsConfig, parse_sparsity
 from robustprune.pruning import Pattern
-from robustprune.pruning.sequential import PruneOptions
+from robustprune.pruning.layerwise import PruneOptions, RakpOptions
 from robustprune.sds import SDSOptions
 
 
@@ -18,21 +18,25 @@ def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> Pr
     Both sections carry the same solver fields; only ``prune`` restricts the pruned Linears (``modules``).
     """
     s, n, m = parse_sparsity(sparsity)
+    rk = cfg.rakp
     return PruneOptions(
         method=method,
         pattern=Pattern(sparsity=s, n=n, m=m),
         block_size=cfg.block_size,
         dampening=cfg.dampening,
-        alpha=cfg.rakp.alpha if isinstance(cfg.rakp.alpha, float) else None,
-        alpha_depth=tuple(cfg.rakp.alpha_depth) if cfg.rakp.alpha == "depth" else None,
-        alpha_grid=tuple(cfg.rakp.alpha_grid),
-        holdout_fraction=cfg.rakp.holdout_fraction,
-        alpha_criterion=cfg.rakp.alpha_criterion,
-        output_stride=cfg.rakp.output_stride,
-        ridge=cfg.rakp.ridge,
-        next_input=cfg.rakp.next_input,
         modules=cfg.modules if isinstance(cfg, PruneConfig) else None,
         track_dense=cfg.track_dense,
+        rakp=RakpOptions(
+            alpha=rk.alpha if isinstance(rk.alpha, float) else None,
+            alpha_depth=tuple(rk.alpha_depth) if rk.alpha == "depth" else None,
+            alpha_grid=tuple(rk.alpha_grid),
+            holdout_fraction=rk.holdout_fraction,
+            alpha_criterion=rk.alpha_criterion,
+            output_stride=rk.output_stride,
+            ridge=rk.ridge,
+            refit_head=rk.refit_head,
+            next_input=rk.next_input,
+        ),
     )
 
 
@@ -52,7 +56,7 @@ def sds_options(cfg: SdsConfig) -> SDSOptions:
 
 
 def alpha_spec(text: str) -> dict[str, object]:
-    """RAKP's α as the benchmarks take it on the command line, as :class:`PruneOptions` fields.
+    """RAKP's α as the benchmarks take it on the command line, as :class:`RakpOptions` fields.
 
     ``"0.25"`` (fixed), ``"adaptive"`` / ``"adaptive-block"`` / ``"adaptive-model"`` / ``"adaptive-output"``
     (held-out choice per block, judged at the block's output, the last block's, or by the KL divergence of the

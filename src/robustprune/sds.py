@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 
 from robustprune.modeling import architecture_of, find_blocks, linear_groups
 from robustprune.pruning.hessian import accumulate_cross, accumulate_xtx
-from robustprune.pruning.sequential import BlockInputs, block_forward, capture_block_inputs
+from robustprune.pruning.streams import BlockInputs, block_forward, capture_block_inputs
 
 OPTIMIZERS = ("ista", "fista", "adam")
 REGULARIZERS = ("l1", "group")

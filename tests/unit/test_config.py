@@ -198,14 +198,14 @@ def test_alpha_modes_reach_the_solver_options():
     from robustprune.options import prune_options
 
     fixed = prune_options(parse_params({"prune": {"rakp": {"alpha": 1}}}).prune, "rakp", "2:4")
-    assert fixed.alpha == 1.0 and fixed.alpha_depth is None
+    assert fixed.rakp.alpha == 1.0 and fixed.rakp.alpha_depth is None
     adaptive = prune_options(parse_params({"prune": {"rakp": {"alpha": "adaptive"}}}).prune, "rakp", "2:4")
-    assert adaptive.alpha is None and adaptive.alpha_depth is None
+    assert adaptive.rakp.alpha is None and adaptive.rakp.alpha_depth is None
     depth = parse_params({"lm": {"rakp": {"alpha": "depth", "alpha_depth": [0.1, 0.6]}}}).lm
     opts = prune_options(depth, "rakp", "0.5")
-    assert opts.alpha is None and opts.alpha_depth == (0.1, 0.6)
+    assert opts.rakp.alpha is None and opts.rakp.alpha_depth == (0.1, 0.6)
     out = parse_params(
         {"lm": {"rakp": {"alpha": "adaptive", "alpha_criterion": "output", "output_stride": 4}}}
     ).lm
     opts = prune_options(out, "rakp", "2:4")
-    assert opts.alpha is None and opts.alpha_criterion == "output" and opts.output_stride == 4
+    assert opts.rakp.alpha is None and opts.rakp.alpha_criterion == "output" and opts.rakp.output_stride == 4

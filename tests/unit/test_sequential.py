@@ -15,14 +15,18 @@ from robustprune.modeling import (
     prunable_linears,
 )
 from robustprune.pruning import Pattern
-from robustprune.pruning.sequential import PruneOptions, prune_model
+from robustprune.pruning.sequential import PruneOptions, RakpOptions, prune_model
+from tests.conftest import tiny_bert, tiny_llama
 
 UNSTRUCTURED = Pattern(sparsity=0.5)
 TWO_FOUR = Pattern(sparsity=0.5, n=2, m=4)
+RAKP_FIELDS = set(RakpOptions.__dataclass_fields__)
 
 
 def _opts(method: str, pattern: Pattern = UNSTRUCTURED, **kw) -> PruneOptions:
-    return PruneOptions(method=method, pattern=pattern, block_size=16, **kw)
+    """Options with block size 16; RAKP's own fields (alpha, ridge, ...) may be passed flat."""
+    rakp = RakpOptions(**{k: kw.pop(k) for k in list(kw) if k in RAKP_FIELDS})
+    return PruneOptions(method=method, pattern=pattern, block_size=16, rakp=rakp, **kw)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "rakp"])
@@ -270,7 +274,7 @@ def test_model_criterion_judges_alpha_at_the_last_block(bert, calib_batches):
     out = prune_model(copy.deepcopy(bert), batches, model_opts)
     assert all(rep.alpha in grid for rep in out.blocks)
     with pytest.raises(ValueError, match="alpha_criterion"):
-        prune_model(copy.deepcopy(bert), batches, _opts("rakp", alpha=None, alpha_criterion="loss"))
+        _opts("rakp", alpha=None, alpha_criterion="loss")
 
 
 def _last_block_hidden(model, batch) -> torch.Tensor:
@@ -326,7 +330,7 @@ def test_output_head_needs_a_head_and_fails_before_any_forward(bert, calib_batch
 
 
 def test_kl_sum_matches_torch_and_does_not_depend_on_chunking():
-    from robustprune.pruning.sequential import _kl_sum
+    from robustprune.pruning.rakp_alpha import kl_sum as _kl_sum
 
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(7, 11, generator=g) * 3
@@ -410,3 +414,115 @@ def test_alpha_spec_parses_the_benchmarks_alpha_forms():
     for bad in ("1.5", "depth:0-2", "depth:0.5", "sometimes"):
         with pytest.raises(ValueError, match="depth:A-B"):
             alpha_spec(bad)
+
+
+def _shifted_last_hidden(model, batches, scale: float = 0.3):
+    """The dense last block's outputs and a perturbed copy (as if the blocks before had been pruned)."""
+    from robustprune.pruning.sequential import capture_block_inputs
+    from robustprune.pruning.streams import run_blocks
+
+    inputs = capture_block_inputs(model, batches)
+    with torch.no_grad():
+        dense = run_blocks(find_blocks(model), inputs.dense, inputs.extras)
+    g = torch.Generator().manual_seed(1)
+    shifted = [h + scale * h.std() * torch.randn(h.shape, generator=g) for h in dense]
+    return dense, shifted, inputs.token_mask
+
+
+def test_head_refit_with_dense_inputs_is_a_no_op(bert, calib_batches):
+    """Identical streams: every head Linear's cross term is 0, so Δ = 0 and the weights stay bit-identical."""
+    from robustprune.pruning.rakp_head import refit_head
+
+    dense, _, masks = _shifted_last_hidden(bert, calib_batches)
+    before = {k: v.clone() for k, v in bert.state_dict().items()}
+    rep = refit_head(bert, dense, dense, masks, alpha=1.0, ridge=1e-4)
+    assert all(torch.equal(v, bert.state_dict()[k]) for k, v in before.items())
+    assert rep.error_before == rep.error_after == 0.0 and rep.rows == 8
+    assert set(rep.delta_norm) == {"bert.pooler.dense", "classifier"} and not any(rep.delta_norm.values())
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_head_refit_reduces_the_head_output_error(bert, calib_batches, alpha):
+    """From shifted inputs, the refit head's logits are closer to the dense model's on the calibration rows;
+    only the pooler and classifier weights change (biases and the encoder do not)."""
+    from robustprune.pruning.rakp_head import refit_head
+
+    bert.classifier.weight.data *= 20  # a random classifier's logits are near zero: give them a scale
+    both = {k: torch.cat([b[k][:, :9] for b in calib_batches]) for k in calib_batches[0]}  # 8 texts
+    batches = [{k: v.roll(s, 0) for k, v in both.items()} for s in range(6)]  # 48 rows > hidden size 32
+    dense, shifted, masks = _shifted_last_hidden(bert, batches)
+    before = {k: v.clone() for k, v in bert.state_dict().items()}
+    original = copy.deepcopy(bert)
+    rep = refit_head(bert, shifted, dense, masks, alpha=alpha, ridge=1e-4)
+    changed = {k for k, v in before.items() if not torch.equal(v, bert.state_dict()[k])}
+    assert changed == {"bert.pooler.dense.weight", "classifier.weight"}
+    assert rep.error_before > 0 and rep.error_after < 0.8 * rep.error_before
+    assert rep.kl_after < rep.kl_before
+    # measured independently of the report: the original head on the dense hidden states against the
+    # refit head on the shifted ones
+    from robustprune.modeling import output_head
+
+    with torch.no_grad():
+        ref = torch.cat([output_head(original)(h, m) for h, m in zip(dense, masks, strict=True)])
+        got = torch.cat([output_head(bert)(h, m) for h, m in zip(shifted, masks, strict=True)])
+    assert float((ref - got).square().sum() / ref.square().sum()) == pytest.approx(rep.error_after, rel=1e-4)
+
+
+def test_refit_head_option_runs_after_the_last_block_with_its_alpha(bert, calib_batches):
+    """prune_model with rakp.refit_head: masks and encoder weights as without it, the head rectified with the
+    last block's α; a model without a classifier head fails before any forward pass."""
+    a, b = copy.deepcopy(bert), copy.deepcopy(bert)
+    plain = prune_model(a, calib_batches, _opts("rakp", alpha=1.0, ridge=1e-4))
+    head = prune_model(b, calib_batches, _opts("rakp", alpha=1.0, ridge=1e-4, refit_head=True))
+    assert plain.head is None and head.head is not None and head.head.alpha == 1.0
+    assert all(torch.equal(plain.masks[k], head.masks[k]) for k in plain.masks)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y) == (k not in ("bert.pooler.dense.weight", "classifier.weight")), k
+    assert head.head.error_after < head.head.error_before
+    with pytest.raises(UnsupportedModelError, match="sequence-classification head"):
+        prune_model(
+            tiny_llama(), [{"input_ids": torch.ones(1, 4, dtype=torch.long)}], _opts("rakp", refit_head=True)
+        )
+
+
+@pytest.mark.parametrize(
+    ("arch", "method", "kw"),
+    [
+        ("bert", "rakp", {"alpha": 1.0, "refit_head": True}),
+        ("bert", "sparsegpt", {"track_dense": False}),
+        ("llama", "rakp", {"alpha": None, "alpha_criterion": "output", "output_stride": 2}),
+    ],
+)
+@pytest.mark.parametrize("from_disk", [False, True])
+def test_pipeline_block_tasks_give_prune_models_result(tmp_path, calib_batches, arch, method, kw, from_disk):
+    """The prune stage's per-block engine (tasks.prune) computes each block once, from the previous task's
+    inputs in memory or, after a restart, from the files (extras included); either way the masks and every
+    weight equal prune_model's."""
+    from tasks import prune as engine
+
+    model = tiny_llama() if arch == "llama" else tiny_bert()
+    model.save_pretrained(tmp_path / "src")
+    batches = (
+        calib_batches if arch == "bert" else [{"input_ids": b["input_ids"][:, :8]} for b in calib_batches]
+    )
+    batches = batches + batches[::-1]
+    opts = _opts(method, TWO_FOUR, **kw)
+    ref = copy.deepcopy(model)
+    want = prune_model(ref, batches, opts)
+
+    source = engine.Source(str(tmp_path / "src"), "causal-lm" if arch == "llama" else "classifier")
+    work = tmp_path / "work"
+    state = engine.start_branch(work, source, batches, opts, torch.device("cpu"))
+    for i in range(state["num_blocks"]):
+        if from_disk:
+            engine._LIVE.clear()  # as if each task ran in a fresh process
+        engine.run_block(work, source, opts, i, torch.device("cpu"))
+    if from_disk:
+        engine._LIVE.clear()
+    got, masks, reports, head = engine.assemble(work, source, opts, torch.device("cpu"))
+    assert masks.keys() == want.masks.keys() and all(torch.equal(masks[k], want.masks[k]) for k in masks)
+    for (k, x), y in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    assert [r["alpha"] for r in reports] == [b.alpha for b in want.blocks]
+    assert (head is None) == (want.head is None)
+    assert not engine._LIVE
