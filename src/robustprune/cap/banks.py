@@ -1,0 +1,80 @@
+"""Memory banks: L2-normalised representations of every training example, indexed by example id.
+
+The reference (``masked_run_glue.py``) encodes the whole training set without gradient with the fine-tuned
+teacher once (FiC), with the model before pruning (PrC), and with the student at the start of every later
+epoch (SnC, one more vector per example each time: the bank grows to (N, R, H)). Here PrC comes from the
+pre-trained encoder, FiC from the dense teacher (whose logits for the distillation term are kept from the
+same pass), and SnC gains one snapshot at the end of every sparsity stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustprune.cap.examples import Examples
+from robustprune.cap.loss import representation
+
+MODULES = ("prc", "fic", "snc")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One pass over the examples: normalised vectors (N, H) and, for a classifier, its logits (N, C)."""
+
+    vectors: torch.Tensor
+    logits: torch.Tensor | None
+
+
+@torch.inference_mode()
+def encode(
+    model: nn.Module,
+    examples: Examples,
+    how: str,
+    *,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "bank",
+) -> Encoded:
+    """Encode every example (eval mode, no gradient). ``model``: a BERT classifier or a bare BertModel."""
+    was_training = model.training
+    model.eval().to(device)
+    base = getattr(model, "bert", model)
+    classifier = getattr(model, "classifier", None)
+    vectors: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    for idx in tqdm(examples.inference_batches(batch_size), desc=desc, disable=not progress, leave=False):
+        batch = {k: v.to(device) for k, v in examples.batch(idx).items()}
+        out = base(**batch)
+        rep = representation(out.last_hidden_state, batch["attention_mask"], out.pooler_output, how).float()
+        if vectors is None:
+            vectors = torch.zeros(len(examples), rep.shape[1])
+        vectors[torch.as_tensor(idx)] = rep.cpu()
+        if classifier is not None:
+            lg = classifier(out.pooler_output).float().cpu()
+            if logits is None:
+                logits = torch.zeros(len(examples), lg.shape[1])
+            logits[torch.as_tensor(idx)] = lg
+    model.train(was_training)
+    assert vectors is not None
+    return Encoded(vectors=vectors, logits=logits)
+
+
+def stack(snapshots: list[torch.Tensor]) -> torch.Tensor:
+    """(N, H) vectors of R snapshots -> one bank (N, R, H)."""
+    if not snapshots:
+        raise ValueError("a bank needs at least one set of vectors")
+    return torch.stack([s.float() for s in snapshots], dim=1)
+
+
+def sample_extra(
+    n_examples: int, extra_negatives: int, n_rep: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Ids of the extra examples drawn for one bank and one step: ``extra_negatives // R`` distinct ids
+    (at most all N), as the reference's ``random.sample(range(N), k=extra_examples // rep_num)``."""
+    k = min(extra_negatives // max(n_rep, 1), n_examples)
+    return torch.randperm(n_examples, generator=generator)[:k]

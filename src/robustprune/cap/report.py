@@ -1,0 +1,232 @@
+"""CAP's results for the report: :func:`summarize` builds ``reports/cap.json``, :func:`cap_markdown` renders it.
+
+Every accuracy carries its Wilson 95% interval; the contrastive ablation and CAP-f's accuracy loss are
+paired differences on the same test examples (:func:`robustprune.stats.paired_difference`): "better" /
+"worse" only when the interval excludes 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from robustprune.stats import paired_difference, rate
+
+
+def _rate(correct: Sequence[int]) -> dict:
+    return rate(int(sum(correct)), len(correct)).to_dict()
+
+
+def _label(s: float) -> str:
+    return f"{s:g}"
+
+
+def summarize(
+    settings: dict[str, Any],
+    banks: dict,
+    runs: dict[str, list[dict]],
+    structured: list[dict],
+    latency: dict | None,
+) -> dict:
+    """The content of ``reports/cap.json`` from the tasks' results (no per-example lists in it)."""
+    dense = banks.get("dense_test_correct") or []
+    stage_steps = [
+        settings["warmup_steps"] * (i == 0) + settings["ramp_steps"] + settings["hold_steps"]
+        for i in range(len(settings["sparsities"]))
+    ]
+    out: dict[str, Any] = {
+        "settings": settings,
+        "schedule": [
+            {"stage": i, "sparsity": s, "steps": n}
+            for i, (s, n) in enumerate(zip(settings["sparsities"], stage_steps, strict=True))
+        ],
+        "banks": {"examples": banks["n"], "seconds": banks["seconds"]},
+        "dense": {"name": banks.get("teacher"), "accuracy": _rate(dense)} if dense else None,
+        "runs": {},
+        "ablation": [],
+        "training_seconds": {},
+    }
+    for run, stages in runs.items():
+        rows, cumulative = [], banks["seconds"]
+        for st in stages:
+            cumulative += st["train_seconds"] + st.get("snapshot_seconds", 0.0)
+            rows.append(
+                {
+                    "name": st["name"],
+                    "sparsity": st["sparsity_target"],
+                    "measured_sparsity": st["measured_sparsity"],
+                    "steps": st["steps"],
+                    "train_seconds": st["train_seconds"],
+                    "snapshot_seconds": st.get("snapshot_seconds", 0.0),
+                    "cumulative_seconds": cumulative,
+                    "final_loss": st["final_loss"],
+                    "loss_parts": st.get("loss_parts", {}),
+                    "accuracy": _rate(st["test_correct"]),
+                }
+            )
+            out["training_seconds"][st["name"]] = cumulative
+        out["runs"][run] = rows
+    main = runs.get("cap", [])
+    for run, stages in runs.items():
+        if run == "cap":
+            continue
+        for a, b in zip(main, stages, strict=False):
+            d = paired_difference([bool(x) for x in a["test_correct"]], [bool(x) for x in b["test_correct"]])
+            out["ablation"].append(
+                {"sparsity": a["sparsity_target"], "a": a["name"], "b": b["name"], **d.to_dict()}
+            )
+    if dense and main:
+        out["vs_dense"] = [
+            {
+                "name": st["name"],
+                "retained": (sum(st["test_correct"]) / len(st["test_correct"])) / (sum(dense) / len(dense)),
+                **paired_difference(
+                    [bool(x) for x in st["test_correct"]], [bool(x) for x in dense]
+                ).to_dict(),
+            }
+            for st in main
+        ]
+    if structured:
+        cumulative, steps = banks["seconds"], []
+        for st in structured:
+            cumulative += st["importance_seconds"] + st["train_seconds"]
+            steps.append(
+                {
+                    k: st[k]
+                    for k in (
+                        "name",
+                        "fraction",
+                        "heads",
+                        "ffn_widths",
+                        "heads_removed",
+                        "neurons_removed",
+                        "encoder_parameters",
+                        "encoder_parameters_dense",
+                        "encoder_parameters_removed",
+                        "importance_seconds",
+                        "train_seconds",
+                        "steps",
+                        "final_loss",
+                    )
+                }  # fmt: skip
+                | {"accuracy": _rate(st["test_correct"]), "cumulative_seconds": cumulative}
+            )
+        final = structured[-1]
+        out["structured"] = {"steps": steps, "final": steps[-1], "latency": latency}
+        out["training_seconds"][final["name"]] = cumulative
+        if dense:
+            out["structured"]["vs_dense"] = paired_difference(
+                [bool(x) for x in final["test_correct"]], [bool(x) for x in dense]
+            ).to_dict()
+    return out
+
+
+def _pct(r: dict | None) -> str:
+    if not r or not r.get("n"):
+        return "–"
+    return f"{100 * r['value']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def _pts(d: dict) -> str:
+    return f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
+def _eval_rate(row: dict | None) -> dict | None:
+    if not row or "correct" not in row or "total" not in row:
+        return None
+    return rate(int(row["correct"]), int(row["total"])).to_dict()
+
+
+def cap_markdown(cap: dict, eval_rows: Sequence[dict] = ()) -> str:
+    """The report's CAP section (Markdown) from ``reports/cap.json`` and the evaluate stage's rows."""
+    by_name = {r["name"]: r for r in eval_rows}
+    s = cap["settings"]
+    lines = [
+        "## CAP: contrastive pruning during fine-tuning",
+        "",
+        f"Student and teacher: the dense soup; criterion `{s['criterion']}`; one staged run "
+        f"{' → '.join(f'{100 * x:g}%' for x in s['sparsities'])} "
+        f"({' + '.join(str(r['steps']) for r in cap['schedule'])} steps of batch {s['batch_size']}); "
+        f"{cap['banks']['examples']} training examples in the banks; representation `{s['representation']}`; "
+        f"modules {s['modules'] or '[]'}; {s['extra_negatives']} extra negatives. Test accuracy % [95% interval].",
+        "",
+    ]
+    runs = cap["runs"]
+    names = list(runs)
+    others = ["rakp", "sparsegpt"]
+    head = ["sparsity", *names, *others]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, sp in enumerate(s["sparsities"]):
+        cells = [f"{100 * sp:g}%"]
+        for run in names:
+            row = runs[run][i] if i < len(runs[run]) else None
+            cells.append(_pct(row["accuracy"]) if row else "–")
+        for m in others:
+            cells.append(_pct(_eval_rate(by_name.get(f"{m}_{_label(sp)}"))))
+        lines.append("| " + " | ".join(cells) + " |")
+    if cap.get("dense"):
+        lines += ["", f"Dense soup: {_pct(cap['dense']['accuracy'])}."]
+    if cap["ablation"]:
+        lines += ["", "**What the contrastive terms add** (paired, same test examples; A − B in points):", ""]
+        lines += ["| A | B | A − B [95%] | verdict |", "|---|---|---|---|"]
+        for d in cap["ablation"]:
+            lines.append(f"| {d['a']} | {d['b']} | {_pts(d)} | {d['verdict']} |")
+    st = cap.get("structured")
+    if st:
+        f = st["final"]
+        lines += [
+            "",
+            f"**CAP-f (structured, {100 * f['fraction']:g}% of heads and FFN neurons removed):** test accuracy "
+            f"{_pct(f['accuracy'])}; {f['heads_removed']} heads and {f['neurons_removed']} FFN neurons removed, "
+            f"{100 * f['encoder_parameters_removed']:.1f}% of the encoder's parameters.",
+        ]
+        if "vs_dense" in st:
+            lines.append(
+                f"Against the dense soup: {_pts(st['vs_dense'])} points ({st['vs_dense']['verdict']})."
+            )
+        lat = st.get("latency")
+        if lat:
+            lines += ["", f"CPU latency (median, {lat['threads']} threads, torch.utils.benchmark):", ""]
+            lines += ["| batch | tokens | dense ms | CAP-f ms | speed-up |", "|---|---|---|---|---|"]
+            for bsz, r in lat["batches"].items():
+                lines.append(
+                    f"| {bsz} | {r['tokens']} | {r['dense_ms']:.2f} | {r['cap_f_ms']:.2f} | {r['speedup']:.2f}× |"
+                )
+    cost = cap.get("training_seconds", {})
+    if cost:
+        lines += ["", "Training cost (banks + stages up to the model, seconds): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in cost.items()) + "."]  # fmt: skip
+    lines += ["", *_targets(cap, by_name)]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(cap: dict, by_name: dict[str, dict]) -> list[str]:
+    """The issue's targets, checked against the data."""
+    out = ["Targets:"]
+    main = {r["sparsity"]: r for r in cap["runs"].get("cap", [])}
+    r875, rakp = main.get(0.875), _eval_rate(by_name.get("rakp_0.875"))
+    if r875 and rakp:
+        ok = r875["accuracy"]["value"] >= rakp["value"]
+        out.append(
+            f"- CAP 87.5% {_pct(r875['accuracy'])} vs RAKP 87.5% {_pct(rakp)}: "
+            f"{'met' if ok else 'not met'} (unpaired; overlapping intervals mean no measurable difference)."
+        )
+    r90 = main.get(0.9)
+    if r90 and cap.get("dense"):
+        ret = r90["accuracy"]["value"] / cap["dense"]["accuracy"]["value"]
+        out.append(
+            f"- CAP 90% keeps {100 * ret:.1f}% of the soup's accuracy (target ≥ 90%): {'met' if ret >= 0.9 else 'not met'}."
+        )
+    st = cap.get("structured")
+    if st and st.get("latency"):
+        sp = {int(k): v["speedup"] for k, v in st["latency"]["batches"].items()}
+        loss = -st["vs_dense"]["diff"] if "vs_dense" in st else None
+        parts = []
+        if 32 in sp:
+            parts.append(f"batch 32 {sp[32]:.2f}× (≥ 1.5×: {'met' if sp[32] >= 1.5 else 'not met'})")
+        if 1 in sp:
+            parts.append(f"batch 1 {sp[1]:.2f}× (≥ 1.3×: {'met' if sp[1] >= 1.3 else 'not met'})")
+        if loss is not None:
+            parts.append(f"{100 * loss:.1f} points lost (≤ 3: {'met' if loss <= 0.03 else 'not met'})")
+        out.append("- CAP-f: " + "; ".join(parts) + ".")
+    return out if len(out) > 1 else []

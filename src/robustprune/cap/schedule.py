@@ -1,0 +1,54 @@
+"""The cubic sparsity schedule (Zhu & Gupta 2017), as movement pruning and CAP use it.
+
+Within one stage of ``warmup + ramp + hold`` steps the sparsity is ``initial`` during the warm-up, then
+
+    s(t) = final + (initial − final) · (1 − (t − warmup) / ramp)³      for warmup ≤ t < warmup + ramp
+
+(the reference's ``schedule_threshold`` with the kept fraction 1 − s), then ``final`` for the hold. The
+staged run walks 0 → s₁ → s₂ → …: stage k ramps from s_{k−1} to s_k; only the first stage has a dense
+warm-up (movement scores accumulate before anything is pruned).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def cubic_sparsity(step: int, initial: float, final: float, warmup: int, ramp: int) -> float:
+    """Sparsity at ``step`` (0-based) of a stage that goes from ``initial`` to ``final``."""
+    if step < warmup:
+        return initial
+    if ramp <= 0 or step >= warmup + ramp:
+        return final
+    frac = 1.0 - (step - warmup) / ramp
+    return final + (initial - final) * frac**3
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the staged run: ``index`` in the run, sparsity ``initial`` -> ``final``, its steps."""
+
+    index: int
+    initial: float
+    final: float
+    warmup: int
+    ramp: int
+    hold: int
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.ramp + self.hold
+
+    def sparsity(self, step: int) -> float:
+        return cubic_sparsity(step, self.initial, self.final, self.warmup, self.ramp)
+
+
+def stages(sparsities: list[float], warmup: int, ramp: int, hold: int) -> list[Stage]:
+    """The staged run's stages: dense warm-up in the first only; each ramps from the previous target."""
+    if any(b <= a for a, b in zip(sparsities, sparsities[1:], strict=False)):
+        raise ValueError(f"sparsities must increase, got {sparsities}")
+    out, prev = [], 0.0
+    for i, s in enumerate(sparsities):
+        out.append(Stage(i, prev, float(s), warmup if i == 0 else 0, ramp, hold))
+        prev = float(s)
+    return out

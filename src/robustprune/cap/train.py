@@ -1,0 +1,189 @@
+"""One CAP training stage: AdamW steps on CAP's loss, with the masks following the sparsity schedule.
+
+Used for every unstructured stage (ramp from the previous sparsity to the next, then hold) and for the
+retraining after every structured step (no masks). A stage depends only on the model it starts from, the
+examples, the banks and its seed, so a stage re-run after a crash gives identical weights: the batch
+order (numpy), the extra negatives (a torch generator) and dropout (the global torch RNG) are all
+seeded at the start of the stage. The optimiser and the learning-rate schedule (linear warm-up, linear
+decay to 0) start afresh in every stage, as the reference's structured retraining does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustprune.cap import masks as cap_masks
+from robustprune.cap.banks import sample_extra
+from robustprune.cap.examples import Examples
+from robustprune.cap.loss import LossWeights, cap_loss, forward_student
+from robustprune.cap.schedule import Stage
+from robustprune.finetune import length_bucketed_batches
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Optimisation and loss settings of a stage (see ``cap`` in params.yaml)."""
+
+    batch_size: int = 32
+    lr: float = 1e-4
+    score_lr: float = 1e-2
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    temperature: float = 0.1
+    kd_temperature: float = 2.0
+    extra_negatives: int = 256
+    representation: str = "mean"
+    weights: LossWeights = LossWeights()
+    # soft movement: sigmoid threshold tau and L1 weight lambda follow the schedule (lambda ∝ tau, as the reference)
+    soft_threshold: float = 0.1
+    soft_lambda: float = 100.0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    parts: dict[str, float] = field(default_factory=dict)  # mean of each term over the stage
+
+    def tail_loss(self, k: int = 10) -> float:
+        tail = self.losses[-k:]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def _optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
+    decay, no_decay, scores = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith(".scores"):
+            scores.append(p)
+        elif p.ndim >= 2 and "LayerNorm" not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": opts.weight_decay, "lr": opts.lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": opts.lr},
+    ]
+    if scores:
+        groups.append({"params": scores, "weight_decay": 0.0, "lr": opts.score_lr})
+    return torch.optim.AdamW(groups, lr=opts.lr)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def train_stage(
+    model: nn.Module,
+    examples: Examples,
+    teacher_logits: torch.Tensor | None,
+    banks: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    opts: TrainOptions,
+    *,
+    steps: int,
+    seed: int,
+    stage: Stage | None = None,
+    max_sparsity: float = 1.0,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "cap",
+    check_stop: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``steps`` steps.
+
+    With ``stage`` the model must carry masks (:func:`robustprune.cap.masks.attach`); before every step
+    they are recomputed at ``stage.sparsity(step)`` (soft masks: threshold ``soft_threshold · s / max_sparsity``
+    and L1 weight ``soft_lambda · s / max_sparsity``). ``banks`` maps a bank name to (vectors (N, R, H),
+    labels (N,)); ``check_stop`` is called once per step (it raises to stop).
+    """
+    torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
+    extra_gen = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    soft = stage is not None and any(
+        p.criterion == "soft" for p in cap_masks.parametrizations(model).values()
+    )
+    opt = _optimizer(model, opts)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, steps, int(opts.warmup_ratio * steps))
+    )
+    lengths = examples.lengths()
+    order: list[np.ndarray] = []
+    while len(order) < steps:
+        order += length_bucketed_batches(lengths, opts.batch_size, gen)
+    labels_all = examples.labels
+    result = TrainResult(steps=steps, seconds=0.0)
+    sums: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        if check_stop is not None:
+            check_stop()
+        l1_weight = 0.0
+        if stage is not None:
+            s = stage.sparsity(step)
+            if soft:
+                frac = s / max_sparsity if max_sparsity > 0 else 0.0
+                cap_masks.update_masks(model, s, threshold=opts.soft_threshold * frac)
+                l1_weight = opts.soft_lambda * frac
+            else:
+                cap_masks.update_masks(model, s)
+        idx = torch.as_tensor(order[step], dtype=torch.long)
+        batch = {k: v.to(device) for k, v in examples.batch(idx).items()}
+        labels = labels_all[idx].to(device)
+        logits, rep = forward_student(model, batch, opts.representation)
+        extra = {
+            name: sample_extra(len(examples), opts.extra_negatives, vec.shape[1], extra_gen)
+            for name, (vec, _) in banks.items()
+        }
+        parts = cap_loss(
+            logits,
+            rep,
+            idx.to(device),
+            labels,
+            None if teacher_logits is None else teacher_logits[idx].to(device),
+            {k: (v.to(device), lb.to(device)) for k, (v, lb) in banks.items()},
+            {k: v.to(device) for k, v in extra.items()},
+            opts.weights,
+            temperature=opts.temperature,
+            kd_temperature=opts.kd_temperature,
+        )
+        loss = parts.total
+        if l1_weight:
+            loss = loss + l1_weight * cap_masks.l1_penalty(model)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), opts.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        result.losses.append(float(loss.detach()))
+        sums["ce"] = sums.get("ce", 0.0) + parts.ce
+        sums["kd"] = sums.get("kd", 0.0) + parts.kd
+        for name, (u, s_) in parts.contrastive.items():
+            sums[f"{name}_unsup"] = sums.get(f"{name}_unsup", 0.0) + u
+            sums[f"{name}_sup"] = sums.get(f"{name}_sup", 0.0) + s_
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{result.tail_loss():.3f}")
+    if stage is not None:  # the saved masks are the stage's final ones
+        if soft:
+            cap_masks.update_masks(
+                model, stage.final, threshold=opts.soft_threshold * stage.final / max_sparsity
+            )
+        else:
+            cap_masks.update_masks(model, stage.final)
+    result.seconds = time.perf_counter() - t0
+    result.parts = {k: v / max(steps, 1) for k, v in sums.items()}
+    model.eval()
+    return result
