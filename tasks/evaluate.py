@@ -15,7 +15,7 @@ from robustprune.config import Params
 from robustprune.data import load_splits
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
-from tasks.common import Layout, all_models, model_digest, sha256_files
+from tasks.common import Layout, all_models, code_digest, model_digest, sha256_files
 
 
 def models_to_evaluate(params: Params, layout: Layout) -> list[dict]:
@@ -29,6 +29,8 @@ def _cache_key(_ctx: TaskRunContext, p: dict) -> str:
         "eval-"
         + sha256_files(Path(model["path"]) / "model.safetensors", layout.data / "test.parquet")[:24]
         + (f"-{params.evaluate.batch_size}-{params.data.max_length}-{params.prune.modules}")
+        + "-"
+        + code_digest("robustprune.metrics", "robustprune.modeling", "tasks.evaluate")
     )
 
 

@@ -48,7 +48,7 @@ from robustprune.profiling import PeakRSS
 from robustprune.pruning.sequential import PruneOptions, prune_model
 from robustprune.resources import download, extract
 from robustprune.sds import SDSOptions
-from tasks.common import Layout, combo_name, sha256_files
+from tasks.common import Layout, code_digest, combo_name, sha256_files
 
 
 def lm_dirs(layout: Layout) -> dict[str, Path]:
@@ -127,12 +127,13 @@ def prune_options(params: Params, method: str, sparsity: str) -> PruneOptions:
 
 
 def _code_digest() -> str:
-    import robustprune.lm
-    import robustprune.pruning
-    import robustprune.sds
-
-    files = sorted(Path(robustprune.pruning.__file__).parent.glob("*.py"))
-    return sha256_files(*files, Path(robustprune.lm.__file__), Path(robustprune.sds.__file__))
+    return code_digest(
+        "robustprune.pruning",
+        "robustprune.modeling",
+        "robustprune.lm",
+        "robustprune.sds",
+        "robustprune.sds_layer",
+    )
 
 
 def work_key(*parts: Any) -> str:

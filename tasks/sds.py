@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 
 from prefect import task
 from prefect.logging import get_run_logger
@@ -28,7 +27,7 @@ from robustprune.modeling import load_classifier, load_tokenizer, measured_spars
 from robustprune.options import sds_options
 from robustprune.pruning.sequential import prune_model
 from robustprune.sds import adjust_model, reactivate_model
-from tasks.common import Layout, combo_name, model_digest, sha256_files
+from tasks.common import Layout, code_digest, combo_name, model_digest, sha256_files
 from tasks.prune import _calib_batches, options, source_model
 
 
@@ -37,11 +36,9 @@ def sds_name(method: str, sparsity: str) -> str:
 
 
 def _code_digest() -> str:
-    import robustprune.pruning
-    import robustprune.sds
-
-    files = sorted(Path(robustprune.pruning.__file__).parent.glob("*.py"))
-    return sha256_files(*files, Path(robustprune.sds.__file__))[:16]
+    return code_digest(
+        "robustprune.pruning", "robustprune.modeling", "robustprune.sds", "robustprune.sds_layer"
+    )
 
 
 def _key(*parts: object) -> str:

@@ -248,6 +248,24 @@ class PruneConfig(_Section):
         return [(m, sparsity_label(s)) for m in self.methods for s in self.sparsities]
 
 
+# SDS's solvers and the largest step factor each converges with: ISTA for a step < 2/L, FISTA for <= 1/L
+# (Beck & Teboulle 2009, Thm. 3.1 / 4.4; L = λ_max(H), overestimated by 5 %); Adam's step is lr · RMS(row)
+SDS_LR_LIMITS = {"ista": (2.0, False), "fista": (1.0, True), "adam": (1.0, True)}  # (limit, limit allowed)
+
+
+def sds_lr_problem(optimizer: str, lr: float) -> str | None:
+    """Why SDS's ``lr`` cannot work with ``optimizer`` (one line), or None when it can."""
+    limit, inclusive = SDS_LR_LIMITS.get(optimizer, (float("inf"), True))
+    if lr > 0 and (lr <= limit if inclusive else lr < limit):
+        return None
+    why = {
+        "ista": "ISTA's step is lr / lambda_max(H); proximal gradient diverges for a step >= 2 / lambda_max",
+        "fista": "FISTA's step is lr / lambda_max(H); its momentum needs a step <= 1 / lambda_max to converge",
+        "adam": "Adam's step is lr x RMS of the row's weights; beyond 1 every step overshoots their scale",
+    }.get(optimizer, "")
+    return f"{lr!r} with optimizer {optimizer!r}: need 0 < lr {'<=' if inclusive else '<'} {limit:g} ({why})"
+
+
 class SdsConfig(_Section):
     """Sparse-dense-sparse on top of some of the prune stage's models (each must be a prune combination)."""
 
@@ -257,11 +275,20 @@ class SdsConfig(_Section):
     regularizer: Literal["l1", "group"] = "l1"
     group_size: Annotated[int, Field(ge=1, le=4096)] = 4
     steps: Annotated[int, Field(ge=0, le=100_000)] = 20
-    lr: Annotated[float, Field(gt=0, le=100)] = 1.0
-    optimizer: Literal["ista", "fista", "adam"] = "fista"
+    lr: Annotated[float, Field(gt=0)] = 1.0  # ista < 2, fista <= 1, adam <= 1 (SDS_LR_LIMITS)
+    optimizer: Literal["ista", "fista", "adam"] = "fista"  # only ista / fista make exact zeros
     init: Literal["pruned", "dense"] = "pruned"
     final_adjust_steps: Annotated[int, Field(ge=0, le=100_000)] = 0
-    adjust_lr: Annotated[float, Field(gt=0, le=100)] = 1.0
+    adjust_lr: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _lr_fits_optimizer(self) -> SdsConfig:
+        problems = [
+            f"{k} = {p}" for k in ("lr", "adjust_lr") if (p := sds_lr_problem(self.optimizer, getattr(self, k)))
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("sparsities")
     @classmethod
