@@ -1,8 +1,10 @@
-"""Fine-tuning one soup ingredient: plain AdamW with linear warm-up and decay.
+"""Fine-tuning one soup ingredient: AdamW, Adam or SGD with momentum, linear warm-up and decay, optionally
+adversarial (FreeLB, :mod:`robustprune.adversarial`).
 
 The soup (Wortsman et al. 2022) only works when ingredients share an initialisation, so the caller builds
 every variant from the same pre-trained weights and the same seeded classification head; a variant
-differs by learning rate, epochs and the seed that orders its data and drives dropout.
+differs by learning rate, optimiser, weight decay, epochs, adversarial training and the seed that orders
+its data and drives dropout (RAKP's ingredient table, Li et al. 2023, Sec. 4.1 / Table 8).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustprune.adversarial import FreeLBSettings, freelb_backward
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:
@@ -27,6 +31,12 @@ class FinetuneSettings:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 64
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    momentum: float = 0.9  # sgd only
+    adversarial: FreeLBSettings | None = None  # None (or steps 0): plain training
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 @dataclass
@@ -70,6 +80,27 @@ def length_bucketed_batches(
     return [batches[i] for i in gen.permutation(len(batches))]
 
 
+def make_optimizer(model: nn.Module, settings: FinetuneSettings) -> torch.optim.Optimizer:
+    """The ingredient's optimiser; weight decay on matrices only (not biases or LayerNorm).
+
+    AdamW decays decoupled from the gradient (Loshchilov & Hutter 2019); Adam and SGD add ``weight_decay · w``
+    to the gradient (L2), as their torch implementations do.
+    """
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n_]
+    no_decay = [p for n_, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n_]
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=settings.learning_rate)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=settings.learning_rate)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.learning_rate, momentum=settings.momentum)
+    raise ValueError(f"optimizer {settings.optimizer!r} is not one of {list(OPTIMIZERS)}")
+
+
 def finetune(
     model: nn.Module,
     tokenizer,  # noqa: ANN001 - transformers tokenizer
@@ -87,12 +118,9 @@ def finetune(
     n = len(texts)
     steps_per_epoch = math.ceil(n / settings.batch_size)
     total = max(1, round(steps_per_epoch * settings.epochs))
-    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n_]
-    no_decay = [p for n_, p in model.named_parameters() if p.ndim < 2 or "LayerNorm" in n_]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.learning_rate,
-    )
+    opt = make_optimizer(model, settings)
+    adv = settings.adversarial if settings.adversarial and settings.adversarial.steps > 0 else None
+    adv_gen = torch.Generator().manual_seed(settings.seed) if adv else None
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _schedule(s, total, int(settings.warmup_ratio * total))
     )
@@ -115,13 +143,19 @@ def finetune(
             max_length=settings.max_length,
             return_tensors="pt",
         )
-        out = model(**{k: v.to(device) for k, v in enc.items()}, labels=labels_t[idx].to(device))
-        out.loss.backward()
+        batch = {k: v.to(device) for k, v in enc.items()}
+        y = labels_t[idx].to(device)
+        if adv is None:
+            out = model(**batch, labels=y)
+            out.loss.backward()
+            loss = float(out.loss.detach())
+        else:
+            loss = freelb_backward(model, batch, y, adv, generator=adv_gen).loss
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        result.losses.append(float(out.loss.detach()))
+        result.losses.append(loss)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{result.final_loss:.3f}")
     model.eval()

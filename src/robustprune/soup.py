@@ -1,26 +1,89 @@
-"""Model soups: uniform and greedy weight averaging (Wortsman et al. 2022, Sec. 3, Recipe 1 "greedy soup").
+"""Model soups: uniform and greedy weight averaging (Wortsman et al. 2022, Sec. 3, Recipe 1 "greedy soup"),
+ranked by accuracy or, as RAKP builds its robust dense start, by robustness (Li et al. 2023, Sec. 4.1).
 
-RAKP builds its robust dense starting point this way (Li et al. 2023, Sec. 4.1): average only the
-fine-tuned variants that help. Greedy: sort the ingredients by validation accuracy, start from the best,
-and keep each next one only if the average with it does not lower validation accuracy.
+Greedy: rank the ingredients by the criterion, start from the best, and keep each next one only if the soup
+with it does not lower the criterion. With ``criterion = "robustness"`` the criterion is accuracy under
+attack on a validation attack set (ties broken by clean validation accuracy), and a candidate is also refused
+when its clean validation accuracy falls more than ``max_accuracy_drop`` below the current soup's.
+The selection (:func:`greedy_select`) is separate from the averaging (:func:`average_state_dicts`): the caller
+decides how a list of members is turned into a model and scored (and can cache that).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 StateDict = Mapping[str, torch.Tensor]
+CRITERIA = ("accuracy", "robustness")
+
+
+@dataclass(frozen=True)
+class SoupScore:
+    """Clean validation accuracy and (criterion = robustness) validation accuracy under attack."""
+
+    accuracy: float
+    robustness: float | None = None
+
+    def key(self, criterion: str) -> tuple[float, ...]:
+        """Sort key, larger is better: (robustness, accuracy) or (accuracy,)."""
+        if criterion == "robustness":
+            if self.robustness is None:
+                raise ValueError("criterion 'robustness' needs a robustness score for every candidate")
+            return (self.robustness, self.accuracy)
+        return (self.accuracy,)
 
 
 @dataclass
-class SoupResult:
-    state_dict: dict[str, torch.Tensor]
+class GreedyResult:
     members: list[str]
-    validation_accuracy: float
+    score: SoupScore
+    ranking: list[str]
     history: list[dict] = field(default_factory=list)
+
+
+def accepts(trial: SoupScore, current: SoupScore, criterion: str, max_accuracy_drop: float) -> bool:
+    """The greedy rule: the criterion does not drop (ties keep, as Recipe 1's ">="), and with
+    ``robustness`` clean accuracy stays within ``max_accuracy_drop`` of the current soup's."""
+    if criterion == "accuracy":
+        return trial.accuracy >= current.accuracy
+    if criterion == "robustness":
+        assert trial.robustness is not None and current.robustness is not None
+        return (
+            trial.robustness >= current.robustness
+            and trial.accuracy >= current.accuracy - max_accuracy_drop - 1e-12
+        )
+    raise ValueError(f"soup criterion {criterion!r} is not one of {list(CRITERIA)}")
+
+
+def greedy_select(
+    scores: Mapping[str, SoupScore],
+    evaluate: Callable[[Sequence[str]], SoupScore],
+    *,
+    criterion: str = "accuracy",
+    max_accuracy_drop: float = 1.0,
+) -> GreedyResult:
+    """Greedy soup over ingredients named in ``scores`` (each ingredient's own score).
+
+    ``evaluate(members)`` scores the soup of those members. Ranking is stable: equal keys keep the order of
+    ``scores``. Returns the members kept, the final soup's score and one history row per candidate.
+    """
+    if not scores:
+        raise ValueError("a soup needs at least one ingredient")
+    ranking = sorted(scores, key=lambda n: tuple(-x for x in scores[n].key(criterion)))
+    members = [ranking[0]]
+    current = scores[ranking[0]]
+    history = [{"candidate": ranking[0], **asdict(current), "kept": True, "members": list(members)}]
+    for name in ranking[1:]:
+        trial = evaluate([*members, name])
+        kept = accepts(trial, current, criterion, max_accuracy_drop)
+        if kept:
+            members.append(name)
+            current = trial
+        history.append({"candidate": name, **asdict(trial), "kept": kept, "members": list(members)})
+    return GreedyResult(members, current, ranking, history)
 
 
 def average_state_dicts(state_dicts: Sequence[StateDict]) -> dict[str, torch.Tensor]:
@@ -45,28 +108,3 @@ def average_state_dicts(state_dicts: Sequence[StateDict]) -> dict[str, torch.Ten
         else:
             out[k] = first.clone()
     return out
-
-
-def greedy_soup(
-    ingredients: Sequence[tuple[str, StateDict, float]],
-    evaluate: Callable[[StateDict], float],
-) -> SoupResult:
-    """Greedy soup over (name, state_dict, validation accuracy) ingredients.
-
-    ``evaluate`` returns the validation accuracy of a state dict. Ties keep the ingredient
-    (">= current"), as in the paper's Recipe 1.
-    """
-    ranked = sorted(ingredients, key=lambda x: -x[2])
-    name, sd, acc = ranked[0]
-    members, chosen, best = [name], [sd], acc
-    history = [{"candidate": name, "accuracy": acc, "kept": True}]
-    for name, sd, _ in ranked[1:]:
-        trial = average_state_dicts([*chosen, sd])
-        trial_acc = evaluate(trial)
-        kept = trial_acc >= best
-        history.append({"candidate": name, "accuracy": trial_acc, "kept": kept})
-        if kept:
-            members.append(name)
-            chosen.append(sd)
-            best = trial_acc
-    return SoupResult(average_state_dicts(chosen), members, best, history)

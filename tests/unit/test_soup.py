@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
-from robustprune.soup import average_state_dicts, greedy_soup
+from robustprune.soup import SoupScore, accepts, average_state_dicts, greedy_select
 from tests.conftest import tiny_bert
 
 
@@ -23,19 +24,52 @@ def test_uniform_soup_is_the_mean_and_keeps_integer_buffers():
     assert torch.equal(steps, torch.tensor([3]))
 
 
+def _soup_of(weights: dict[str, float], members) -> float:
+    return sum(weights[m] for m in members) / len(members)
+
+
 def test_greedy_soup_keeps_only_ingredients_that_do_not_hurt():
-    good1, good2, bad = ({"w": torch.tensor([1.0])}, {"w": torch.tensor([1.2])}, {"w": torch.tensor([9.0])})
+    w = {"bad": 9.0, "good1": 1.05, "good2": 1.2}
 
-    def score(sd):  # validation accuracy peaks near w = 1.1
-        return 1.0 - abs(float(sd["w"]) - 1.1)
+    def score(members):  # validation accuracy peaks near w = 1.1
+        return SoupScore(1.0 - abs(_soup_of(w, members) - 1.1))
 
-    res = greedy_soup(
-        [("bad", bad, 0.1), ("good1", good1, score(good1)), ("good2", good2, score(good2))], score
-    )
+    own = {n: score([n]) for n in ("bad", "good1", "good2")}
+    res = greedy_select(own, score)
+    assert res.ranking == ["good1", "good2", "bad"]
     assert res.members == ["good1", "good2"]
-    torch.testing.assert_close(res.state_dict["w"], torch.tensor([1.1]))
-    assert res.validation_accuracy >= max(score(good1), score(good2))
+    assert res.score.accuracy == pytest.approx(0.975)
     assert [h["kept"] for h in res.history] == [True, True, False]
+    avg = average_state_dicts([{"w": torch.tensor([w[m]])} for m in res.members])["w"]
+    torch.testing.assert_close(avg, torch.tensor([1.125]))
+
+
+def test_robust_greedy_ranks_by_robustness_and_guards_clean_accuracy():
+    # a: robust but less accurate; b: accurate, brittle; c: adds robustness but costs clean accuracy
+    own = {
+        "b": SoupScore(accuracy=0.85, robustness=0.10),
+        "a": SoupScore(accuracy=0.80, robustness=0.30),
+        "c": SoupScore(accuracy=0.70, robustness=0.25),
+    }
+    soups = {}
+    soups[("a", "c")] = SoupScore(accuracy=0.79, robustness=0.35)
+    soups[("a", "c", "b")] = SoupScore(accuracy=0.82, robustness=0.35)
+    soups[("a", "b")] = SoupScore(accuracy=0.83, robustness=0.30)
+    res = greedy_select(own, lambda m: soups[tuple(m)], criterion="robustness", max_accuracy_drop=0.02)
+    assert res.members == ["a", "c", "b"]
+    assert res.score == SoupScore(accuracy=0.82, robustness=0.35)
+    # the same candidates with a strict clean-accuracy guard: (a, c) loses 1 point -> refused
+    res = greedy_select(own, lambda m: soups[tuple(m)], criterion="robustness", max_accuracy_drop=0.0)
+    assert res.members == ["a", "b"]
+
+
+def test_robust_greedy_refuses_a_robustness_drop_and_needs_scores():
+    own = {"a": SoupScore(0.8, 0.3), "b": SoupScore(0.9, 0.2)}
+    res = greedy_select(own, lambda m: SoupScore(0.95, 0.29), criterion="robustness")
+    assert res.members == ["a"] and res.history[1]["kept"] is False
+    with pytest.raises(ValueError, match="robustness score"):
+        greedy_select({"a": SoupScore(0.8)}, lambda m: SoupScore(0.8), criterion="robustness")
+    assert accepts(SoupScore(0.5), SoupScore(0.5), "accuracy", 0.0)
 
 
 def test_length_bucketed_batches_cover_each_example_once():
