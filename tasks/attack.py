@@ -56,6 +56,7 @@ def _resources_digest(directory: str) -> str:
 def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
     params, layout, model, recipe, rows = p["params"], p["layout"], p["model"], p["recipe"], p["rows"]
     split = p.get("split", "test")
+    budget = _budget(params, p.get("query_budget", "attack"))
     a = params.attack
     return "-".join(
         [
@@ -66,10 +67,15 @@ def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
             _resources_digest(str(attack_dir(layout))),
             _code_digest(),
             f"{rows[0]}-{rows[-1]}-{len(rows)}",
-            f"{a.query_budget}-{a.batch_size}-{params.data.max_length}",
+            f"{budget}-{a.batch_size}-{params.data.max_length}",
             _options_digest(recipe_options(params, recipe)),
         ]
     )
+
+
+def _budget(params: Params, query_budget: int | None | str) -> int | None:
+    """``"attack"``: the attack stage's ``attack.query_budget``; else the caller's own (the soup stage's)."""
+    return params.attack.query_budget if query_budget == "attack" else query_budget
 
 
 def recipe_options(params: Params, recipe: str) -> dict:
@@ -111,16 +117,23 @@ def _tagger(directory: str | None):  # noqa: ANN202 - ContextTagger | None
 
 @task(name="attack-shard", tags=["gpu"], cache_key_fn=_shard_key, persist_result=True, retries=2)
 def attack_shard(
-    params: Params, layout: Layout, model: dict, recipe: str, rows: list[int], split: str = "test"
+    params: Params,
+    layout: Layout,
+    model: dict,
+    recipe: str,
+    rows: list[int],
+    split: str = "test",
+    query_budget: int | None | str = "attack",
 ) -> dict:
     """Attack rows ``rows`` of a split (the test split; the soup stage attacks validation rows) on one model
-    with one recipe; per-example results + timings."""
+    with one recipe; per-example results + timings. ``query_budget``: ``"attack"`` = ``attack.query_budget``."""
     from robustprune.attacks import build_attack
     from robustprune.attacks.components import pos_label
     from robustprune.attacks.runner import attack_examples, check_labels, forward_floor, reset_forward_stats
     from robustprune.attacks.wrapper import FastClassifierWrapper
     from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
 
+    budget = _budget(params, query_budget)
     test = getattr(load_splits(layout.data), split)
     net = load_classifier(model["path"]).to(resolve_device(params.runtime.device))
     check_labels(net.config.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
@@ -138,14 +151,14 @@ def attack_shard(
         recipe,
         wrapper,
         res,
-        query_budget=params.attack.query_budget,
+        query_budget=budget,
         encoder=_encoder(str(res.encoder_dir)),
         **options,
     )
     reset_forward_stats(attack)
     examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
     t0 = time.perf_counter()
-    results = attack_examples(attack, examples, query_budget=params.attack.query_budget, progress=False)
+    results = attack_examples(attack, examples, query_budget=budget, progress=False)
     wall = time.perf_counter() - t0
     records = []
     for row, r in zip(rows, results, strict=True):
