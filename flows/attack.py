@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json, write_text
 from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import best_ingredient, load, log_metrics, section, stage_run
 
 CSV_FIELDS = [
     "test_row",
@@ -88,7 +88,7 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
     rows: list[dict] = []
     with stage_run("attack", params, layout.root, section(params, "attack", "data.max_length")):
         models = model_paths(params, layout)
-        names = params.attacked_models()
+        names = params.attacked_models(best_ingredient(layout))
         examples = attacked_examples(params, layout)
         logger.info(
             "attacking %d model(s) %s with %s on %d test examples (seed %d)",

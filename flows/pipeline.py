@@ -22,9 +22,11 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
+from flows import _cli
 from flows.attack import attack_flow
 from flows.attack_resources import attack_resources_flow
 from flows.calibrate import calibrate_flow
+from flows.cap import cap_flow
 from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.prepare import prepare_flow
@@ -36,17 +38,18 @@ from tasks.common import PARENT_ENV, load, mlflow_setup, section
 
 STAGES = {
     "prepare": prepare_flow,
+    "attack_resources": attack_resources_flow,  # before soup: the robust soup attacks its candidates
     "finetune": finetune_flow,
     "soup": soup_flow,
     "calibrate": calibrate_flow,
     "prune": prune_flow,
     "sds": sds_flow,
+    "cap": cap_flow,
     "evaluate": evaluate_flow,
-    "attack_resources": attack_resources_flow,
     "attack": attack_flow,
     "report": report_flow,
 }
-GPU_STAGES = ("finetune", "prune", "sds", "evaluate", "attack")
+GPU_STAGES = _cli.GPU_STAGES  # sent to runtime.work_pool; flows/_cli.py checks their deployments first
 
 
 def _dvc_repo(root: Path):  # noqa: ANN202 - dvc.repo.Repo

@@ -110,6 +110,14 @@ def all_models(params: Params, layout: Layout) -> list[dict]:
     return out
 
 
+def best_ingredient(layout: Layout) -> str | None:
+    """The soup's top-ranked ingredient (``reports/soup.json``), or None before the soup stage ran."""
+    import json
+
+    path = layout.reports / "soup.json"
+    return json.loads(path.read_text()).get("best_ingredient") if path.is_file() else None
+
+
 def combo_name(method: str, sparsity: str | float) -> str:
     """File-system name of a (method, sparsity) pair: ``sparsegpt_0.5``, ``sparsegpt_2-4``."""
     return combo_label(method, sparsity)

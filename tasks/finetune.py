@@ -2,22 +2,65 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 from prefect import task
+from prefect.logging import get_run_logger
 
-from robustprune.checkpoints import save_pretrained_atomic
+from robustprune.adversarial import FreeLBSettings
+from robustprune.checkpoints import read_json, save_pretrained_atomic
 from robustprune.config import Params, Variant
 from robustprune.data import load_splits
 from robustprune.finetune import FinetuneSettings, finetune
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
-from tasks.common import Layout
+from tasks.common import Layout, code_digest, model_digest, sha256_files
+
+
+def finetune_settings(params: Params, variant: Variant) -> FinetuneSettings:
+    """The library settings of one ingredient: the variant's own recipe over the finetune section's."""
+    f, adv = params.finetune, variant.adversarial
+    return FinetuneSettings(
+        learning_rate=variant.learning_rate,
+        epochs=variant.epochs,
+        seed=variant.seed,
+        batch_size=f.batch_size,
+        weight_decay=f.weight_decay if variant.weight_decay is None else variant.weight_decay,
+        warmup_ratio=f.warmup_ratio,
+        max_length=params.data.max_length,
+        optimizer=variant.optimizer,
+        momentum=variant.momentum,
+        adversarial=FreeLBSettings(**adv.model_dump()) if adv is not None else None,
+    )
+
+
+def variant_key(params: Params, layout: Layout, variant: Variant) -> str:
+    """What an ingredient depends on: its recipe, the shared settings, the data, the base model, the code."""
+    f = params.finetune
+    recipe = [variant.model_dump(mode="json"), f.batch_size, f.head_seed, f.weight_decay, f.warmup_ratio]
+    h = hashlib.sha256(json.dumps([recipe, params.data.max_length], sort_keys=True).encode())
+    h.update(sha256_files(layout.data / "train.parquet", layout.data / "validation.parquet").encode())
+    h.update(model_digest(layout.base_model).encode())
+    h.update(code_digest("robustprune.finetune", "robustprune.adversarial", "tasks.finetune").encode())
+    return h.hexdigest()[:24]
 
 
 @task(name="finetune-variant", tags=["gpu"], retries=1)
 def finetune_variant(params: Params, layout: Layout, variant: Variant) -> dict:
-    """Fine-tune the base encoder with one variant's settings; write models/finetuned/<name>/."""
+    """Fine-tune the base encoder with one variant's settings; write models/finetuned/<name>/.
+
+    An ingredient whose saved ``metrics.json`` carries the same key (recipe, data, base model, code) is not
+    trained again: changing or adding one variant retrains only that one.
+    """
+    key = variant_key(params, layout, variant)
+    saved = layout.finetuned / variant.name / "metrics.json"
+    if saved.is_file() and (layout.finetuned / variant.name / "model.safetensors").is_file():
+        metrics = read_json(saved)
+        if metrics.get("cache_key") == key:
+            get_run_logger().info("cache hit: ingredient %r is up to date (key %s)", variant.name, key)
+            return metrics
     splits = load_splits(layout.data)
     device = resolve_device(params.runtime.device)
     tok = load_tokenizer(layout.base_model)
@@ -26,16 +69,7 @@ def finetune_variant(params: Params, layout: Layout, variant: Variant) -> dict:
     )
     model.config.id2label = dict(enumerate(splits.label_names))
     model.config.label2id = {n: i for i, n in enumerate(splits.label_names)}
-    f = params.finetune
-    settings = FinetuneSettings(
-        learning_rate=variant.learning_rate,
-        epochs=variant.epochs,
-        seed=variant.seed,
-        batch_size=f.batch_size,
-        weight_decay=f.weight_decay,
-        warmup_ratio=f.warmup_ratio,
-        max_length=params.data.max_length,
-    )
+    settings = finetune_settings(params, variant)
     t0 = time.perf_counter()
     result = finetune(
         model,
@@ -59,7 +93,9 @@ def finetune_variant(params: Params, layout: Layout, variant: Variant) -> dict:
         "final_loss": result.final_loss,
         "steps": result.steps,
         "train_seconds": train_s,
+        "seconds_per_step": train_s / max(result.steps, 1),
         **variant.model_dump(),
+        "cache_key": key,
     }
     save_pretrained_atomic(
         model.cpu(),

@@ -20,7 +20,7 @@ BUILTIN_DATA = ("rotten_tomatoes",)
 BUILTIN_MODELS = ("minilm",)
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "rakp")
 ATTACK_RECIPES = ("textfooler", "bert-attack", "textbugger")
-ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds", "cap")
+ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds", "cap", "best-ingredient")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
@@ -646,10 +646,15 @@ class Params(_Section):
         names += self.cap.model_names()
         return names
 
-    def attacked_models(self) -> list[str]:
-        """attack.models with the groups expanded, in pipeline order, without repeats."""
+    def attacked_models(self, best_ingredient: str | None = None) -> list[str]:
+        """attack.models with the groups expanded, in pipeline order, without repeats.
+
+        ``best-ingredient`` names the soup's top-ranked ingredient (by ``soup.criterion``), known once the soup
+        stage ran (``reports/soup.json``); without it the entry expands to nothing.
+        """
         names = self.model_names()
         groups = {
+            "best-ingredient": [best_ingredient] if best_ingredient else [],
             "all": names,
             "variants": [v.name for v in self.finetune.variants],
             "soups": ["soup-greedy", "soup-uniform"],
