@@ -45,8 +45,8 @@ STAGES = {
     "prune": prune_flow,
     "sds": sds_flow,
     "cap": cap_flow,
-    "evaluate": evaluate_flow,
     "attack": attack_flow,
+    "evaluate": evaluate_flow,  # after attack: re-scores the adversarial texts found against the dense model
     "report": report_flow,
 }
 GPU_STAGES = _cli.GPU_STAGES  # sent to runtime.work_pool; flows/_cli.py checks their deployments first

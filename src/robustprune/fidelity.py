@@ -1,0 +1,88 @@
+"""Representation fidelity: how much of the dense model's feature space a pruned model keeps.
+
+RAKP's claim (Li et al. 2023, Sec. 3 and 4.2) is that robustness is proportional to the pre-trained knowledge a
+pruned model retains, which the paper measures as the fidelity of its embedding- and feature-space
+representations to the dense model's. We measure, per model and per layer (the embedding output and every
+block's output), the cosine similarity of its mean-pooled representation of each clean test text to the dense
+soup's representation of the same text (mean pooling over real tokens, as MiniLM's sentence embeddings), and,
+for attacked models, the cosine between its representation of each clean text and of that text's adversarial
+version (a robust model moves its representation little).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@torch.inference_mode()
+def forward_with_representations(
+    model: nn.Module,
+    tokenizer,  # noqa: ANN001 - transformers tokenizer
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    max_length: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Logits ``(n, num_labels)`` and mean-pooled hidden states ``(layers + 1, n, hidden)`` in text order.
+
+    Texts are sorted by length and padded per batch (as :func:`robustprune.metrics.predict_logits`), so the
+    logits equal that function's.
+    """
+    model.eval().to(device)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    logits: np.ndarray | None = None
+    reps: torch.Tensor | None = None
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = model(**enc, output_hidden_states=True)
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = torch.stack(
+            [(h.float() * mask).sum(1) / mask.sum(1).clamp_min(1e-9) for h in out.hidden_states]
+        )
+        if logits is None:
+            logits = np.zeros((len(texts), out.logits.shape[1]), dtype=np.float32)
+            reps = torch.zeros(pooled.shape[0], len(texts), pooled.shape[2])
+        logits[idx] = out.logits.float().cpu().numpy()
+        reps[:, torch.as_tensor(idx)] = pooled.cpu()
+    if logits is None or reps is None:
+        return np.zeros((0, 0), dtype=np.float32), torch.zeros(0, 0, 0)
+    return logits, reps
+
+
+def layer_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per layer and example of two ``(layers, n, hidden)`` representation stacks."""
+    if a.shape != b.shape:
+        raise ValueError(f"representations differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).float()
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Mean cosine over examples, per layer (0 = embeddings), their mean, and the last layer's."""
+
+    per_layer: list[float]
+    mean: float
+    last: float
+    n: int
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON)."""
+        return asdict(self)
+
+
+def summarize_cosine(cos: torch.Tensor) -> Fidelity:
+    """Summary of a ``(layers, n)`` cosine table."""
+    if cos.numel() == 0:
+        return Fidelity([], float("nan"), float("nan"), 0)
+    per_layer = cos.mean(dim=1).tolist()
+    return Fidelity(per_layer, float(np.mean(per_layer)), per_layer[-1], int(cos.shape[1]))
