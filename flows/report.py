@@ -1,36 +1,99 @@
-"""report: summary.md, DVC metrics and plots, MLflow artifacts (``python -m flows.report``)."""
+"""report: summary.md (intervals and paired verdicts), DVC metrics and plots, MLflow artifacts
+(``python -m flows.report``)."""
 
 from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import mlflow
 from prefect import flow, task
 
 import flows  # noqa: F401
 from robustprune.checkpoints import read_json, write_json, write_text
-from robustprune.report import attack_plot, markdown_summary, plot_accuracy, plot_rows
+from robustprune.report import (
+    ReportInputs,
+    attack_plot,
+    attack_rate,
+    fidelity_correlations,
+    fidelity_plot,
+    fidelity_points,
+    markdown_summary,
+    model_rate,
+    plot_accuracy,
+    plot_rows,
+    transfer_plot,
+)
+from robustprune.stats import rate
+from robustprune.verdicts import compare
 from tasks.common import Layout, load, stage_run
 
+#: how many example perturbations per recipe the report shows
+EXAMPLES_PER_RECIPE = 12
 
-def _optional(path, default):  # noqa: ANN001, ANN202
+
+def _optional(path: Path, default):  # noqa: ANN001, ANN202
     return read_json(path) if path.exists() else default
 
 
+def read_outcomes(layout: Layout, attack: list[dict]) -> tuple[dict, list[dict]]:
+    """Per (model, recipe): test row -> outcome ("no words" for inputs without a word), and every record."""
+    outcomes, records = {}, []
+    for a in attack:
+        path = layout.reports / "attacks" / a["model"] / f"{a['recipe']}.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        outcomes[(a["model"], a["recipe"])] = {
+            int(r["test_row"]): ("no words" if r.get("original_prediction", "") == "" else r["outcome"]) for r in rows
+        }
+        records += [{**r, "model": a["model"], "recipe": a["recipe"]} for r in rows]
+    return outcomes, records
+
+
 @task(name="report")
-def build_report(layout: Layout, recipes: list[str], attack_note: str = "") -> dict:
+def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed: int = 0) -> dict:
+    from robustprune.attacks.examples import examples_markdown, select_examples
+
     r = layout.reports
-    prepare, finetune, soup = (
-        read_json(r / "prepare.json"),
-        read_json(r / "finetune.json"),
-        read_json(r / "soup.json"),
+    evaluation = read_json(r / "eval.json")
+    attack = _optional(r / "attack.json", [])
+    outcomes, records = read_outcomes(layout, attack)
+    soup = read_json(r / "soup.json")
+    models = evaluation["models"]
+    metrics_names = ["clean", *recipes]
+    if any("transfer" in m for m in models):
+        metrics_names += [f"transfer:{k}" for k in models[0].get("transfer", {})]
+    comparisons = compare(models, outcomes, metrics_names, evaluation["reference"], soup.get("best_ingredient"))
+    cap = _optional(r / "cap.json", None)
+    cap_md = ""
+    if cap:
+        from robustprune.cap.report import cap_markdown
+
+        cap_md = cap_markdown(cap, models)
+    reference_records = [x for x in records if x["model"] == evaluation["reference"]] or records
+    label_names = read_json(r / "prepare.json").get("data", {}).get("label_names")
+    examples = select_examples(reference_records, EXAMPLES_PER_RECIPE, seed)
+    inputs = ReportInputs(
+        prepare=read_json(r / "prepare.json"),
+        finetune=read_json(r / "finetune.json"),
+        soup=soup,
+        evaluation=evaluation,
+        prune=read_json(r / "prune.json"),
+        sds=_optional(r / "sds.json", {}),
+        attack=attack,
+        outcomes=outcomes,
+        recipes=recipes,
+        comparisons=comparisons,
+        cap_md=cap_md,
+        examples_md=examples_markdown(examples, label_names=label_names) if examples else "",
+        attack_note=attack_note,
     )
-    rows, prune = read_json(r / "eval.json"), read_json(r / "prune.json")
-    sds, attack = _optional(r / "sds.json", {}), _optional(r / "attack.json", [])
-    summary = markdown_summary(prepare, finetune, soup, rows, prune, sds, attack, recipes, attack_note)
+    summary = markdown_summary(inputs)
     write_text(r / "summary.md", summary)
-    points = plot_rows(rows)
+    points = plot_rows(models)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["method", "sparsity", "pattern", "accuracy"])
     w.writeheader()
@@ -38,25 +101,43 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "") -> d
     write_text(r / "plots" / "accuracy_vs_sparsity.csv", buf.getvalue())
     plot_accuracy(points, r / "plots" / "accuracy_vs_sparsity.png")
     attack_plot(attack, r / "plots" / "attack_vs_sparsity.png")
+    transfer_plot(models, evaluation["reference"], r / "plots" / "transfer_vs_sparsity.png")
+    fid = fidelity_points(inputs)
+    if fid:
+        fidelity_plot(fid, recipes, r / "plots" / "fidelity_vs_robustness.png")
     metrics = {
-        "soup": {
-            k: {"validation_accuracy": v["validation_accuracy"], "test_accuracy": v["test_accuracy"]}
-            for k, v in soup.items()
-            if k in ("greedy", "uniform")
-        },
-        "variants": {k: {"test_accuracy": v["test_accuracy"]} for k, v in finetune.items()},
-        "pruned": {
-            x["name"]: {"accuracy": x["accuracy"], "sparsity": x["measured_sparsity"]}
-            for x in rows
-            if x["kind"] in ("pruned", "sds")
+        "models": {
+            m["name"]: {
+                "kind": m["kind"],
+                "method": m["method"],
+                "sparsity": m["sparsity"],
+                "measured_sparsity": m["measured_sparsity"],
+                "accuracy": model_rate(m).to_dict(),
+                **(
+                    {"transfer": {k: rate(v["correct"], v["n"]).to_dict() for k, v in m["transfer"].items()}}
+                    if "transfer" in m
+                    else {}
+                ),
+                **({"fidelity": m["fidelity"]["mean"]} if "fidelity" in m else {}),
+            }
+            for m in models
         },
         "attack": {
             f"{a['model']}.{a['recipe']}": {
-                k: a[k]
-                for k in ("original_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_queries")
+                "accuracy_under_attack": attack_rate(outcomes[(a["model"], a["recipe"])]).to_dict()
+                if (a["model"], a["recipe"]) in outcomes
+                else None,
+                **{k: a[k] for k in ("original_accuracy", "attack_success_rate", "avg_queries")},
             }
             for a in attack
         },
+        "soup": {
+            "criterion": soup.get("criterion"),
+            "best_ingredient": soup.get("best_ingredient"),
+            "members": soup.get("greedy", {}).get("members"),
+        },
+        "comparisons": [c.to_dict() for c in comparisons],
+        "fidelity_correlations": fidelity_correlations(fid, recipes) if fid else [],
     }
     write_json(r / "metrics.json", metrics)
     return {"summary": summary, "metrics": metrics}
@@ -64,23 +145,30 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "") -> d
 
 @flow(name="report", log_prints=True)
 def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
+    from tasks.common import best_ingredient
+
     params, layout = load(params_path, root)
     with stage_run("report", params, layout.root):
-        names = params.attacked_models()
+        names = params.attacked_models(best_ingredient(layout))
         note = (
             f"Attacked by this run: {len(names)} model(s) ({', '.join(names)}) x {len(params.attack.recipes)} "
-            f"recipe(s) on {params.attack.num_examples} seeded test examples (attack.models / attack.num_examples "
-            "in params.yaml; the `paper` profile params-paper.yaml attacks every model on 1000 examples)."
+            f"recipe(s) on {params.attack.num_examples} seeded test examples (attack.models / "
+            "attack.num_examples in params.yaml; `params-evidence.yaml` and `params-paper.yaml` attack more)."
         )
-        out = build_report(layout, list(params.attack.recipes), note)
+        out = build_report(layout, list(params.attack.recipes), note, params.attack.seed)
         for f in (
             "summary.md",
             "metrics.json",
             "plots/accuracy_vs_sparsity.png",
             "plots/accuracy_vs_sparsity.csv",
             "plots/attack_vs_sparsity.png",
+            "plots/transfer_vs_sparsity.png",
+            "plots/fidelity_vs_robustness.png",
         ):
-            mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
+            if (layout.reports / f).exists():
+                mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
+        for c in out["metrics"]["comparisons"]:
+            mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
     print(out["summary"])
     return out
 

@@ -1,16 +1,21 @@
-"""The report: one markdown summary, DVC metrics, and the accuracy-vs-sparsity plot.
+"""The report: one markdown summary with intervals and paired verdicts, DVC metrics, and plots.
 
-Pure functions over the stages' JSON outputs; the flow decides where files go. Every number shown is read
-from a stage's measured output; the comparisons in "Findings" are computed, never written by hand, and
-say plainly when a method does not beat its baseline.
+Pure functions over the stages' JSON outputs (and the per-example attack outcomes); the flow decides where
+files go. Every accuracy carries its 95% Wilson interval; every comparison is a paired difference on the same
+examples with its exact interval and verdict (robustprune.verdicts, robustprune.stats): "better" or "worse"
+only when the interval excludes 0, else "no measurable difference". Nothing here is written by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustprune.config import parse_sparsity
+from robustprune.stats import BETTER, WORSE, Rate, rate, spearman
+from robustprune.verdicts import RELATIONS, SOUP_VS_BEST, VS_SPARSEGPT, Comparison, attack_flags
 
 
 def sparsity_value(label: str) -> float:
@@ -18,100 +23,453 @@ def sparsity_value(label: str) -> float:
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def findings(rows: Sequence[dict], soup_acc: float | None) -> list[str]:
-    """Computed one-line comparisons a reader would look for first."""
-    out = []
-    pruned = [r for r in rows if r["kind"] == "pruned"]
-    by = {(r["method"], r["sparsity"]): r["accuracy"] for r in pruned}
-    for (method, sp), acc in sorted(by.items()):
-        if method == "magnitude":
-            continue
-        base = by.get(("magnitude", sp))
-        if base is not None:
-            verdict = "beats" if acc > base else ("ties" if acc == base else "does NOT beat")
-            out.append(f"{method} at {sp} {verdict} magnitude: {_pct(acc)}% vs {_pct(base)}% accuracy.")
-        if soup_acc is not None:
-            out.append(
-                f"{method} at {sp} loses {100 * (soup_acc - acc):.2f} points against the dense soup ({_pct(soup_acc)}%)."
-            )
-    return out
+RECIPE_TITLES = {"textfooler": "TextFooler", "bert-attack": "BERT-Attack", "textbugger": "TextBugger"}
 
 
-def markdown_summary(
-    prepare: dict,
-    finetune: dict,
-    soup: dict,
-    rows: Sequence[dict],
-    prune: dict,
-    sds: dict | None = None,
-    attack: Sequence[dict] = (),
-    recipes: Sequence[str] = (),
-    attack_note: str = "",
-) -> str:
+def metric_title(metric: str) -> str:
+    """``clean`` -> "clean", ``textfooler`` -> "under TextFooler", ``transfer:all`` -> "transferred (all)"."""
+    if metric == "clean":
+        return "clean"
+    if metric.startswith("transfer:"):
+        r = metric.removeprefix("transfer:")
+        return f"transferred ({'all recipes' if r == 'all' else RECIPE_TITLES.get(r, r)})"
+    return f"under {RECIPE_TITLES.get(metric, metric)}"
+
+
+@dataclass
+class ReportInputs:
+    """What the encoder report reads: the stages' JSON outputs and the per-example attack outcomes."""
+
+    prepare: dict
+    finetune: dict
+    soup: dict
+    evaluation: dict  # reports/eval.json: {"reference", "transfer", "models"}
+    prune: dict
+    sds: dict = field(default_factory=dict)
+    attack: Sequence[dict] = ()  # reports/attack.json rows
+    outcomes: Mapping[tuple[str, str], Mapping[int, str]] = field(default_factory=dict)
+    recipes: Sequence[str] = ()
+    comparisons: Sequence[Comparison] = ()
+    cap_md: str = ""
+    examples_md: str = ""
+    attack_note: str = ""
+
+    @property
+    def models(self) -> list[dict]:
+        return list(self.evaluation.get("models", []))
+
+    @property
+    def reference(self) -> str:
+        return self.evaluation.get("reference", "soup-greedy")
+
+
+def model_rate(model: Mapping) -> Rate:
+    return rate(model["correct"], model["total"])
+
+
+def attack_rate(outcomes: Mapping[int, str]) -> Rate:
+    f = attack_flags(outcomes)
+    return rate(sum(f.values()), len(f))
+
+
+def markdown_summary(x: ReportInputs) -> str:
     """reports/summary.md."""
-    d = prepare.get("data", {})
+    d = x.prepare.get("data", {})
     lines = ["# robustprune summary", ""]
     lines += [
         f"Data: {d.get('train_size')} train / {d.get('validation_size')} validation / {d.get('test_size')} test "
-        f"examples, labels {d.get('label_names')}. Model: `{prepare.get('model', {}).get('model')}`.",
+        f"examples, labels {d.get('label_names')}. Model: `{x.prepare.get('model', {}).get('model')}`. "
+        f"Dense reference (the model that is pruned): `{x.reference}`.",
+        "",
+        "How to read this report: every accuracy is a percentage with its 95% Wilson interval in brackets; "
+        "every comparison is a **paired** difference on the same examples (A − B in points) with its exact "
+        "95% interval (Clopper-Pearson on the discordant examples) and McNemar's exact p; the verdict is "
+        '"better" or "worse" only when that interval excludes 0, otherwise "no measurable difference". '
+        "`mde` is the smallest difference the run could have declared given how many examples the two models "
+        "disagree on (– : none could).",
         "",
     ]
-    lines += [
-        "## Fine-tuned variants and soups",
+    lines += headline(x)
+    lines += ingredients_section(x)
+    lines += clean_section(x)
+    lines += sds_table(x.sds, x.models)
+    if x.cap_md:
+        lines += ["", x.cap_md.rstrip()]
+    lines += attack_section(x)
+    lines += transfer_section(x)
+    lines += verdict_section(x.comparisons)
+    lines += fidelity_section(x)
+    if x.examples_md:
+        lines += ["", "## Example perturbations (original → perturbed, changed words in bold)", ""]
+        lines += [x.examples_md.rstrip()]
+    lines += attack_cost_table(x.attack)
+    lines += block_table(x.prune)
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _verdict_md(c: Comparison) -> str:
+    v = c.diff.verdict
+    return f"**{v}**" if v in (BETTER, WORSE) else v
+
+
+def _cmp_line(c: Comparison) -> str:
+    return (
+        f"{c.a} {metric_title(c.metric)}: {c.a_rate.pct()} vs {c.b} {c.b_rate.pct()}, "
+        f"difference {c.diff.pts()}, p = {c.diff.p_value:.3g}: {_verdict_md(c)}"
+    )
+
+
+def headline(x: ReportInputs) -> list[str]:
+    """The answers first: does the soup add robustness; does each method keep accuracy and robustness at the
+    highest sparsity; one line each, computed."""
+    out = ["## Verdicts at a glance", ""]
+    soup = [c for c in x.comparisons if c.relation == SOUP_VS_BEST]
+    for c in soup:
+        out.append(f"- Robust soup: {_cmp_line(c)}.")
+    pruned = [m for m in x.models if m["kind"] == "pruned" and ":" not in m["sparsity"]]
+    top = max((sparsity_value(m["sparsity"]) for m in pruned), default=None)
+    if top is not None:
+        label = f"{top:g}"
+        for c in x.comparisons:
+            a = next((m for m in x.models if m["name"] == c.a), None)
+            if a is None or a["sparsity"] != label or c.relation != VS_SPARSEGPT:
+                continue
+            out.append(f"- {_cmp_line(c)}.")
+    if len(out) == 2:
+        out.append("- (no comparison available: see the sections below)")
+    return out
+
+
+def ingredients_section(x: ReportInputs) -> list[str]:
+    soup = x.soup
+    by_eval = {m["name"]: m for m in x.models}
+    ing = soup.get("ingredients", {})
+    robust = soup.get("criterion") == "robustness"
+    att = soup.get("attack") or {}
+    lines = [
         "",
-        "| model | validation acc % | test acc % | notes |",
-        "|---|---|---|---|",
+        "## Ingredients and soups",
+        "",
+        f"Soup criterion: **{soup.get('criterion', 'accuracy')}**"
+        + (
+            f" (validation accuracy under {RECIPE_TITLES.get(att.get('recipe'), att.get('recipe'))} on "
+            f"{att.get('num_examples')} seeded validation examples; a candidate is kept when it does not lower "
+            f"it and keeps clean validation accuracy within {100 * soup.get('max_accuracy_drop', 0):.1f} points "
+            "of the current soup's)"
+            if robust
+            else " (validation accuracy; a candidate is kept when it does not lower it)"
+        )
+        + f". Best single ingredient by this criterion: `{soup.get('best_ingredient', '–')}`.",
+        "",
+        "| model | recipe | validation acc % | validation under attack % | test acc % [95% CI] | train s (s/step) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, m in finetune.items():
+    for name, m in x.finetune.items():
+        adv = m.get("adversarial")
+        recipe = (
+            f"{m.get('optimizer', 'adamw')} lr {m['learning_rate']:g}, {m['epochs']:g} ep, seed {m['seed']}"
+        )
+        if m.get("weight_decay") is not None:
+            recipe += f", wd {m['weight_decay']:g}"
+        if adv:
+            recipe += f", FreeLB K={adv['steps']} ε={adv['max_norm']:g} a={adv['step_size']:g}"
+        rob = ing.get(name, {}).get("robustness")
+        ev = by_eval.get(name)
         lines.append(
-            f"| {name} | {_pct(m['validation_accuracy'])} | {_pct(m['test_accuracy'])} | lr {m['learning_rate']:g}, "
-            f"{m['epochs']:g} epoch(s), seed {m['seed']}, {m['train_seconds']:.0f} s |"
+            f"| {name} | {recipe} | {_pct(m['validation_accuracy'])} | {_pct(rob)} | "
+            f"{model_rate(ev).pct(2) if ev else _pct(m['test_accuracy'])} | "
+            f"{m['train_seconds']:.0f} ({m.get('seconds_per_step', float('nan')):.2f}) |"
         )
     for kind in ("greedy", "uniform"):
         s = soup.get(kind)
         if s:
+            ev = by_eval.get(f"soup-{kind}")
             lines.append(
-                f"| soup-{kind} | {_pct(s['validation_accuracy'])} | {_pct(s['test_accuracy'])} | members: {', '.join(s['members'])} |"
+                f"| soup-{kind} | members: {', '.join(s['members'])} | {_pct(s['validation_accuracy'])} | "
+                f"{_pct(s.get('validation_robustness'))} | "
+                f"{model_rate(ev).pct(2) if ev else _pct(s['test_accuracy'])} | – |"
             )
-    best_val = max((m["validation_accuracy"] for m in finetune.values()), default=None)
-    if best_val is not None and "greedy" in soup:
-        g = soup["greedy"]["validation_accuracy"]
+    history = soup.get("greedy", {}).get("history", [])
+    if history:
         lines += [
             "",
-            f"Greedy soup vs its best ingredient on validation: {_pct(g)}% vs {_pct(best_val)}% "
-            f"({'matches or beats' if g >= best_val else 'BELOW'}).",
+            "Greedy history (in ranking order):",
+            "",
+            "| step | candidate | soup members if kept | validation acc % | validation under attack % | kept |",
+            "|---|---|---|---|---|---|",
         ]
-    soup_acc = next((r["accuracy"] for r in rows if r["name"] == "soup-greedy"), None)
+        for i, h in enumerate(history):
+            lines.append(
+                f"| {i} | {h['candidate']} | {', '.join(h.get('members', []))} | {_pct(h.get('accuracy'))} | "
+                f"{_pct(h.get('robustness'))} | {'yes' if h.get('kept') else 'no'} |"
+            )
+    return lines
+
+
+def clean_section(x: ReportInputs) -> list[str]:
+    models = x.models
+    ref = next((m for m in models if m["name"] == x.reference), None)
+    pruned = [m for m in models if m["kind"] == "pruned"]
+    methods = list(dict.fromkeys(m["method"] for m in pruned))
+    sparsities = list(dict.fromkeys(m["sparsity"] for m in pruned))
+    by = {(m["method"], m["sparsity"]): m for m in pruned}
+    lines = [
+        "",
+        "## Clean test accuracy (%, 95% CI)",
+        "",
+        f"Dense reference `{x.reference}`: {model_rate(ref).pct(2) if ref else '–'} on {ref['total'] if ref else '?'} "
+        "test examples.",
+        "",
+        "| method | " + " | ".join(sparsities) + " |",
+        "|---|" + "---|" * len(sparsities),
+    ]
+    for method in methods:
+        cells = [model_rate(by[(method, s)]).pct(1) if (method, s) in by else "–" for s in sparsities]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Pruned models (test split)",
+        "| model | method | target sparsity | measured sparsity % | accuracy % [95% CI] | prune time s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        if m["kind"] not in ("pruned", "sds", "cap"):
+            continue
+        secs = {**x.prune, **(x.sds or {})}.get(m["name"], {}).get("prune_seconds")
+        lines.append(
+            f"| {m['name']} | {m['method']} | {m['sparsity']} | {_pct(m['measured_sparsity'])} | "
+            f"{model_rate(m).pct(2)} | {'–' if secs is None else f'{secs:.1f}'} |"
+        )
+    lines += ["", "![accuracy vs sparsity](plots/accuracy_vs_sparsity.png)"]
+    return lines
+
+
+def attack_section(x: ReportInputs) -> list[str]:
+    if not x.attack:
+        return ["", "## Robustness: accuracy under attack", "", "No model was attacked in this run."]
+    recipes = list(x.recipes) or list(dict.fromkeys(r["recipe"] for r in x.attack))
+    by = {(r["model"], r["recipe"]): r for r in x.attack}
+    models = list(dict.fromkeys(r["model"] for r in x.attack))
+    taggers = sorted({str(r.get("pos_tagger")) for r in x.attack if r.get("pos_tagger")})
+    n = x.attack[0].get("num_examples")
+    lines = [
         "",
-        "| model | method | target sparsity | measured sparsity % | accuracy % | Δ vs greedy soup (points) | prune time s |",
-        "|---|---|---|---|---|---|---|",
+        "## Robustness: accuracy under attack (%, 95% CI)",
+        "",
+        f"The same {n} seeded test examples for every model and recipe. Cell: **accuracy under attack [CI]** "
+        "(= failed attacks / N) · attack success rate % · mean queries. textattack's definitions; inputs with no "
+        "word to perturb are left out."
+        + (f" TextFooler's part-of-speech check: {', '.join(taggers)}." if taggers else ""),
+        "",
+        "| model | method | sparsity | clean on attacked set % | "
+        + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(recipes),
+    ]
+    for m in models:
+        first = next(r for r in x.attack if r["model"] == m)
+        cells = []
+        for rec in recipes:
+            r = by.get((m, rec))
+            o = x.outcomes.get((m, rec))
+            if r is None or o is None:
+                cells.append("–")
+                continue
+            cells.append(
+                f"**{attack_rate(o).pct(1)}** · {_pct(r['attack_success_rate'])} · {r['avg_queries']:.0f}"
+            )
+        lines.append(
+            f"| {m} | {first['method']} | {first['sparsity']} | {_pct(first['original_accuracy'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    if x.attack_note:
+        lines += ["", x.attack_note]
+    lines += ["", "![accuracy under attack vs sparsity](plots/attack_vs_sparsity.png)"]
+    return lines
+
+
+def transfer_section(x: ReportInputs) -> list[str]:
+    models = [m for m in x.models if "transfer" in m]
+    if not models:
+        return [
+            "",
+            "## Transferred adversarial examples",
+            "",
+            f"The dense reference `{x.reference}` was not attacked in this run, so there is nothing to transfer.",
+        ]
+    keys = [k for k in models[0]["transfer"] if k != "all"] + ["all"]
+    counts = {k: models[0]["transfer"][k]["n"] for k in keys}
+    lines = [
+        "",
+        "## Accuracy on transferred adversarial examples (%, 95% CI)",
+        "",
+        f"The adversarial texts that fooled the dense reference `{x.reference}` ("
+        + ", ".join(f"{RECIPE_TITLES.get(k, k)}: {counts[k]}" for k in keys if k != "all")
+        + "), re-scored by every model: forward passes only, so every method and sparsity gets a robustness "
+        "figure. The reference scores 0 by construction.",
+        "",
+        "| model | method | sparsity | "
+        + " | ".join(RECIPE_TITLES.get(k, "all recipes" if k == "all" else k) for k in keys)
+        + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
+    for m in models:
+        cells = [rate(m["transfer"][k]["correct"], m["transfer"][k]["n"]).pct(1) for k in keys]
+        lines.append(f"| {m['name']} | {m['method']} | {m['sparsity']} | " + " | ".join(cells) + " |")
+    lines += ["", "![transferred accuracy vs sparsity](plots/transfer_vs_sparsity.png)"]
+    return lines
+
+
+def verdict_section(comparisons: Sequence[Comparison]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = [
+        "",
+        "## Paired comparisons",
+        "",
+        "A − B on the same examples; interval: exact 95% (conditional on the discordant examples); verdict from "
+        "that interval only.",
+    ]
+    for relation in RELATIONS:
+        rows = [c for c in comparisons if c.relation == relation]
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"### {relation[0].upper() + relation[1:]}",
+            "",
+            "| A | B | metric | n | A % [CI] | B % [CI] | A − B pts [CI] | A-only / B-only | p | mde pts | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in rows:
+            d = c.diff
+            mde = "–" if d.mde is None else f"{100 * d.mde:.1f}"
+            lines.append(
+                f"| {c.a} | {c.b} | {metric_title(c.metric)} | {d.n} | {c.a_rate.pct(1)} | {c.b_rate.pct(1)} | "
+                f"{d.pts(1).removesuffix(' pts')} | {d.a_only} / {d.b_only} | {d.p_value:.3g} | {mde} | "
+                f"{_verdict_md(c)} |"
+            )
+    tally = {}
+    for c in comparisons:
+        tally[c.diff.verdict] = tally.get(c.diff.verdict, 0) + 1
+    mdes = [c.diff.mde for c in comparisons if c.diff.mde is not None]
+    lines += [
+        "",
+        f"{len(comparisons)} comparisons: "
+        + ", ".join(f"{v}: {k}" for k, v in sorted(tally.items()))
+        + ". "
+        + (
+            f"The smallest detectable difference ranged from {100 * min(mdes):.1f} to {100 * max(mdes):.1f} "
+            "points across them"
+            if mdes
+            else "None had enough disagreeing examples to detect any difference"
+        )
+        + "; with n examples no difference below 6/n can ever be declared (six disagreements all one way).",
+    ]
+    return lines
+
+
+def fidelity_points(x: ReportInputs) -> list[dict]:
+    """One point per model (the reference excluded): fidelity, transferred accuracy, accuracy under attack."""
+    pts = []
+    for m in x.models:
+        if m["name"] == x.reference or "fidelity" not in m:
+            continue
+        p = {
+            "name": m["name"],
+            "kind": m["kind"],
+            "method": m["method"],
+            "sparsity": m["sparsity"],
+            "fidelity": m["fidelity"]["mean"],
+            "fidelity_last": m["fidelity"]["last"],
+        }
+        if "transfer" in m:
+            t = m["transfer"]["all"]
+            p["transfer"] = t["correct"] / t["n"] if t["n"] else float("nan")
+        for rec, sim in m.get("adversarial_similarity", {}).items():
+            p[f"adv_similarity:{rec}"] = sim["mean"]
+        for (name, rec), o in x.outcomes.items():
+            if name == m["name"]:
+                p[f"attack:{rec}"] = attack_rate(o).value
+        pts.append(p)
+    return pts
+
+
+def fidelity_correlations(points: Sequence[dict], recipes: Sequence[str]) -> list[dict]:
+    """Spearman's rho (with its interval) between fidelity and each robustness measure, across models."""
+    out = []
+    pairs = [("fidelity", "transfer")] + [("fidelity", f"attack:{r}") for r in recipes]
+    pairs += [(f"adv_similarity:{r}", f"attack:{r}") for r in recipes]
+    for xk, yk in pairs:
+        sel = [p for p in points if xk in p and yk in p and not math.isnan(p[xk]) and not math.isnan(p[yk])]
+        c = spearman([p[xk] for p in sel], [p[yk] for p in sel])
+        out.append({"x": xk, "y": yk, **c.to_dict()})
+    return out
+
+
+def fidelity_section(x: ReportInputs) -> list[str]:
+    pts = fidelity_points(x)
+    if not pts:
+        return []
+    recipes = list(x.recipes)
+    lines = [
+        "",
+        "## RAKP's mechanism: representation fidelity vs robustness",
+        "",
+        f"Fidelity = mean cosine similarity of each model's mean-pooled representations to `{x.reference}`'s on "
+        "the clean test texts, averaged over the embedding output and every block (last block alone in "
+        "brackets). Adversarial similarity = its own cosine between each attacked text and the attack's final "
+        "text (mean over layers).",
+        "",
+        "| model | fidelity (last) | transferred acc % | "
+        + " | ".join(f"{RECIPE_TITLES.get(r, r)}: under attack % / adv. similarity" for r in recipes)
+        + " |",
+        "|---|---|---|" + "---|" * len(recipes),
+    ]
+    for p in pts:
+        cells = []
+        for r in recipes:
+            a, s = p.get(f"attack:{r}"), p.get(f"adv_similarity:{r}")
+            cells.append("–" if a is None else f"{_pct(a)} / {s:.3f}" if s is not None else _pct(a))
+        lines.append(
+            f"| {p['name']} | {p['fidelity']:.4f} ({p['fidelity_last']:.4f}) | {_pct(p.get('transfer'))} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += ["", "Spearman's ρ across models (95% CI, Fisher z):", ""]
+    for c in fidelity_correlations(pts, recipes):
+        if c["n"] < 3:
+            continue
+        ci = "" if math.isnan(c["low"]) else f" [{c['low']:.2f}, {c['high']:.2f}]"
+        rho = "undefined (constant values)" if math.isnan(c["rho"]) else f"{c['rho']:+.2f}{ci}"
+        lines.append(f"- {c['x']} vs {c['y']}: ρ = {rho} over {c['n']} models")
+    lines += ["", "![fidelity vs robustness](plots/fidelity_vs_robustness.png)"]
+    return lines
+
+
+def attack_cost_table(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Attack cost",
+        "",
+        "Wall time vs the forward floor (victim + constraint-model forward time):",
+        "",
+        "| model | recipe | s / example | wall s | floor s | wall / floor |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        if r["kind"] not in ("pruned", "sds"):
-            continue
-        delta = "–" if soup_acc is None else f"{100 * (r['accuracy'] - soup_acc):+.2f}"
-        secs = {**prune, **(sds or {})}.get(r["name"], {}).get("prune_seconds")
+        ratio = r.get("wall_over_floor")
         lines.append(
-            f"| {r['name']} | {r['method']} | {r['sparsity']} | {_pct(r['measured_sparsity'])} | {_pct(r['accuracy'])} "
-            f"| {delta} | {'–' if secs is None else f'{secs:.1f}'} |"
+            f"| {r['model']} | {r['recipe']} | {r['seconds_per_example']:.2f} | {r['wall_seconds']:.1f} | "
+            f"{r['floor_seconds']:.1f} | {'–' if ratio is None else f'{ratio:.2f}'} |"
         )
-    lines += sds_table(sds or {}, rows)
-    lines += attack_table(attack, recipes)
-    if attack_note:
-        lines += ["", attack_note]
-    if attack:
-        lines += ["", "![accuracy under attack vs sparsity](plots/attack_vs_sparsity.png)"]
-    lines += ["", "## Findings (computed)", ""] + [f"- {f}" for f in findings(rows, soup_acc)]
-    lines += [f"- {f}" for f in attack_findings(attack)]
-    lines += block_table(prune)
-    lines += ["", "![accuracy vs sparsity](plots/accuracy_vs_sparsity.png)", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def sds_table(sds: dict, rows: Sequence[dict]) -> list[str]:
@@ -119,11 +477,12 @@ def sds_table(sds: dict, rows: Sequence[dict]) -> list[str]:
     if not sds:
         return []
     acc = {r["name"]: r["accuracy"] for r in rows}
+    ci = {r["name"]: model_rate(r).pct(2) for r in rows if "correct" in r}
     lines = [
         "",
         "## SDS: prune → reactivate → re-prune (test accuracy %)",
         "",
-        "| first pass | one-shot | reactivated (dense) | re-pruned (SDS) | Δ SDS vs one-shot (points) | SDS time s |",
+        "| first pass | one-shot | reactivated (dense) | re-pruned (SDS) [95% CI] | Δ SDS vs one-shot (points; paired verdict below) | SDS time s |",
         "|---|---|---|---|---|---|",
     ]
     for name, m in sds.items():
@@ -131,7 +490,7 @@ def sds_table(sds: dict, rows: Sequence[dict]) -> list[str]:
         final = acc.get(name, m.get("accuracy"))
         delta = "–" if base is None or final is None else f"{100 * (final - base):+.2f}"
         lines.append(
-            f"| {m.get('source')} | {_pct(base)} | {_pct(m.get('reactivated_accuracy'))} | {_pct(final)} | {delta} "
+            f"| {m.get('source')} | {_pct(base)} | {_pct(m.get('reactivated_accuracy'))} | {ci.get(name, _pct(final))} | {delta} "
             f"| {m.get('seconds', 0):.1f} |"
         )
     return lines
@@ -218,6 +577,140 @@ def plot_accuracy(points: Sequence[dict], dest: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Accuracy vs sparsity")
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(dest)
+    return dest
+
+
+def _save(fig, dest: Path) -> Path:  # noqa: ANN001 - matplotlib figure
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(dest)
+    return dest
+
+
+def transfer_plot(models: Sequence[dict], reference: str, dest: Path) -> Path:
+    """Accuracy on transferred adversarial examples (all recipes) vs sparsity, one line per method, 95% CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    pts = [m for m in models if "transfer" in m and m["kind"] in ("pruned", "sds", "cap")]
+    for i, method in enumerate(sorted({m["method"] for m in pts})):
+        sub = sorted((m for m in pts if m["method"] == method), key=lambda m: sparsity_value(m["sparsity"]))
+        for nm in (False, True):
+            part = [m for m in sub if (":" in m["sparsity"]) == nm]
+            if not part:
+                continue
+            rates = [rate(m["transfer"]["all"]["correct"], m["transfer"]["all"]["n"]) for m in part]
+            xs = [sparsity_value(m["sparsity"]) for m in part]
+            ys = [100 * r.value for r in rates]
+            err = [[100 * (r.value - r.low) for r in rates], [100 * (r.high - r.value) for r in rates]]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                fmt="s" if nm else "-o",
+                color=f"C{i}",
+                mfc="none" if nm else None,
+                capsize=3,
+                label=None if nm else method,
+            )
+    ax.set_xlabel("sparsity (squares: N:M)")
+    ax.set_ylabel("accuracy on transferred adversarial texts (%)")
+    ax.set_title(f"Adversarial texts found against {reference}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, dest)
+
+
+def fidelity_plot(points: Sequence[dict], recipes: Sequence[str], dest: Path) -> Path:
+    """Scatter of fidelity against transferred accuracy and against accuracy under each attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [("transfer", "transferred accuracy (%)")] + [
+        (f"attack:{r}", f"accuracy under {RECIPE_TITLES.get(r, r)} (%)") for r in recipes
+    ]
+    ys = [(k, t) for k, t in ys if any(k in p for p in points)]
+    fig, axes = plt.subplots(1, max(len(ys), 1), figsize=(4.2 * max(len(ys), 1), 3.6), dpi=120, squeeze=False)
+    kinds = sorted({p["kind"] for p in points})
+    for ax, (key, title) in zip(axes[0], ys, strict=False):
+        for i, kind in enumerate(kinds):
+            sel = [p for p in points if p["kind"] == kind and key in p]
+            ax.scatter(
+                [p["fidelity"] for p in sel], [100 * p[key] for p in sel], color=f"C{i}", label=kind, s=18
+            )
+        c = spearman([p["fidelity"] for p in points if key in p], [p[key] for p in points if key in p])
+        ax.set_title(f"Spearman ρ = {c.rho:+.2f} (n = {c.n})" if not math.isnan(c.rho) else f"n = {c.n}")
+        ax.set_xlabel("fidelity to the dense model (mean cosine)")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    return _save(fig, dest)
+
+
+def _attack_row_rate(row: Mapping) -> Rate:
+    """Accuracy under attack of an attack.json row, with its interval (failed / attacked examples)."""
+    return rate(row["num_failed"], row["num_examples"])
+
+
+def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
+    """Accuracy under attack vs sparsity, one panel per recipe, one line per method (dense soup at 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = sorted({r["recipe"] for r in rows}) or ["none"]
+    fig, axes = plt.subplots(1, len(recipes), figsize=(4.2 * len(recipes), 3.6), dpi=120, squeeze=False)
+    for ax, rec in zip(axes[0], recipes, strict=True):
+        sub = [r for r in rows if r["recipe"] == rec]
+        dense = next((r for r in sub if r["model"] == "soup-greedy"), None)
+        methods = sorted({r["method"] for r in sub if r["kind"] in ("pruned", "sds")})
+        for i, method in enumerate(methods):
+            pts = [r for r in sub if r["method"] == method]
+            un = sorted(
+                (r for r in pts if ":" not in r["sparsity"]), key=lambda r: sparsity_value(r["sparsity"])
+            )
+            xs = ([0.0] if dense else []) + [sparsity_value(r["sparsity"]) for r in un]
+            ys = ([100 * dense["accuracy_under_attack"]] if dense else []) + [
+                100 * r["accuracy_under_attack"] for r in un
+            ]
+            rates = ([_attack_row_rate(dense)] if dense else []) + [_attack_row_rate(r) for r in un]
+            err = [[100 * (r.value - r.low) for r in rates], [100 * (r.high - r.value) for r in rates]]
+            ax.errorbar(xs, ys, yerr=err, fmt="-o", color=f"C{i}", label=method, capsize=3)
+            nm = [r for r in pts if ":" in r["sparsity"]]
+            if nm:
+                ax.scatter(
+                    [sparsity_value(r["sparsity"]) for r in nm],
+                    [100 * r["accuracy_under_attack"] for r in nm],
+                    marker="s",
+                    s=60,
+                    facecolors="none",
+                    edgecolors=f"C{i}",
+                )
+        if dense:
+            ax.axhline(100 * dense["accuracy_under_attack"], color="k", ls=":", lw=1)
+        ax.set_title(f"{rec} (n = {sub[0].get('num_examples', '?') if sub else '?'})")
+        ax.set_ylim(-2, 102)  # the full range: on a few dozen examples, small gaps are noise
+        ax.set_xlabel("sparsity (squares: N:M)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy under attack (%)")
+    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
@@ -329,148 +822,6 @@ def lm_plot(rows: Sequence[dict], dest: Path) -> Path:
     ax.set_ylabel("perplexity (log scale)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(dest)
-    return dest
-
-
-# --------------------------------------------------------------------------------------------- attacks
-ATTACK_KEYS = ("original_accuracy", "accuracy_under_attack", "attack_success_rate", "avg_queries")
-
-
-def attack_table(rows: Sequence[dict], recipes: Sequence[str], num_examples: int | None = None) -> list[str]:
-    """Model x recipe: clean accuracy on the attacked set / accuracy under attack / success rate / queries."""
-    if not rows:
-        return []
-    models: list[str] = []
-    for r in rows:
-        if r["model"] not in models:
-            models.append(r["model"])
-    by = {(r["model"], r["recipe"]): r for r in rows}
-    n = num_examples if num_examples is not None else rows[0].get("num_examples")
-    lines = [
-        "",
-        "## Robustness: accuracy under attack",
-        "",
-        f"Each cell: clean accuracy on the attacked examples / accuracy under attack / attack success rate "
-        f"(all %) / mean queries, on the same {n} seeded test examples for every model (textattack's "
-        "definitions: success rate = succeeded / (succeeded + failed); accuracy under attack = failed / N).",
-        "",
-        "| model | method | sparsity | " + " | ".join(recipes) + " |",
-        "|---|---|---|" + "---|" * len(recipes),
-    ]
-    for m in models:
-        first = next(r for r in rows if r["model"] == m)
-        cells = []
-        for rec in recipes:
-            r = by.get((m, rec))
-            if r is None:
-                cells.append("–")
-                continue
-            cells.append(
-                f"{_pct(r['original_accuracy'])} / **{_pct(r['accuracy_under_attack'])}** / "
-                f"{_pct(r['attack_success_rate'])} / {r['avg_queries']:.0f}"
-            )
-        lines.append(f"| {m} | {first['method']} | {first['sparsity']} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Attack cost (wall time vs the forward floor = victim + constraint-model forward time):",
-        "",
-    ]
-    lines += [
-        "| model | recipe | s / example | wall s | floor s | wall / floor |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratio = r.get("wall_over_floor")
-        lines.append(
-            f"| {r['model']} | {r['recipe']} | {r['seconds_per_example']:.2f} | {r['wall_seconds']:.1f} | "
-            f"{r['floor_seconds']:.1f} | {'–' if ratio is None else f'{ratio:.2f}'} |"
-        )
-    return lines
-
-
-def attack_findings(rows: Sequence[dict]) -> list[str]:
-    """Computed comparisons: each pruned model vs the dense soup, rakp vs sparsegpt, SDS vs its first pass."""
-    by = {(r["model"], r["recipe"]): r["accuracy_under_attack"] for r in rows}
-    out = []
-    recipes = sorted({r["recipe"] for r in rows})
-    for rec in recipes:
-        dense = by.get(("soup-greedy", rec))
-        for r in rows:
-            if r["recipe"] != rec or r["kind"] not in ("pruned", "sds"):
-                continue
-            if dense is not None:
-                d = 100 * (r["accuracy_under_attack"] - dense)
-                out.append(
-                    f"{rec}: {r['model']} {'keeps' if d >= 0 else 'loses'} {abs(d):.1f} points of accuracy under attack vs the dense soup."
-                )
-            if r["method"] == "rakp":
-                sg = by.get((r["model"].replace("rakp_", "sparsegpt_"), rec))
-                if sg is not None:
-                    verdict = (
-                        "beats"
-                        if r["accuracy_under_attack"] > sg
-                        else ("ties" if r["accuracy_under_attack"] == sg else "does NOT beat")
-                    )
-                    out.append(
-                        f"{rec}: {r['model']} {verdict} sparsegpt under attack ({_pct(r['accuracy_under_attack'])}% vs {_pct(sg)}%)."
-                    )
-            if r["kind"] == "sds":
-                base = by.get((r["model"].removeprefix("sds-"), rec))
-                if base is not None:
-                    verdict = "improves on" if r["accuracy_under_attack"] > base else "does NOT improve on"
-                    out.append(
-                        f"{rec}: {r['model']} {verdict} its one-shot model under attack ({_pct(r['accuracy_under_attack'])}% vs {_pct(base)}%)."
-                    )
-    return out
-
-
-def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
-    """Accuracy under attack vs sparsity, one panel per recipe, one line per method (dense soup at 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recipes = sorted({r["recipe"] for r in rows}) or ["none"]
-    fig, axes = plt.subplots(1, len(recipes), figsize=(4.2 * len(recipes), 3.6), dpi=120, squeeze=False)
-    for ax, rec in zip(axes[0], recipes, strict=True):
-        sub = [r for r in rows if r["recipe"] == rec]
-        dense = next((r for r in sub if r["model"] == "soup-greedy"), None)
-        methods = sorted({r["method"] for r in sub if r["kind"] in ("pruned", "sds")})
-        for i, method in enumerate(methods):
-            pts = [r for r in sub if r["method"] == method]
-            un = sorted(
-                (r for r in pts if ":" not in r["sparsity"]), key=lambda r: sparsity_value(r["sparsity"])
-            )
-            xs = ([0.0] if dense else []) + [sparsity_value(r["sparsity"]) for r in un]
-            ys = ([100 * dense["accuracy_under_attack"]] if dense else []) + [
-                100 * r["accuracy_under_attack"] for r in un
-            ]
-            ax.plot(xs, ys, "-o", color=f"C{i}", label=method)
-            nm = [r for r in pts if ":" in r["sparsity"]]
-            if nm:
-                ax.scatter(
-                    [sparsity_value(r["sparsity"]) for r in nm],
-                    [100 * r["accuracy_under_attack"] for r in nm],
-                    marker="s",
-                    s=60,
-                    facecolors="none",
-                    edgecolors=f"C{i}",
-                )
-        if dense:
-            ax.axhline(100 * dense["accuracy_under_attack"], color="k", ls=":", lw=1)
-        ax.set_title(f"{rec} (n = {sub[0].get('num_examples', '?') if sub else '?'})")
-        ax.set_ylim(-2, 102)  # the full range: on a few dozen examples, small gaps are noise
-        ax.set_xlabel("sparsity (squares: N:M)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy under attack (%)")
-    axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
