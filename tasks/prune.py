@@ -83,6 +83,12 @@ class Source:
     path: str
     kind: Literal["classifier", "causal-lm"] = "classifier"
 
+    @classmethod
+    def of(cls, path: str | Path) -> Source:
+        """A saved model directory, its kind read from ``config.json`` (a ``...ForCausalLM`` is a causal LM)."""
+        archs = read_json(Path(path) / "config.json").get("architectures") or []
+        return cls(str(path), "causal-lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier")
+
     def load(self) -> torch.nn.Module:
         if self.kind == "causal-lm":
             from robustprune.lm import load_causal_lm
@@ -277,7 +283,7 @@ def assemble(
 def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> dict:
     """Create (or find, to resume) the branch's work dir and capture block 0's inputs and the extras."""
     src = source_model(params, layout)
-    source = Source(str(src))
+    source = Source.of(src)
     opts = options(params, method, sparsity)
     calib_file = layout.calibration / "calibration.safetensors"
     key = branch_key(source, sha256_files(calib_file), opts, params.calibrate.batch_size)
@@ -307,7 +313,7 @@ def prune_block_task(
     if marker.exists():
         _logger().info("block %d already pruned (resumed from %s)", index, marker)
         return read_json(marker)
-    source = Source(str(source_model(params, layout)))
+    source = Source.of(source_model(params, layout))
     opts = options(params, method, sparsity)
     return run_block(Path(work), source, opts, index, resolve_device(params.runtime.device))
 
@@ -321,7 +327,7 @@ def prune_finalize(
     src = source_model(params, layout)
     opts = options(params, method, sparsity)
     model, masks, reports, head = assemble(
-        work_p, Source(str(src)), opts, resolve_device(params.runtime.device)
+        work_p, Source.of(src), opts, resolve_device(params.runtime.device)
     )
     layers = [{"block": r["index"], **layer} for r in reports for layer in r["layers"]]
     metrics = {

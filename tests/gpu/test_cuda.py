@@ -2,7 +2,8 @@
 
 Marked ``gpu``: skipped where no CUDA device is visible (CI); run with ``pytest -m gpu`` on a CUDA host.
 Float summation order differs between devices, so near-ties may flip: masks must agree on nearly every
-weight, structure (exact sparsity, N:M) must hold exactly, and errors must agree to float tolerance.
+weight, structure (exact sparsity, N:M) must hold exactly, weights must agree wherever no flipped decision
+precedes them in their row, and errors must agree to float tolerance.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import pytest
 import torch
 
 from robustprune.lm import perplexity
-from robustprune.pruning import METHODS, accumulate_cross, accumulate_xtx, parse_pattern, prune_weight
+from robustprune.pruning import (
+    METHODS,
+    accumulate_cross,
+    accumulate_xtx,
+    output_error,
+    parse_pattern,
+    prune_weight,
+)
 from robustprune.pruning.sequential import PruneOptions, prune_model
 from robustprune.sds import SDSOptions, reactivate_model
 from tests.conftest import tiny_llama
@@ -64,8 +72,21 @@ def test_solver_on_cuda_matches_cpu(method: str, pattern: str) -> None:
         assert int((~m_gpu).sum()) == int((~cpu.mask).sum())  # exact sparsity on both devices
     agree = float((m_gpu == cpu.mask).float().mean())
     assert agree >= 0.99, f"masks agree on {agree:.4f} of the weights"
-    if agree == 1.0:
-        torch.testing.assert_close(w_gpu, cpu.weight, rtol=1e-3, atol=1e-4)
+    compared = _assert_weights_agree_up_to_first_flip(w_gpu, m_gpu, cpu.weight, cpu.mask)
+    assert compared >= 0.9, f"only {compared:.3f} of the weights precede a flipped mask decision"
+    err_cpu, err_gpu = output_error(W, cpu.weight, H), output_error(W, w_gpu, H)
+    assert err_gpu == pytest.approx(err_cpu, rel=0.02, abs=1e-7)
+
+
+def _assert_weights_agree_up_to_first_flip(
+    w_gpu: torch.Tensor, m_gpu: torch.Tensor, w_cpu: torch.Tensor, m_cpu: torch.Tensor
+) -> float:
+    """Compare the weights of every row left of that row's first mask disagreement (all of a row whose masks
+    agree): a flipped near-tie changes the OBS updates only of the columns after it. Returns the share compared.
+    """
+    before_flip = torch.cumsum((m_gpu != m_cpu).int(), dim=1) == 0
+    torch.testing.assert_close(w_gpu[before_flip], w_cpu[before_flip], rtol=1e-3, atol=1e-4)
+    return float(before_flip.float().mean())
 
 
 def test_prune_model_on_cuda_matches_cpu() -> None:

@@ -251,10 +251,17 @@ def test_sparsegpt_beats_magnitude_and_wanda(pattern: str, seed: int) -> None:
     assert err["sparsegpt"] <= err["wanda"]
 
 
-def _reference_fasterprune_nm(
-    W: torch.Tensor, H: torch.Tensor, prunen: int, prunem: int, blocksize: int, percdamp: float
+def _reference_fasterprune(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    prunen: int,
+    prunem: int,
+    blocksize: int,
+    percdamp: float,
 ) -> torch.Tensor:
-    """Line-by-line transcription of IST-DASLab/sparsegpt ``SparseGPT.fasterprune`` (N:M branch)."""
+    """Line-by-line transcription of IST-DASLab/sparsegpt ``SparseGPT.fasterprune`` (both branches:
+    ``prunen == 0`` is the unstructured one, which thresholds each block at its ``sparsity`` quantile)."""
     W = W.clone().float()
     H = H.clone()
     columns = W.shape[1]
@@ -274,11 +281,16 @@ def _reference_fasterprune_nm(
         Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        mask1 = torch.zeros_like(W1) == 1
+        if prunen == 0:
+            tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+            mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1) == 1
         for i in range(count):
             w = W1[:, i]
             d = Hinv1[i, i]
-            if i % prunem == 0:
+            if prunen != 0 and i % prunem == 0:
                 tmp = (
                     W1[:, i : (i + prunem)] ** 2 / (torch.diag(Hinv1)[i : (i + prunem)].reshape((1, -1))) ** 2
                 )
@@ -297,10 +309,23 @@ def _reference_fasterprune_nm(
 def test_sparsegpt_matches_reference_implementation_nm() -> None:
     W, _, H = _layer(16, 64, seed=5)
     ours = sparsegpt_prune(W, H, parse_pattern("2:4"), block_size=BLOCK, dampening=0.01)
-    ref = _reference_fasterprune_nm(W, H, prunen=2, prunem=4, blocksize=BLOCK, percdamp=0.01)
+    ref = _reference_fasterprune(W, H, 0.0, prunen=2, prunem=4, blocksize=BLOCK, percdamp=0.01)
     assert torch.equal(ours.mask, ref != 0)
     _assert_close(ours.weight, ref, rtol=1e-4, atol=1e-5)
     assert ours.damp == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(("sparsity", "seed"), [(0.5, 5), (0.75, 6), (0.875, 7)])
+def test_sparsegpt_matches_reference_implementation_unstructured(sparsity: float, seed: int) -> None:
+    """The reference prunes ``int(s · numel) + 1`` weights per column block (``tmp <= thresh``); ours prunes
+    exactly ``s · numel`` (16 x 16 blocks: 256 weights, so an integer for these s). With the reference run at
+    ``s - 1/256`` both prune the same count; then masks and weights must agree."""
+    W, _, H = _layer(16, 64, seed=seed)
+    ours = sparsegpt_prune(W, H, Pattern(sparsity), block_size=BLOCK, dampening=0.01)
+    ref = _reference_fasterprune(W, H, sparsity - 1 / 256, prunen=0, prunem=0, blocksize=BLOCK, percdamp=0.01)
+    assert int((~ours.mask).sum()) == round(sparsity * W.numel())
+    assert torch.equal(ours.mask, ref != 0)
+    _assert_close(ours.weight, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_sparsegpt_sparsity_zero_is_identity() -> None:

