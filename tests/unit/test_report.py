@@ -1,0 +1,150 @@
+"""The report's verdicts (robustprune.verdicts) and summary (robustprune.report) on synthetic stage outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustprune.report import ReportInputs, markdown_summary
+from robustprune.verdicts import (
+    SDS_VS_ONESHOT,
+    SOUP_VS_BEST,
+    VS_DENSE,
+    VS_SPARSEGPT,
+    attack_flags,
+    compare,
+    comparison_pairs,
+)
+
+
+def _model(name, kind, method, sparsity, correct_bits, transfer_bits=None):
+    m = {
+        "name": name,
+        "kind": kind,
+        "method": method,
+        "sparsity": sparsity,
+        "path": f"models/{name}",
+        "correct_bits": correct_bits,
+        "correct": correct_bits.count("1"),
+        "total": len(correct_bits),
+        "accuracy": correct_bits.count("1") / len(correct_bits),
+        "measured_sparsity": 0.0 if kind in ("variant", "soup") else 0.875,
+    }
+    if transfer_bits is not None:
+        m["transfer"] = {
+            "textfooler": {
+                "correct": transfer_bits.count("1"),
+                "n": len(transfer_bits),
+                "bits": transfer_bits,
+            },
+            "all": {"correct": transfer_bits.count("1"), "n": len(transfer_bits), "bits": transfer_bits},
+        }
+        m["fidelity"] = {"per_layer": [1.0, 0.9], "mean": 0.95, "last": 0.9, "n": len(correct_bits)}
+    return m
+
+
+def _models():
+    dense = "1" * 20 + "0" * 5
+    return [
+        _model("v1", "variant", "dense", "0", dense),
+        _model("soup-greedy", "soup", "dense", "0", dense, "0" * 10),
+        _model("sparsegpt_0.875", "pruned", "sparsegpt", "0.875", "1" * 16 + "0" * 9, "0" * 8 + "11"),
+        # differs from sparsegpt on exactly 2 of 25 clean examples, both in rakp's favour
+        _model("rakp_0.875", "pruned", "rakp", "0.875", "1" * 18 + "0" * 7, "0" * 6 + "1111"),
+        _model("sds-rakp_0.875", "sds", "sds+rakp", "0.875", "1" * 18 + "0" * 7, "0" * 6 + "1111"),
+    ]
+
+
+def test_pairs_cover_the_comparisons_the_report_promises():
+    pairs = comparison_pairs(_models(), "soup-greedy", best_ingredient="v1")
+    assert pairs[0] == ("soup-greedy", "v1", SOUP_VS_BEST)
+    assert ("rakp_0.875", "soup-greedy", VS_DENSE) in pairs
+    assert ("rakp_0.875", "sparsegpt_0.875", VS_SPARSEGPT) in pairs
+    assert ("sds-rakp_0.875", "rakp_0.875", SDS_VS_ONESHOT) in pairs
+    assert ("sparsegpt_0.875", "sparsegpt_0.875", VS_SPARSEGPT) not in pairs
+
+
+def test_attack_flags_count_failed_attacks_and_drop_inputs_without_words():
+    flags = attack_flags({0: "failed", 1: "succeeded", 2: "skipped", 3: "no words"})
+    assert flags == {0: True, 1: False, 2: False}
+
+
+def test_two_of_25_is_no_measurable_difference_in_the_report():
+    models = _models()
+    outcomes = {
+        ("soup-greedy", "textfooler"): {i: "failed" if i < 3 else "succeeded" for i in range(25)},
+        ("rakp_0.875", "textfooler"): {i: "failed" if i < 5 else "succeeded" for i in range(25)},
+        ("sparsegpt_0.875", "textfooler"): {i: "failed" if i < 3 else "succeeded" for i in range(25)},
+    }
+    comps = compare(models, outcomes, ["clean", "textfooler", "transfer:all"], "soup-greedy", "v1")
+    clean = next(c for c in comps if (c.a, c.b, c.metric) == ("rakp_0.875", "sparsegpt_0.875", "clean"))
+    assert clean.diff.diff == pytest.approx(2 / 25)
+    assert clean.diff.verdict == "no measurable difference"
+    under = next(c for c in comps if (c.a, c.b, c.metric) == ("rakp_0.875", "sparsegpt_0.875", "textfooler"))
+    assert (under.diff.a_only, under.diff.b_only) == (2, 0)
+    assert under.diff.verdict == "no measurable difference"
+    attack_rows = [
+        {
+            "model": m,
+            "recipe": "textfooler",
+            "kind": k,
+            "method": meth,
+            "sparsity": sp,
+            "num_examples": 25,
+            "num_failed": sum(o == "failed" for o in outcomes[(m, "textfooler")].values()),
+            "original_accuracy": 0.8,
+            "attack_success_rate": 0.5,
+            "avg_queries": 40.0,
+            "seconds_per_example": 0.5,
+            "wall_seconds": 12.5,
+            "floor_seconds": 10.0,
+            "wall_over_floor": 1.25,
+        }
+        for m, k, meth, sp in [
+            ("soup-greedy", "soup", "dense", "0"),
+            ("sparsegpt_0.875", "pruned", "sparsegpt", "0.875"),
+            ("rakp_0.875", "pruned", "rakp", "0.875"),
+        ]
+    ]
+    finetune = {
+        "v1": {
+            "validation_accuracy": 0.8,
+            "test_accuracy": 0.8,
+            "learning_rate": 5e-5,
+            "epochs": 1,
+            "seed": 0,
+            "train_seconds": 10.0,
+            "seconds_per_step": 1.0,
+        }
+    }
+    text = markdown_summary(
+        ReportInputs(
+            prepare={
+                "data": {"train_size": 100, "validation_size": 25, "test_size": 25, "label_names": ["a", "b"]}
+            },
+            finetune=finetune,
+            soup={
+                "criterion": "accuracy",
+                "best_ingredient": "v1",
+                "greedy": {
+                    "members": ["v1"],
+                    "history": [],
+                    "validation_accuracy": 0.8,
+                    "test_accuracy": 0.8,
+                },
+            },
+            evaluation={"reference": "soup-greedy", "transfer": [], "models": models},
+            prune={},
+            attack=attack_rows,
+            outcomes=outcomes,
+            recipes=["textfooler"],
+            comparisons=comps,
+        )
+    )
+    row = next(
+        line for line in text.splitlines() if line.startswith("| rakp_0.875 | sparsegpt_0.875 | clean |")
+    )
+    assert "no measurable difference" in row and "better" not in row
+    assert "80.0 [60.9, 91.1]" in text  # the dense model's 20/25 with its Wilson interval
+    assert "## Accuracy on transferred adversarial examples" in text
+    assert "Spearman" in text
+    assert "## Verdicts at a glance" in text
