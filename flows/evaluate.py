@@ -36,7 +36,9 @@ def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dic
             len(transfer),
             ", ".join(f"{r}: {sum(t['recipe'] == r for t in transfer)}" for r in params.attack.recipes),
         )
-        ref_reps = reference_representations(params, layout, ref)
+        ref_reps = reference_representations.with_options(task_run_name=f"reference-{ref['name']}")(
+            params, layout, ref
+        )
         rows = [
             evaluate_model.with_options(task_run_name=f"evaluate-{m['name']}")(
                 params, layout, m, transfer, ref_reps
