@@ -25,3 +25,10 @@ for _key, _value in {
     "GIT_PYTHON_REFRESH": "quiet",
 }.items():
     os.environ.setdefault(_key, _value)
+
+# `python -m flows.<stage>` (make run, dvc repro): validate params.yaml and its inputs now, before the stage
+# module imports Prefect, MLflow and torch, so that a bad input stops in about a second (flows/_cli.py)
+if __import__("sys").argv[:1] == ["-m"]:
+    from flows._cli import early_validate
+
+    early_validate()

@@ -3,13 +3,24 @@
 Everything is written beside its destination under a temporary name and moved into place with
 ``os.replace`` (atomic on POSIX within one file system). Directories are swapped the same way: the new
 one is built completely, the old one renamed aside, the new one renamed in, the old one deleted.
+
+Interruptions: an exception (a stop signal included) while writing removes the temporary and leaves the
+previous version in place; one between the two renames of a directory swap puts the previous directory
+back. A writer killed with ``kill -9`` cannot clean up: its temporaries carry its process id, and the
+next write of the same destination removes those whose process is gone (and puts back a previous
+directory the dead writer had renamed aside, when nothing replaced it).
+
+Byte-reproducible: safetensors files are written with their metadata sorted by key (the safetensors
+writer serialises a hash map, in a different order in every process), JSON with sorted keys.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,12 +31,53 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def sweep_stale(dest: str | Path) -> list[Path]:
+    """Remove the temporaries of ``dest`` left by writers that no longer run (a ``kill -9``).
+
+    Temporaries are named ``.<name>.<pid>.<random>.tmp``; a previous directory renamed aside during a
+    swap ``.<name>.old-<pid>``, and it is put back when ``dest`` is missing. Those of live processes (a
+    concurrent writer) are kept. Returns what was removed or restored.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    name = re.escape(dest.name)
+    tmp_re, old_re = re.compile(rf"^\.{name}\.(\d+)\.[^.]+\.tmp$"), re.compile(rf"^\.{name}\.old-(\d+)$")
+    touched = []
+    for p in sorted(dest.parent.iterdir()):
+        match = tmp_re.match(p.name) or old_re.match(p.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if match.re is old_re and not dest.exists():
+            os.replace(p, dest)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        touched.append(p)
+    return touched
+
+
 @contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside ``dest``; on success it replaces ``dest``."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    sweep_stale(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -41,19 +93,34 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``dest``; on success it replaces ``dest`` whole."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    sweep_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    """Rename ``tmp`` to ``dest``; an existing ``dest`` is renamed aside first and deleted after.
+
+    Interrupted between the two renames (a signal raises there), the old directory is put back.
+    """
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    moved = False
+    try:
+        if dest.exists():
+            os.replace(dest, old)
+            moved = True
+        os.replace(tmp, dest)
+    except BaseException:
+        if moved and old.exists() and not dest.exists():
+            os.replace(old, dest)
+        raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(dest: str | Path, text: str) -> Path:
@@ -85,7 +152,38 @@ def save_tensors(
     clean = {k: v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(dest) as tmp:
         save_file(clean, str(tmp), metadata=metadata)
+        sort_safetensors_metadata(tmp)
     return Path(dest)
+
+
+def sort_safetensors_metadata(path: str | Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` sorted by key, so equal files are equal bytes.
+
+    The header is JSON after an 8-byte little-endian length, padded with spaces to a multiple of 8;
+    tensor offsets are relative to its end, so only the header is rewritten (in place when the sorted
+    header has the same length, which it has unless the JSON escaping differs).
+    """
+    path = Path(path)
+    with path.open("r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        meta = header.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        header = {
+            "__metadata__": dict(sorted(meta.items())),
+            **{k: v for k, v in header.items() if k != "__metadata__"},
+        }
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(raw) <= n:
+            f.seek(8)
+            f.write(raw + b" " * (n - len(raw)))
+            return
+    padded = raw + b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp, path.open("rb") as src, tmp.open("wb") as out:
+        src.seek(8 + n)
+        out.write(struct.pack("<Q", len(padded)) + padded)
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:

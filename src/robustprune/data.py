@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +321,44 @@ def _resolve_size(key: str, size: int | float, available: int) -> int:
     return int(round(size * available))
 
 
+MIN_ROWS_PER_CLASS = 2
+MIN_MEAN_ROWS_PER_CLASS = 5
+
+
+class LabelError(DataError):
+    """The label column cannot be a classification target (see :func:`check_classification_target`)."""
+
+
+def check_classification_target(labels: np.ndarray, label_names: Sequence[str]) -> None:
+    """Raise a :class:`LabelError` unless ``labels`` (codes ``0..K-1``) look like classes.
+
+    The rule: at least 2 classes, every class in at least :data:`MIN_ROWS_PER_CLASS` rows (so that it can
+    be in training and in a held-out split), and on average at least :data:`MIN_MEAN_ROWS_PER_CLASS`
+    rows per class (``K <= rows / 5``). A column of measurements (3,000 distinct floats in 3,000 rows),
+    ids or free text fails it; a real K-class task with a few rare classes passes.
+    """
+    n = len(labels)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names)) if n else np.zeros(0)
+    present = int((counts > 0).sum())
+    rare = [str(label_names[i]) for i in np.flatnonzero((counts > 0) & (counts < MIN_ROWS_PER_CLASS))]
+    limit = max(2, n // MIN_MEAN_ROWS_PER_CLASS)
+    if present < 2 or (not rare and present <= limit):
+        return
+    problems = []
+    if present > limit:
+        problems.append(
+            f"{present} classes in {n} rows (at most {limit}: one class per {MIN_MEAN_ROWS_PER_CLASS} rows)"
+        )
+    if rare:
+        shown = ", ".join(repr(r) for r in rare[:5]) + (", ..." if len(rare) > 5 else "")
+        problems.append(f"{len(rare)} class(es) with fewer than {MIN_ROWS_PER_CLASS} rows ({shown})")
+    raise LabelError(
+        f"the label column cannot be a classification target: {' and '.join(problems)}; every class needs "
+        f">= {MIN_ROWS_PER_CLASS} rows and the classes at most one per {MIN_MEAN_ROWS_PER_CLASS} rows. Is it "
+        "a continuous value (a regression target), an id, or the wrong column?"
+    )
+
+
 def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A seeded permutation whose every prefix has nearly the class proportions of ``labels``.
 
@@ -379,6 +413,9 @@ def make_splits(
             if shown
             else "no rows to split: the data is empty"
         )
+    check_classification_target(
+        np.concatenate([df[LABEL].to_numpy(), *(f[LABEL].to_numpy() for f in given.values())]), label_names
+    )
     if max_train_examples is not None and (isinstance(max_train_examples, bool) or max_train_examples < 1):
         raise DataError(f"data.max_train_examples={max_train_examples!r}: expected an int >= 1 or None")
 
@@ -423,25 +460,16 @@ def make_splits(
 def save_splits(splits: Splits, out_dir: Path) -> None:
     """Write ``train/validation/test.parquet`` and ``labels.json`` to ``out_dir`` atomically.
 
-    The files are written to a temporary directory beside ``out_dir`` which then replaces it.
+    The files are written to a temporary directory beside ``out_dir`` which then replaces it
+    (:func:`robustprune.checkpoints.atomic_dir`).
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    from robustprune.checkpoints import atomic_dir
+
+    with atomic_dir(Path(out_dir)) as tmp:
         for split, frame in splits.frames().items():
             frame.to_parquet(tmp / f"{split}.parquet", index=False)
         payload = {"label_names": list(splits.label_names)}
         (tmp / LABELS_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}.old"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_splits(out_dir: Path) -> Splits:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,105 @@ def test_masks_survive_pack_and_unpack(tmp_path: Path):
         assert lazy[k].dtype == torch.bool and torch.equal(lazy[k], masks[k])
     with pytest.raises(KeyError):
         lazy["2.x"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_safetensors_metadata_is_sorted_so_equal_content_is_equal_bytes(tmp_path: Path):
+    """The safetensors writer serialises metadata from a hash map (a new order each call): sorted here."""
+    import json
+    import struct
+
+    masks = {
+        f"{i}.attention.self.query": torch.rand(4, 8, generator=torch.Generator().manual_seed(i)) > 0.5
+        for i in range(12)
+    }
+    paths = [save_masks(tmp_path / f"m{i}.safetensors", masks) for i in range(4)]
+    blobs = {p.read_bytes() for p in paths}
+    assert len(blobs) == 1
+    raw = paths[0].read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    meta = json.loads(raw[8 : 8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta) and len(meta) == 12
+    back = load_masks(paths[0])
+    assert all(torch.equal(back[k], masks[k]) for k in masks)
+
+
+def test_sort_metadata_pads_a_shorter_header(tmp_path: Path):
+    """A header whose sorted compact form is shorter (here: escaped characters) is padded in place."""
+    import json
+    import struct
+
+    from robustprune.checkpoints import load_tensors, sort_safetensors_metadata
+
+    header = '{"__metadata__":{"b":"\\u0041","a":"x"},"t":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}'
+    header += " " * (-len(header) % 8)
+    p = tmp_path / "t.safetensors"
+    p.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\x01\x02")
+    sort_safetensors_metadata(p)
+    raw = p.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n == len(header) and json.loads(raw[8 : 8 + n])["__metadata__"] == {"a": "x", "b": "A"}
+    assert list(json.loads(raw[8 : 8 + n])["__metadata__"]) == ["a", "b"]
+    assert load_tensors(p)["t"].tolist() == [1, 2]
+
+
+def test_next_write_sweeps_temporaries_of_dead_writers(tmp_path: Path):
+    """kill -9 leaves temporaries: the next write of the same destination removes those of dead processes."""
+    dead, live = _dead_pid(), os.getppid()
+    stale_file = tmp_path / f".m.json.{dead}.abc123.tmp"
+    stale_dir = tmp_path / f".model.{dead}.x_y9.tmp"
+    busy = tmp_path / f".m.json.{live}.zzz.tmp"  # a concurrent writer that is alive: kept
+    other = tmp_path / f".m.json.5.{dead}.q.tmp"  # not this destination's pattern: kept
+    for p in (stale_file, busy, other):
+        p.write_text("half")
+    stale_dir.mkdir()
+    (stale_dir / "w.bin").write_bytes(b"x")
+    write_json(tmp_path / "m.json", {"a": 1})
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "w.bin").write_bytes(b"y")
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert busy.exists() and other.exists()
+    assert (tmp_path / "model" / "w.bin").read_bytes() == b"y"
+
+
+def test_directory_renamed_aside_by_a_dead_writer_is_put_back(tmp_path: Path):
+    """Killed between the two renames of a swap: the previous directory returns on the next write."""
+    from robustprune.checkpoints import sweep_stale
+
+    dest = tmp_path / "model"
+    aside = tmp_path / f".model.old-{_dead_pid()}"
+    aside.mkdir()
+    (aside / "w.bin").write_bytes(b"previous")
+    assert sweep_stale(dest) == [aside]
+    assert (dest / "w.bin").read_bytes() == b"previous" and not aside.exists()
+
+
+def test_interrupted_swap_keeps_the_previous_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A stop signal raised between 'rename old aside' and 'rename new in' puts the old one back."""
+    import robustprune.checkpoints as ck
+    from robustprune.interrupt import StopRequested
+
+    dest = tmp_path / "model"
+    with atomic_dir(dest) as tmp:
+        (tmp / "w.bin").write_bytes(b"old")
+    real, calls = os.replace, []
+
+    def replace(src, dst):  # noqa: ANN001, ANN202
+        calls.append((src, dst))
+        if len(calls) == 2:  # the second rename of the swap
+            raise StopRequested(15)
+        return real(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", replace)
+    with pytest.raises(StopRequested), atomic_dir(dest) as tmp:
+        (tmp / "w.bin").write_bytes(b"new")
+    monkeypatch.setattr(ck.os, "replace", real)
+    assert (dest / "w.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -121,7 +121,7 @@ def test_sparsity_labels(value, label, sparsity):
 
 def test_overrides_apply_dotted_keys(tmp_path: Path):
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump({"prune": {"methods": ["magnitude"]}}))
+    p.write_text(yaml.safe_dump({"prune": {"methods": ["magnitude"]}, "sds": {"methods": []}}))
     assert load_params(p, {"prune.sparsities": ["2:4"]}).prune.combos == [("magnitude", "2:4")]
 
 
@@ -209,3 +209,115 @@ def test_alpha_modes_reach_the_solver_options():
     ).lm
     opts = prune_options(out, "rakp", "2:4")
     assert opts.rakp.alpha is None and opts.rakp.alpha_criterion == "output" and opts.rakp.output_stride == 4
+
+
+# ------------------------------------------------------------------- code defaults == params.yaml
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _default_differences(params_file: str, sections: set[str] | None = None) -> dict[str, tuple]:
+    """{key: (code default, file value)} for every key of the file's sections (lists compared whole)."""
+    raw = yaml.safe_load((ROOT / params_file).read_text())
+    code = _leaves(parse_params({}).model_dump(mode="json"))
+    given = _leaves(parse_params(raw).model_dump(mode="json"))
+    wanted = set(raw) if sections is None else sections & set(raw)
+    return {
+        k: (code[k], given[k]) for k in sorted(code) if k.split(".")[0] in wanted and code[k] != given.get(k)
+    }
+
+
+# sections that differ while other changes are in flight; the lead aligns them (strict: an XPASS means
+# the section agrees now, so remove it from this set)
+_OTHERS = {"finetune", "attack"}
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="params.yaml changed; align the code"))
+        if s in _OTHERS
+        else s
+        for s in ("seed", "data", "model", "finetune", "soup", "calibrate", "prune", "sds", "evaluate")
+        + ("attack", "cap", "runtime")
+    ],
+)
+def test_code_defaults_equal_params_yaml(section: str):
+    """An omitted key means what params.yaml says: every pydantic default equals params.yaml's value."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if section not in raw:
+        pytest.skip(f"params.yaml has no {section!r} section")
+    assert _default_differences("params.yaml", {section}) == {}
+
+
+def test_lm_defaults_equal_params_lm_yaml():
+    """The lm section's defaults are params-lm.yaml's (its other sections are that profile's overrides)."""
+    assert _default_differences("params-lm.yaml", {"lm"}) == {}
+
+
+# ------------------------------------------------------------------- what a params file must be
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not a text file (byte 0x89 at offset 0 is not UTF-8)"),
+        (b"seed: 0\n\x00\x00", "not a text file (NUL byte at offset 8)"),
+        (b"", "the file is empty (no keys)"),
+        (b"   \n\n", "the file is empty (no keys)"),
+        (b"# a comment\n  # another\n", "the file is empty (no keys)"),
+        (b"prune: [\n", "not valid YAML at line 2, column 1"),
+        (b"- 1\n- 2\n", "the top level must be a mapping of sections, got list"),
+        (b"just text\n", "the top level must be a mapping of sections, got str"),
+    ],
+)
+def test_params_file_must_be_yaml_text_with_keys(tmp_path: Path, content: bytes, expected: str):
+    p = tmp_path / "params.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as exc:
+        load_params(p)
+    msg = str(exc.value)
+    assert expected in msg and len(msg.splitlines()) == 1, msg
+
+
+def test_explicit_empty_mapping_means_all_defaults(tmp_path: Path):
+    p = tmp_path / "params.yaml"
+    p.write_text("{}\n")
+    assert load_params(p) == parse_params({})
+    p.write_bytes(b"\xef\xbb\xbfseed: 3\n")  # a UTF-8 byte-order mark is text
+    assert load_params(p).seed == 3
+
+
+def test_params_path_that_is_a_directory(tmp_path: Path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_params(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("uri", "kind"),
+    [
+        ("sqlite:///mlruns.db", "sqlite"),
+        ("sqlite:////abs/mlruns.db", "sqlite"),
+        ("postgresql+psycopg2://u:p@h/db", "postgresql"),
+        ("mysql://h/db", "mysql"),
+        ("http://127.0.0.1:5000", "http"),
+        ("https://mlflow.example.org", "https"),
+        ("databricks", "databricks"),
+        ("databricks://profile", "databricks"),
+        ("./mlruns", "file"),
+        ("/abs/mlruns", "file"),
+        ("file:///abs/mlruns", "file"),
+        ("ftp://host/x", ""),
+        ("s3://bucket/x", ""),
+        ("gopher:x", ""),
+    ],
+)
+def test_mlflow_uri_kind(uri: str, kind: str):
+    from robustprune.config import mlflow_uri_kind
+
+    assert mlflow_uri_kind(uri) == kind
+    if kind:
+        assert parse_params({"runtime": {"mlflow_uri": uri}}).runtime.mlflow_uri == uri
+    else:
+        with pytest.raises(ConfigError, match=r"runtime.mlflow_uri = .*not an MLflow tracking URI"):
+            parse_params({"runtime": {"mlflow_uri": uri}})

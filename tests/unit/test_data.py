@@ -306,3 +306,43 @@ def test_real_rotten_tomatoes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     print(f"Rotten Tomatoes after cleaning: fresh={counts[1]} rotten={counts[0]} total={len(df)}")
     assert 7200 <= counts[1] <= raw["fresh"] and 5200 <= counts[0] <= raw["rotten"]
     assert df["text"].is_unique and (df["text"].str.strip() == df["text"]).all()
+
+
+# --------------------------------------------------------------------------- classification target
+
+
+def test_a_column_of_measurements_is_not_a_classification_target(tmp_path: Path) -> None:
+    """3,000 distinct floats in 3,000 rows: one class per row, refused with the rule in the message."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": [f"row {i}" for i in range(3000)], "y": rng.normal(size=3000)}).to_csv(
+        path, index=False
+    )
+    df, names = data.load_table(path, "text", "y")
+    assert len(names) == 3000
+    with pytest.raises(data.LabelError) as info:
+        data.make_splits(df, names, validation_size=100, test_size=100, seed=0)
+    msg = str(info.value)
+    assert "3000 classes in 3000 rows (at most 600" in msg and "3000 class(es) with fewer than 2 rows" in msg
+    assert "regression target" in msg
+
+
+@pytest.mark.parametrize(
+    ("labels", "ok", "expected"),
+    [
+        ([0, 1] * 10, True, ""),
+        ([0] * 9 + [1] * 9 + [2] * 2, True, ""),  # a rare class with 2 rows passes
+        ([0] * 10 + [1] * 9 + [2], False, "1 class(es) with fewer than 2 rows ('c')"),
+        (list(range(5)) * 2, False, "5 classes in 10 rows (at most 2"),
+        (list(range(10)) * 5, True, ""),  # 10 classes x 5 rows: one class per 5 rows, allowed
+        (list(range(11)) * 4 + [0] * 6, False, "11 classes in 50 rows (at most 10"),
+    ],
+)
+def test_classification_target_rule(labels: list[int], ok: bool, expected: str) -> None:
+    names = [chr(ord("a") + i) for i in range(max(labels) + 1)]
+    if ok:
+        data.check_classification_target(np.array(labels), names)
+        return
+    with pytest.raises(data.LabelError, match=None) as info:
+        data.check_classification_target(np.array(labels), names)
+    assert expected in str(info.value)
