@@ -66,4 +66,4 @@ bench: setup  ## pruning-kernel micro-benchmark (prints a table, writes benchmar
 	$(BIN)/python benchmarks/bench_kernels.py
 
 clean:  ## remove pipeline outputs and caches (keeps .venv and downloaded wheels)
-	rm -rf data/prepared data/calibration data/lm models/base models/finetuned models/soup models/pruned models/sds models/attack models/lm reports/*.json reports/*.md reports/plots reports/attacks .cache/prune-work .cache/sds-work .cache/lm-work .cache/resources mlruns.db mlartifacts .prefect dvc.lock
+	rm -rf data/prepared data/calibration data/lm models/base models/finetuned models/soup models/pruned models/sds models/cap models/attack models/lm reports/*.json reports/*.md reports/plots reports/attacks .cache/prune-work .cache/sds-work .cache/cap-work .cache/lm-work .cache/resources mlruns.db mlartifacts .prefect dvc.lock

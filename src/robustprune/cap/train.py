@@ -45,6 +45,7 @@ class TrainOptions:
     # soft movement: sigmoid threshold tau and L1 weight lambda follow the schedule (lambda ∝ tau, as the reference)
     soft_threshold: float = 0.1
     soft_lambda: float = 100.0
+    mask_interval: int = 1  # steps between mask recomputations (the reference: every step)
 
 
 @dataclass
@@ -103,8 +104,8 @@ def train_stage(
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` steps.
 
-    With ``stage`` the model must carry masks (:func:`robustprune.cap.masks.attach`); before every step
-    they are recomputed at ``stage.sparsity(step)`` (soft masks: threshold ``soft_threshold · s / max_sparsity``
+    With ``stage`` the model must carry masks (:func:`robustprune.cap.masks.attach`); every
+    ``opts.mask_interval`` steps (and after the last) they are recomputed at ``stage.sparsity(step)`` (soft masks: threshold ``soft_threshold · s / max_sparsity``
     and L1 weight ``soft_lambda · s / max_sparsity``). ``banks`` maps a bank name to (vectors (N, R, H),
     labels (N,)); ``check_stop`` is called once per step (it raises to stop).
     """
@@ -134,12 +135,14 @@ def train_stage(
         l1_weight = 0.0
         if stage is not None:
             s = stage.sparsity(step)
+            frac = s / max_sparsity if max_sparsity > 0 else 0.0
+            if step % opts.mask_interval == 0:
+                if soft:
+                    cap_masks.update_masks(model, s, threshold=opts.soft_threshold * frac)
+                else:
+                    cap_masks.update_masks(model, s)
             if soft:
-                frac = s / max_sparsity if max_sparsity > 0 else 0.0
-                cap_masks.update_masks(model, s, threshold=opts.soft_threshold * frac)
                 l1_weight = opts.soft_lambda * frac
-            else:
-                cap_masks.update_masks(model, s)
         idx = torch.as_tensor(order[step], dtype=torch.long)
         batch = {k: v.to(device) for k, v in examples.batch(idx).items()}
         labels = labels_all[idx].to(device)

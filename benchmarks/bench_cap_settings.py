@@ -1,0 +1,135 @@
+"""CAP's staged run under other settings, without Prefect: test accuracy per stage for each variant.
+
+The same library calls as ``tasks/cap.py`` (banks from the pre-trained encoder and the soup, one
+:func:`robustprune.cap.train.train_stage` per sparsity, SnC snapshots between stages), with the settings of a
+params file's ``cap`` section overridden per variant. Variants are ``name:key=value,key=value`` (keys of
+``cap``; ``modules`` as ``prc+fic+snc`` or ``none``). Every variant starts from the same dense soup, the
+same examples and the same banks, so its stages' test outcomes are paired with the first variant's.
+Prints a table (accuracy % [95% interval], paired difference to the first variant) and writes JSON::
+
+    .venv/bin/python benchmarks/bench_cap_settings.py --variants default: lr3e-4:lr=3e-4 \\
+        nocl:modules=none --out benchmarks/results/cap_settings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  (paths and offline settings first)
+import numpy as np
+import torch
+import yaml
+from _common import RESULTS, provenance, set_threads
+from transformers import AutoModel
+
+from robustprune.cap import masks as cap_masks
+from robustprune.cap.banks import encode, stack
+from robustprune.cap.examples import Examples
+from robustprune.cap.schedule import stages
+from robustprune.cap.train import train_stage
+from robustprune.checkpoints import write_json
+from robustprune.config import parse_params
+from robustprune.data import load_splits
+from robustprune.metrics import predict_logits
+from robustprune.modeling import load_classifier, load_tokenizer
+from robustprune.stats import paired_difference, rate
+from tasks.cap import train_options
+
+
+def _parse_variant(text: str) -> tuple[str, dict]:
+    name, _, body = text.partition(":")
+    out: dict = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        if key in ("modules",):
+            out[key] = [] if value == "none" else value.split("+")
+        elif key == "sparsities":
+            out[key] = [float(x) for x in value.split("+")]
+        else:
+            out[key] = yaml.safe_load(value)
+    return name, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", default=".")
+    ap.add_argument("--variants", nargs="+", default=["default:"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS / "cap_settings.json"))
+    args = ap.parse_args()
+    set_threads(args.threads)
+    prov = provenance()
+    root = Path(args.root)
+    raw = yaml.safe_load(Path(args.params).read_text())
+    base = parse_params(raw)
+    soup = root / "models" / "soup" / base.soup.prune_source
+    tok = load_tokenizer(soup)
+    splits = load_splits(root / "data" / "prepared")
+    test_texts, test_labels = splits.test.text.tolist(), splits.test.label.to_numpy()
+    results: dict = {"provenance": prov, "args": vars(args), "variants": {}}
+    first: dict[float, list[bool]] | None = None
+    cache: dict = {}
+    for spec in args.variants:
+        name, over = _parse_variant(spec)
+        params = parse_params({**raw, "cap": {**raw.get("cap", {}), **over}})
+        cap = params.cap
+        rows = np.random.default_rng(cap.seed).permutation(len(splits.train))
+        rows = np.sort(rows[: cap.train_examples]) if cap.train_examples else np.arange(len(splits.train))
+        ex = Examples.from_texts(
+            tok, splits.train.text.iloc[rows].tolist(), splits.train.label.iloc[rows].tolist(), 64
+        )
+        bkey = (cap.train_examples, cap.seed, cap.representation)
+        if bkey not in cache:
+            prc = encode(AutoModel.from_pretrained(str(root / "models" / "base")), ex, cap.representation)
+            cache[bkey] = (prc.vectors, encode(load_classifier(soup), ex, cap.representation))
+        prc_v, fic = cache[bkey]
+        model = load_classifier(soup)
+        cap_masks.attach(model, cap.criterion)
+        opts = train_options(cap)
+        snaps: list[torch.Tensor] = []
+        out_rows, outcomes = [], {}
+        t0 = time.perf_counter()
+        for st in stages(list(cap.sparsities), cap.warmup_steps, cap.ramp_steps, cap.hold_steps):
+            bank = {}
+            if "prc" in cap.modules:
+                bank["prc"] = (stack([prc_v]), ex.labels)
+            if "fic" in cap.modules:
+                bank["fic"] = (stack([fic.vectors]), ex.labels)
+            if "snc" in cap.modules and snaps:
+                bank["snc"] = (stack(snaps), ex.labels)
+            res = train_stage(
+                model, ex, fic.logits, bank, opts, steps=st.steps, seed=cap.seed + 1000 * st.index,
+                stage=st, max_sparsity=max(cap.sparsities),
+            )  # fmt: skip
+            if "snc" in cap.modules:
+                snaps.append(encode(model, ex, cap.representation).vectors)
+            logits = predict_logits(model, tok, test_texts, batch_size=64, max_length=64)
+            ok = [bool(x) for x in logits.argmax(-1) == test_labels]
+            outcomes[st.final] = ok
+            r = rate(sum(ok), len(ok))
+            row = {"sparsity": st.final, "accuracy": r.to_dict(), "loss": res.tail_loss(), "parts": res.parts}
+            if first is not None and st.final in first:
+                row["vs_first"] = paired_difference(ok, first[st.final]).to_dict()
+            out_rows.append(row)
+            diff = (
+                f"  {row['vs_first']['diff'] * 100:+.1f} ({row['vs_first']['verdict']})"
+                if "vs_first" in row
+                else ""
+            )
+            print(f"{name:<14} {100 * st.final:5.1f}%  {r.pct()}{diff}", flush=True)
+        if first is None:
+            first = outcomes
+        results["variants"][name] = {
+            "overrides": over,
+            "stages": out_rows,
+            "seconds": time.perf_counter() - t0,
+        }
+        write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

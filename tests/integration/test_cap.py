@@ -1,0 +1,164 @@
+"""flows.cap end to end on a tiny project: models, report, a rerun that is a cache hit, kill -9 and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from robustprune.checkpoints import read_json
+from tests.conftest import ROOT, synthetic_reviews, tiny_bert, tiny_tokenizer
+from tests.integration.conftest import copy_project
+
+pytestmark = pytest.mark.integration
+
+CAP_PARAMS = """seed: 0
+data: {{source: {data}, text_column: sentence, label_column: sentiment, validation_size: 40, test_size: 40, max_length: 16}}
+model: {{name: {model}}}
+evaluate: {{batch_size: 32}}
+attack: {{models: [soup-greedy]}}
+cap:
+  train_examples: 96
+  batch_size: 16
+  warmup_steps: 2
+  ramp_steps: 12
+  hold_steps: 4
+  lr: 3.0e-3
+  extra_negatives: 24
+  structured: {{sparsities: [0.25, 0.5], retrain_steps: 6, importance_batches: 2, lr: 3.0e-3}}
+  latency: {{batch_sizes: [1, 8], min_run_time: 0.01, rounds: 1}}
+runtime: {{progress: false, device: cpu}}
+"""
+MAIN = ["cap_0.5", "cap_0.75", "cap_0.875", "cap_0.9"]
+NOCL = ["cap-nocl_0.5", "cap-nocl_0.75", "cap-nocl_0.875", "cap-nocl_0.9"]
+
+
+def _inputs(root: Path) -> Path:
+    """What the cap stage reads: prepared splits, the pre-trained encoder, a (briefly fine-tuned) soup."""
+    from robustprune.data import make_splits, save_splits
+    from robustprune.finetune import FinetuneSettings, finetune
+
+    rows = synthetic_reviews(240)
+    df = pd.DataFrame({"text": [t for t, _ in rows], "label": [y for _, y in rows]})
+    save_splits(
+        make_splits(df, ("neg", "pos"), validation_size=40, test_size=40, seed=0), root / "data" / "prepared"
+    )
+    tok = tiny_tokenizer(root / "models" / "base")
+    tiny_bert().bert.save_pretrained(root / "models" / "base")
+    soup = tiny_bert()
+    finetune(soup, tok, df.text.tolist()[:160], df.label.tolist()[:160],
+             FinetuneSettings(learning_rate=3e-3, epochs=3, batch_size=16, max_length=16), progress=False)  # fmt: skip
+    for name in ("greedy", "uniform"):
+        soup.save_pretrained(root / "models" / "soup" / name)
+        tok.save_pretrained(root / "models" / "soup" / name)
+    params = root / "params.yaml"
+    params.write_text(CAP_PARAMS.format(data=root / "reviews.csv", model=root / "models" / "base"))
+    (root / "reviews.csv").write_text("sentence,sentiment\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    return params
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        d.name: hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+        for d in sorted((root / "models" / "cap").iterdir())
+        if d.is_dir()
+    }
+
+
+@pytest.fixture(scope="module")
+def cap_run(tmp_path_factory, prefect_harness):
+    import flows  # noqa: F401
+    from flows.cap import cap_flow
+
+    root = tmp_path_factory.mktemp("cap-project")
+    params = _inputs(root)
+    report = cap_flow(params_path=str(params), root=str(root))
+    return root, params, report
+
+
+def test_cap_flow_produces_models_and_report(cap_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from robustprune.cap.structured import encoder_parameters, is_structured, load_structured
+    from robustprune.modeling import measured_sparsity, prunable_linears
+
+    root, _, report = cap_run
+    cap_dir = root / "models" / "cap"
+    assert read_json(cap_dir / "index.json") == sorted([*MAIN, *NOCL, "cap-f_0.5"])
+    assert read_json(root / "reports" / "cap.json") == report
+    for name, target in zip(MAIN + NOCL, [0.5, 0.75, 0.875, 0.9] * 2, strict=True):
+        model = AutoModelForSequenceClassification.from_pretrained(cap_dir / name)
+        for lin in prunable_linears(model).values():  # exact int(keep * numel) per matrix
+            assert int((lin.weight != 0).sum()) <= int((1 - target) * lin.weight.numel())
+        assert measured_sparsity(model) >= target
+        metrics = read_json(cap_dir / name / "metrics.json")
+        assert metrics["test_accuracy"] == sum(metrics["test_correct"]) / 40
+    # the main run has contrastive terms (SnC from the second stage on); the ablation has none
+    parts = [read_json(cap_dir / n / "metrics.json")["loss_parts"] for n in MAIN]
+    assert "prc_sup" in parts[0] and "fic_unsup" in parts[0] and "snc_sup" not in parts[0]
+    assert all("snc_sup" in p for p in parts[1:])
+    assert not any(
+        k.startswith(("prc", "fic", "snc"))
+        for n in NOCL
+        for k in read_json(cap_dir / n / "metrics.json")["loss_parts"]
+    )
+    # the contrastive ablation: one paired difference per sparsity, consistent with the two accuracies
+    assert [d["sparsity"] for d in report["ablation"]] == [0.5, 0.75, 0.875, 0.9]
+    for d, a, b in zip(report["ablation"], report["runs"]["cap"], report["runs"]["cap-nocl"], strict=True):
+        assert d["diff"] == pytest.approx(a["accuracy"]["value"] - b["accuracy"]["value"])
+        assert d["low"] <= d["diff"] <= d["high"]
+    # CAP-f: smaller, reloads only through load_structured, latency measured against the dense soup
+    f = cap_dir / "cap-f_0.5"
+    assert is_structured(f)
+    small = load_structured(f)
+    dense = AutoModelForSequenceClassification.from_pretrained(root / "models" / "soup" / "greedy")
+    st = report["structured"]["final"]
+    assert st["heads_removed"] == 4 and st["neurons_removed"] == 40  # half of 2 x 4 heads, 2 x 40 neurons
+    assert encoder_parameters(small) == st["encoder_parameters"] < encoder_parameters(dense)
+    ids = torch.randint(5, 99, (2, 7))
+    with torch.no_grad():
+        assert small(input_ids=ids).logits.shape == (2, 2)
+    for row in report["structured"]["latency"]["batches"].values():
+        assert row["dense_ms"] > 0 and row["cap_f_ms"] > 0
+    assert set(report["training_seconds"]) == {*MAIN, *NOCL, "cap-f_0.5"}
+
+
+def test_cap_rerun_is_a_cache_hit(cap_run):
+    from flows.cap import cap_flow
+
+    root, params, report = cap_run
+    before = _digests(root)
+    mtimes = {p: p.stat().st_mtime_ns for p in (root / "models" / "cap").rglob("model.safetensors")}
+    again = cap_flow(params_path=str(params), root=str(root))
+    assert again == report and _digests(root) == before
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing was retrained or re-exported
+
+
+def test_cap_killed_after_stage_two_resumes_to_identical_weights(cap_run, tmp_path, prefect_api_url):
+    from flows.cap import cap_flow
+
+    root, params, _ = cap_run
+    fresh = copy_project(root, tmp_path / "resume", skip=("models/cap", "reports", ".cache", "mlruns.db"))
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "flows.cap", "--params", str(params), "--root", str(fresh)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = fresh / ".cache" / "cap-work" / "cap"
+    deadline = time.time() + 120
+    while not list(work.glob("1-*/metrics.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in work.glob("*/metrics.json")}
+    assert len(finished) >= 2, "stage 2 never finished"
+    assert not (fresh / "reports" / "cap.json").exists(), "the run finished before it was killed"
+    cap_flow(params_path=str(params), root=str(fresh))
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished stages were not redone
+    assert _digests(fresh) == _digests(root)
