@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustprune.adversarial import FreeLBSettings, freelb_backward
+from robustprune.interrupt import raise_if_stopped
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def finetune(
     ]
     bar = tqdm(range(total), desc=desc, disable=not progress)
     for step in bar:
+        raise_if_stopped()  # SIGTERM / SIGINT: stop within one step (robustprune.interrupt)
         idx = order[step % len(order)]
         enc = tokenizer(
             [texts[i] for i in idx],

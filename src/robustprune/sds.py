@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustprune.interrupt import raise_if_stopped
 from robustprune.modeling import architecture_of, find_blocks, linear_groups
 from robustprune.pruning.hessian import accumulate_cross, accumulate_xtx
 from robustprune.pruning.streams import BlockInputs, Stop, block_forward, capture_block_inputs, relative_error
@@ -226,6 +227,7 @@ def _reconstruct_model(
         raise ValueError(f"model has {len(blocks)} blocks, dense model {len(dense_blocks)}")
     reports = []
     for i in tqdm(range(len(blocks)), desc=desc, disable=not progress):
+        raise_if_stopped()  # SIGTERM / SIGINT: stop between blocks (robustprune.interrupt)
         t0 = time.perf_counter()
         block, dense_block = blocks[i], dense_blocks[i]
         report = SDSBlockReport(index=i)

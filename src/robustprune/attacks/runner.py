@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 from robustprune.attacks.textattack_env import import_textattack
+from robustprune.interrupt import raise_if_stopped
 
 OUTCOMES = ("succeeded", "failed", "skipped")
 NO_WORDS = "no words"
@@ -192,6 +193,7 @@ def attack_examples(
     out = []
     try:
         for index, (text, label) in rows:
+            raise_if_stopped()  # SIGTERM / SIGINT: a shard runs in a worker thread; stop between examples
             if not isinstance(text, str) or not words_from_text(text):
                 out.append(_skipped_no_words(index, "" if text is None else str(text), label))
                 continue

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustprune.interrupt import raise_if_stopped
 from robustprune.modeling import find_blocks, head_linears, linear_groups
 from robustprune.pruning.layerwise import (
     NO_STATS,
@@ -149,6 +150,7 @@ def prune_model(
     if stats_plan(opts) == NO_STATS:
         model.to(device)
         for i, block in enumerate(tqdm(find_blocks(model), desc="prune magnitude", disable=not progress)):
+            raise_if_stopped()  # SIGTERM / SIGINT: stop between blocks (robustprune.interrupt)
             t0 = time.perf_counter()
             linears = {n: lin for g in linear_groups(model, block, opts.modules) for n, lin in g.items()}
             report = BlockReport(index=i, output_error=float("nan"))
@@ -160,6 +162,7 @@ def prune_model(
     check_options(model, opts)  # a missing head fails before any forward pass
     inputs = capture_block_inputs(model, batches, device)
     for i in tqdm(range(len(find_blocks(model))), desc=f"prune {opts.method}", disable=not progress):
+        raise_if_stopped()  # SIGTERM / SIGINT: stop between blocks (robustprune.interrupt)
         inputs, masks, report = prune_block(model, i, inputs, opts)
         outcome.masks.update(masks)
         outcome.blocks.append(report)
