@@ -239,10 +239,15 @@ def load_classifier(
 
     With ``head_seed`` the freshly initialised classification head is identical for every call, so that
     variants fine-tuned from it share one initialisation (a precondition for averaging them in a soup).
+    A structurally pruned CAP-f directory is rebuilt with its recorded layer widths.
     """
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
+    from robustprune.cap.structured import is_structured, load_structured
+
+    if is_structured(path):  # a CAP-f model: per-layer FFN widths that a plain config cannot hold
+        return load_structured(path)
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
     if head_seed is not None:
         torch.manual_seed(head_seed)
