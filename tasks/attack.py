@@ -9,6 +9,7 @@ only the shards that did not finish, and a changed model re-attacks only that mo
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,11 +30,19 @@ def model_paths(params: Params, layout: Layout) -> dict[str, dict]:
 
 
 def attacked_examples(params: Params, layout: Layout) -> list[int]:
-    """The seeded test rows every model and recipe is attacked on (sorted)."""
-    n_test = len(load_splits(layout.data).test)
-    n = min(params.attack.num_examples, n_test)
-    rng = np.random.default_rng(params.attack.seed)
-    return sorted(int(i) for i in rng.choice(n_test, size=n, replace=False))
+    """The seeded test rows every model and recipe is attacked on.
+
+    The first ``attack.num_examples`` rows of one seeded permutation of the test split, in that order: a
+    larger run (the evidence profile) attacks a superset, and its first shards are the smaller run's shards
+    (cache hits).
+    """
+    return seeded_prefix(len(load_splits(layout.data).test), params.attack.num_examples, params.attack.seed)
+
+
+def seeded_prefix(n_rows: int, n: int, seed: int) -> list[int]:
+    """The first ``n`` rows of a seeded permutation of ``range(n_rows)`` (nested across ``n``)."""
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    return [int(i) for i in perm[: min(n, n_rows)]]
 
 
 def shards(rows: list[int], size: int) -> list[list[int]]:
@@ -66,7 +75,7 @@ def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
             sha256_files(layout.data / f"{split}.parquet")[:12],
             _resources_digest(str(attack_dir(layout))),
             _code_digest(),
-            f"{rows[0]}-{rows[-1]}-{len(rows)}",
+            f"{rows[0]}-{len(rows)}-{hashlib.sha256(str(list(rows)).encode()).hexdigest()[:10]}",
             f"{budget}-{a.batch_size}-{params.data.max_length}",
             _options_digest(recipe_options(params, recipe)),
         ]

@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 
 from robustprune.checkpoints import load_tensors, read_json, save_pretrained_atomic
@@ -21,7 +20,7 @@ from robustprune.data import load_splits
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
 from robustprune.soup import GreedyResult, SoupScore, average_state_dicts
-from tasks.attack import attack_shard, shards
+from tasks.attack import attack_shard, seeded_prefix, shards
 from tasks.common import Layout, model_digest
 
 
@@ -32,9 +31,7 @@ def soup_work(layout: Layout) -> Path:
 def validation_rows(params: Params, layout: Layout) -> list[int]:
     """The seeded validation rows every ingredient and candidate soup is attacked on (sorted)."""
     n_val = len(load_splits(layout.data).validation)
-    n = min(params.soup.attack.num_examples, n_val)
-    rng = np.random.default_rng(params.soup.attack.seed)
-    return sorted(int(i) for i in rng.choice(n_val, size=n, replace=False))
+    return seeded_prefix(n_val, params.soup.attack.num_examples, params.soup.attack.seed)
 
 
 def _eval_kwargs(params: Params) -> dict:

@@ -89,10 +89,8 @@ def test_evaluation_transfers_the_dense_models_adversarial_texts(pipeline_run):
     assert ref["fidelity"]["per_layer"] == pytest.approx([1.0] * len(ref["fidelity"]["per_layer"]), abs=1e-5)
     for r in ev["models"]:
         assert len(r["correct_bits"]) == r["total"] and r["correct_bits"].count("1") == r["correct"]
-        assert r["fidelity"]["per_layer"][0] == pytest.approx(1.0, abs=1e-5) or r["kind"] in (
-            "variant",
-            "soup",
-        )
+        if r["kind"] in ("pruned", "sds"):  # post-training pruning leaves the embeddings as they were
+            assert r["fidelity"]["per_layer"][0] == pytest.approx(1.0, abs=1e-5), r["name"]
     assert rows["sparsegpt_2-4"]["fidelity"]["last"] < 1 - 1e-4
 
 
