@@ -144,7 +144,10 @@ def run_stoppable(stage: str, flow_fn: Callable, kwargs: dict, params_path: str,
         try:
             with tags(f"{RUN_TAG}:{invocation}"):
                 return flow_fn(**kwargs)
-        except (KeyboardInterrupt, TerminationSignal) as e:
+        except BaseException as e:
+            # after a stop signal, whatever the unwinding raised (a broken connection...) is part of the stop
+            if not (isinstance(e, KeyboardInterrupt | TerminationSignal) or interrupt.stop_requested()):
+                raise
             signum = interrupt.stop_signal() or getattr(e, "signal", None) or 15
             interrupt.request_stop(signum)
             with (
