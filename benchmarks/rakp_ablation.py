@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attack-seed", type=int, default=0)
     ap.add_argument("--bundle", type=Path, default=ROOT / "models" / "attack")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument(
+        "--no-val", action="store_true", help="skip validation accuracy (and the best-by-val summary)"
+    )
     args = ap.parse_args(argv)
     set_threads(args.threads)
     import numpy as np
@@ -202,16 +205,60 @@ def main(argv: list[str] | None = None) -> int:
     )
     dense_model = load_classifier(args.model)
     dense_test = correct_flags(dense_model, tok, test, max_length)
+    dense_acc = rate(sum(dense_test), len(dense_test))
     rows = []
+
+    def save() -> dict:
+        """Paired differences against the default configuration (same pattern), and the results file."""
+        for r in rows:
+            ref = next(
+                (
+                    b
+                    for b in rows
+                    if b["pattern"] == r["pattern"]
+                    and b["calib"] == base["calib"]
+                    and b["alpha"] == base["alpha"]
+                    and b["ridge"] == base["ridge"]
+                    and b["refit_head"] == base["refit_head"]
+                ),
+                None,
+            )
+            if ref is not None and ref is not r:
+                a_flags = [c == "1" for c in r["test_correct"]]
+                r["vs_default"] = paired_difference(
+                    a_flags, [c == "1" for c in ref["test_correct"]]
+                ).to_dict()
+        result = {
+            **meta,
+            "model": str(args.model.relative_to(ROOT))
+            if args.model.is_relative_to(ROOT)
+            else str(args.model),
+            "ridge_means": "fraction of mean(diag H~) (prune.rakp.ridge)",
+            "head_alpha": "the last block's alpha",
+            "default": base,
+            "dense": {
+                "accuracy": dense_acc.value,
+                "accuracy_ci95": [dense_acc.low, dense_acc.high],
+                "test_correct": "".join("1" if f else "0" for f in dense_test),
+            },
+            "calibration": {k: sum(int(b["input_ids"].shape[0]) for b in v) for k, v in calib_sets.items()},
+            "test_examples": len(test),
+            "validation_examples": None if args.no_val else len(val),
+            "attack": {"recipe": args.attack_recipe, "rows": attack_rows, "seed": args.attack_seed},
+            "rows": rows,
+            "summary": None if args.no_val else summarize_rows(rows)["by_pattern"],
+        }
+        write_json(args.out, result)
+        return result
 
     def measure(model, row: dict) -> None:  # noqa: ANN001
         flags = correct_flags(model, tok, test, max_length)
-        val_flags = correct_flags(model, tok, val, max_length)
+        val_flags = None if args.no_val else correct_flags(model, tok, val, max_length)
         acc = rate(sum(flags), len(flags))
         row.update(
             accuracy=acc.value,
             accuracy_ci95=[acc.low, acc.high],
-            val_accuracy=sum(val_flags) / len(val_flags),
+            val_accuracy=None if val_flags is None else sum(val_flags) / len(val_flags),
             test_correct="".join("1" if f else "0" for f in flags),
         )
         row["attack"] = (
@@ -221,12 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(row)
         aua = f"  AuA {100 * row['attack']['accuracy_under_attack']:.1f}%" if row["attack"] else ""
+        val_s = "" if row["val_accuracy"] is None else f"  val {100 * row['val_accuracy']:5.1f}"
         print(
             f"calib {row['calib']:>8} {row['pattern']:>6} alpha={row['alpha']:>8} ridge={row['ridge']:<7g} "
-            f"head={row['refit_head']:<3}  val {100 * row['val_accuracy']:5.1f}  test {acc.pct()}{aua}  "
+            f"head={row['refit_head']:<3}{val_s}  test {acc.pct()}{aua}  "
             f"drift {row['last_block_output_error']:.4f}  {row['prune_s']:.0f}s",
             flush=True,
         )
+        save()  # after every row: a long run that is stopped keeps what it measured
 
     for calib_label, calib in calib_sets.items():
         for pattern in args.patterns:
@@ -274,28 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "head": {k: v for k, v in hr.__dict__.items()},
                             },
                         )
-    # paired differences against the default configuration, per pattern
-    for r in rows:
-        ref = next(
-            (
-                b
-                for b in rows
-                if b["pattern"] == r["pattern"]
-                and b["calib"] == base["calib"]
-                and b["alpha"] == base["alpha"]
-                and b["ridge"] == base["ridge"]
-                and b["refit_head"] == base["refit_head"]
-            ),
-            None,
-        )
-        if ref is not None and ref is not r:
-            d = paired_difference(
-                [c == "1" for c in r["test_correct"]], [c == "1" for c in ref["test_correct"]]
-            )
-            r["vs_default"] = d.to_dict()
-    summary = summarize_rows(rows)
+    result = save()
     print(f"\npaired test-accuracy difference vs the default ({base}), 95% interval:")
-    for r in rows:
+    for r in result["rows"]:
         if "vs_default" in r:
             d = r["vs_default"]
             print(
@@ -303,32 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"head={r['refit_head']:<3} {100 * d['diff']:+5.1f} [{100 * d['low']:+5.1f}, {100 * d['high']:+5.1f}]"
                 f"  p={d['p_value']:.3f}  {d['verdict']}"
             )
-    for line in summary["lines"]:
+    for line in [] if args.no_val else summarize_rows(rows)["lines"]:
         print(line)
-    dense_acc = rate(sum(dense_test), len(dense_test))
-    write_json(
-        args.out,
-        {
-            **meta,
-            "model": str(args.model.relative_to(ROOT))
-            if args.model.is_relative_to(ROOT)
-            else str(args.model),
-            "ridge_means": "fraction of mean(diag H~) (prune.rakp.ridge)",
-            "head_alpha": "the last block's alpha",
-            "default": base,
-            "dense": {
-                "accuracy": dense_acc.value,
-                "accuracy_ci95": [dense_acc.low, dense_acc.high],
-                "test_correct": "".join("1" if f else "0" for f in dense_test),
-            },
-            "calibration": {k: sum(int(b["input_ids"].shape[0]) for b in v) for k, v in calib_sets.items()},
-            "test_examples": len(test),
-            "validation_examples": len(val),
-            "attack": {"recipe": args.attack_recipe, "rows": attack_rows, "seed": args.attack_seed},
-            "rows": rows,
-            "summary": summary["by_pattern"],
-        },
-    )
     print(f"wrote {args.out}")
     return 0
 
