@@ -64,14 +64,6 @@ def _work(layout: Layout, *parts: str) -> Path:
     return layout.root.joinpath(".cache", "cap-work", *parts)
 
 
-def _check_stop():  # noqa: ANN202 - the stop flag's check, when the project has one
-    try:
-        from robustprune.interrupt import raise_if_stopped  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return raise_if_stopped
-
-
 def check_inputs(params: Params, layout: Layout) -> None:
     """Fail before any work when an input the stage reads is missing."""
     need = [layout.data / "train.parquet", layout.data / "test.parquet", layout.base_model / "config.json"]
@@ -306,7 +298,6 @@ def cap_stage(
         device=device,
         progress=params.runtime.progress,
         desc=name,
-        check_stop=_check_stop(),
     )
     # SnC: the student's representations after this stage, for the later stages of the same run
     later = index + 1 < len(cap.sparsities)
@@ -450,7 +441,6 @@ def cap_structured_step(
         device=device,
         progress=params.runtime.progress,
         desc=name,
-        check_stop=_check_stop(),
     )
     later = not final
     snap = (

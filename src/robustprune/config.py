@@ -306,6 +306,7 @@ class SdsConfig(_Section):
 
 CAP_MODULES = ("prc", "fic", "snc")
 _Fraction = Annotated[float, Field(gt=0, lt=1)]
+_Steps = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
 def _increasing(v: list[float]) -> list[float]:
@@ -370,8 +371,9 @@ class CapConfig(_Section):
     train_examples: Annotated[int, Field(gt=0)] | None = 2000  # seeded subset of the training split (null: all)
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # dense, before the first stage's ramp
-    ramp_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 20  # cubic ramp, every stage
-    hold_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # at the stage's sparsity, every stage
+    # cubic ramp / hold at the stage's sparsity: one count for every stage, or one per stage
+    ramp_steps: _Steps | list[_Steps] = 20
+    hold_steps: _Steps | list[_Steps] = 10
     lr: Annotated[float, Field(gt=0, lt=1)] = 1.0e-4
     score_lr: Annotated[float, Field(gt=0, le=100)] = 1.0e-2  # movement / soft scores
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -416,8 +418,16 @@ class CapConfig(_Section):
     def _checks(self) -> CapConfig:
         if any(sorted(m) == sorted(self.modules) for m in self.ablations):
             raise ValueError(f"cap.ablations repeats the main run's modules {self.modules}")
-        if self.sparsities and self.ramp_steps + self.hold_steps == 0:
-            raise ValueError("cap: ramp_steps + hold_steps must be > 0 (a stage needs steps)")
+        n = len(self.sparsities)
+        for key in ("ramp_steps", "hold_steps"):
+            v = getattr(self, key)
+            if isinstance(v, list) and len(v) != n:
+                raise ValueError(f"cap.{key} has {len(v)} entries but cap.sparsities has {n} stages")
+        ramps = self.ramp_steps if isinstance(self.ramp_steps, list) else [self.ramp_steps] * n
+        holds = self.hold_steps if isinstance(self.hold_steps, list) else [self.hold_steps] * n
+        empty = [s for s, r, h in zip(self.sparsities, ramps, holds, strict=True) if r + h == 0]
+        if empty:
+            raise ValueError(f"cap: the stages at {empty} have no steps (ramp_steps + hold_steps must be > 0)")
         return self
 
     def run_name(self, modules: list[str]) -> str:
@@ -580,12 +590,48 @@ def mlflow_uri_kind(uri: str) -> str:
     return base if base in MLFLOW_SCHEMES else ""
 
 
+_DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "inproc", "ucx")
+
+
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     work_pool: str | None = None
     mlflow_uri: str = "sqlite:///mlruns.db"
     experiment: str = "robustprune"
     progress: bool = True
+    # how a flow runs its independent tasks (variants, prune combinations, SDS combinations, attack shards,
+    # evaluations): thread | process (Prefect's pools on this host), dask (prefect-dask: a LocalCluster of
+    # max_workers single-threaded workers, or the scheduler at dask_address), ray (prefect-ray, optional)
+    task_runner: Literal["thread", "process", "dask", "ray"] = "thread"
+    max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    dask_address: str | None = None  # e.g. tcp://10.0.0.5:8786; null: a LocalCluster on this host
+    ray_address: str | None = None  # e.g. ray://10.0.0.5:10001 or auto; null: a local Ray instance
+
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, v: str | None) -> str | None:
+        if v is not None and (
+            "://" not in v or v.split("://", 1)[0] not in _DASK_SCHEMES or not v.split("://", 1)[1]
+        ):
+            raise ValueError(
+                "not a Dask scheduler address: use <scheme>://host:port with a scheme of "
+                f"{list(_DASK_SCHEMES)} (e.g. tcp://10.0.0.5:8786), or null for a LocalCluster"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _runner_addresses(self) -> RuntimeConfig:
+        if self.dask_address is not None and self.task_runner != "dask":
+            raise ValueError(
+                f"runtime.dask_address = {self.dask_address!r} needs runtime.task_runner: dask "
+                f"(it is {self.task_runner!r}), or set dask_address: null"
+            )
+        if self.ray_address is not None and self.task_runner != "ray":
+            raise ValueError(
+                f"runtime.ray_address = {self.ray_address!r} needs runtime.task_runner: ray "
+                f"(it is {self.task_runner!r}), or set ray_address: null"
+            )
+        return self
 
     @field_validator("mlflow_uri")
     @classmethod

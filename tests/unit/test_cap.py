@@ -134,6 +134,11 @@ def test_cubic_schedule_boundaries_and_mid_ramp():
     ]
     with pytest.raises(ValueError, match="increase"):
         stages([0.5, 0.5], 0, 1, 1)
+    per_stage = stages([0.5, 0.9], warmup=0, ramp=[4, 10], hold=[0, 20])
+    assert [(s.ramp, s.hold, s.steps) for s in per_stage] == [(4, 0, 4), (10, 20, 30)]
+    assert per_stage[0].sparsity(3) < 0.5 and per_stage[0].sparsity(4) == 0.5
+    with pytest.raises(ValueError, match="entries"):
+        stages([0.5, 0.9], 0, [1], 1)
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "movement"])

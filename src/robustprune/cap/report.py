@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from robustprune.cap.schedule import stages as schedule_stages
 from robustprune.stats import paired_difference, rate
 
 
@@ -30,15 +31,21 @@ def summarize(
 ) -> dict:
     """The content of ``reports/cap.json`` from the tasks' results (no per-example lists in it)."""
     dense = banks.get("dense_test_correct") or []
-    stage_steps = [
-        settings["warmup_steps"] * (i == 0) + settings["ramp_steps"] + settings["hold_steps"]
-        for i in range(len(settings["sparsities"]))
-    ]
+    schedule = schedule_stages(
+        settings["sparsities"], settings["warmup_steps"], settings["ramp_steps"], settings["hold_steps"]
+    )
     out: dict[str, Any] = {
         "settings": settings,
         "schedule": [
-            {"stage": i, "sparsity": s, "steps": n}
-            for i, (s, n) in enumerate(zip(settings["sparsities"], stage_steps, strict=True))
+            {
+                "stage": st.index,
+                "sparsity": st.final,
+                "warmup": st.warmup,
+                "ramp": st.ramp,
+                "hold": st.hold,
+                "steps": st.steps,
+            }
+            for st in schedule
         ],
         "banks": {"examples": banks["n"], "seconds": banks["seconds"]},
         "dense": {"name": banks.get("teacher"), "accuracy": _rate(dense)} if dense else None,

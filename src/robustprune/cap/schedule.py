@@ -11,6 +11,7 @@ warm-up (movement scores accumulate before anything is pruned).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -43,12 +44,27 @@ class Stage:
         return cubic_sparsity(step, self.initial, self.final, self.warmup, self.ramp)
 
 
-def stages(sparsities: list[float], warmup: int, ramp: int, hold: int) -> list[Stage]:
-    """The staged run's stages: dense warm-up in the first only; each ramps from the previous target."""
+def _per_stage(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    if isinstance(value, int):
+        return [value] * n
+    if len(value) != n:
+        raise ValueError(f"{what} has {len(value)} entries for {n} stages")
+    return [int(v) for v in value]
+
+
+def stages(
+    sparsities: Sequence[float], warmup: int, ramp: int | Sequence[int], hold: int | Sequence[int]
+) -> list[Stage]:
+    """The staged run's stages: dense warm-up in the first only; each ramps from the previous target.
+
+    ``ramp`` and ``hold`` are one step count for every stage or one per stage.
+    """
     if any(b <= a for a, b in zip(sparsities, sparsities[1:], strict=False)):
-        raise ValueError(f"sparsities must increase, got {sparsities}")
+        raise ValueError(f"sparsities must increase, got {list(sparsities)}")
+    ramps = _per_stage(ramp, len(sparsities), "ramp")
+    holds = _per_stage(hold, len(sparsities), "hold")
     out, prev = [], 0.0
     for i, s in enumerate(sparsities):
-        out.append(Stage(i, prev, float(s), warmup if i == 0 else 0, ramp, hold))
+        out.append(Stage(i, prev, float(s), warmup if i == 0 else 0, ramps[i], holds[i]))
         prev = float(s)
     return out

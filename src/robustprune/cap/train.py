@@ -11,7 +11,6 @@ decay to 0) start afresh in every stage, as the reference's structured retrainin
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +24,7 @@ from robustprune.cap.examples import Examples
 from robustprune.cap.loss import LossWeights, cap_loss, forward_student
 from robustprune.cap.schedule import Stage
 from robustprune.finetune import length_bucketed_batches
+from robustprune.interrupt import raise_if_stopped
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,13 @@ def train_stage(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "cap",
-    check_stop: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` steps.
 
     With ``stage`` the model must carry masks (:func:`robustprune.cap.masks.attach`); every
     ``opts.mask_interval`` steps (and after the last) they are recomputed at ``stage.sparsity(step)`` (soft masks: threshold ``soft_threshold · s / max_sparsity``
     and L1 weight ``soft_lambda · s / max_sparsity``). ``banks`` maps a bank name to (vectors (N, R, H),
-    labels (N,)); ``check_stop`` is called once per step (it raises to stop).
+    labels (N,)). A stop request (SIGTERM / SIGINT, :mod:`robustprune.interrupt`) stops it within one step.
     """
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
@@ -130,8 +129,7 @@ def train_stage(
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
-        if check_stop is not None:
-            check_stop()
+        raise_if_stopped()  # SIGTERM / SIGINT: stop within one step (robustprune.interrupt)
         l1_weight = 0.0
         if stage is not None:
             s = stage.sparsity(step)
