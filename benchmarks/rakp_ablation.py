@@ -35,7 +35,7 @@ import _common  # noqa: F401 - sets sys.path and the offline environment first
 from _common import RESULTS, ROOT, provenance, set_threads, timed
 
 from robustprune.calibration import batches, sample_texts, tokenize
-from robustprune.checkpoints import load_tensors, write_json
+from robustprune.checkpoints import load_tensors, read_json, write_json
 from robustprune.config import load_params
 from robustprune.data import load_splits
 from robustprune.metrics import predict_logits
@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-val", action="store_true", help="skip validation accuracy (and the best-by-val summary)"
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows already in --out and measure only the missing ones",
+    )
     args = ap.parse_args(argv)
     set_threads(args.threads)
     import numpy as np
@@ -277,52 +282,52 @@ def main(argv: list[str] | None = None) -> int:
         )
         save()  # after every row: a long run that is stopped keeps what it measured
 
-    for calib_label, calib in calib_sets.items():
-        for pattern in args.patterns:
-            for alpha in args.alphas:
-                for ridge in ridges if alpha_spec(alpha)["alpha"] != 0 else ridges[:1]:  # α = 0: no ridge
-                    rakp = RakpOptions(**alpha_spec(alpha), ridge=ridge)
-                    opts = PruneOptions(method="rakp", pattern=parse_pattern(pattern), rakp=rakp)
-                    model = load_classifier(args.model)
-                    check_options(model, opts)
-                    with timed() as t:  # prune_model's loop, written out to measure before the head refit
-                        inputs = capture_block_inputs(model, calib)
-                        reports = []
-                        for i in range(len(find_blocks(model))):
-                            inputs, _, rep = prune_block(model, i, inputs, opts)
-                            reports.append(rep)
-                    row = {
-                        "calib": calib_label,
-                        "calib_texts": sum(int(b["input_ids"].shape[0]) for b in calib),
-                        "pattern": pattern,
-                        "alpha": alpha,
-                        "ridge": ridge,
-                        "prune_s": round(t["seconds"], 1),
-                        "last_block_output_error": reports[-1].output_error,
-                        "alpha_per_block": [b.alpha for b in reports],
-                    }
-                    heads = args.refit_head
-                    if "off" in heads:
-                        measure(
-                            model if heads == ["off"] else copy.deepcopy(model), {**row, "refit_head": "off"}
-                        )
-                    if "on" in heads:
-                        head_opts = PruneOptions(
-                            method="rakp",
-                            pattern=opts.pattern,
-                            rakp=RakpOptions(**{**rakp.__dict__, "refit_head": True}),
-                        )
-                        with timed() as th:
-                            hr = finish_head(model, inputs, head_opts, reports)
-                        measure(
-                            model,
-                            {
-                                **row,
-                                "refit_head": "on",
-                                "head_s": round(th["seconds"], 2),
-                                "head": {k: v for k, v in hr.__dict__.items()},
-                            },
-                        )
+    if args.resume and args.out.is_file():
+        rows.extend(read_json(args.out)["rows"])
+    heads = args.refit_head
+    done = {(r["calib"], r["pattern"], r["alpha"], r["ridge"], r["refit_head"]) for r in rows}
+    plan = [
+        (calib_label, pattern, alpha, ridge)
+        for calib_label in calib_sets
+        for pattern in args.patterns
+        for alpha in args.alphas
+        for ridge in (ridges if alpha_spec(alpha)["alpha"] != 0 else ridges[:1])  # α = 0: no ridge
+        if any((calib_label, pattern, alpha, ridge, h) not in done for h in heads)
+    ]
+    # first the default and the paper's setting (largest calibration set, α = 1, smallest ridge) of every
+    # pattern: the comparison the run is for is there early; then the rest in grid order
+    key_settings = {(base["calib"], base["alpha"], base["ridge"]), (list(calib_sets)[-1], "1", min(ridges))}
+    plan.sort(key=lambda c: (c[0], c[2], c[3]) not in key_settings)
+    for calib_label, pattern, alpha, ridge in plan:
+        calib = calib_sets[calib_label]
+        rakp = RakpOptions(**alpha_spec(alpha), ridge=ridge)
+        opts = PruneOptions(method="rakp", pattern=parse_pattern(pattern), rakp=rakp)
+        model = load_classifier(args.model)
+        check_options(model, opts)
+        with timed() as t:  # prune_model's loop, written out to measure before the head refit
+            inputs = capture_block_inputs(model, calib)
+            reports = []
+            for i in range(len(find_blocks(model))):
+                inputs, _, rep = prune_block(model, i, inputs, opts)
+                reports.append(rep)
+        row = {
+            "calib": calib_label,
+            "calib_texts": sum(int(b["input_ids"].shape[0]) for b in calib),
+            "pattern": pattern,
+            "alpha": alpha,
+            "ridge": ridge,
+            "prune_s": round(t["seconds"], 1),
+            "last_block_output_error": reports[-1].output_error,
+            "alpha_per_block": [b.alpha for b in reports],
+        }
+        if "off" in heads and (calib_label, pattern, alpha, ridge, "off") not in done:
+            measure(model if heads == ["off"] else copy.deepcopy(model), {**row, "refit_head": "off"})
+        if "on" in heads and (calib_label, pattern, alpha, ridge, "on") not in done:
+            head_rakp = RakpOptions(**{**rakp.__dict__, "refit_head": True})
+            head_opts = PruneOptions(method="rakp", pattern=opts.pattern, rakp=head_rakp)
+            with timed() as th:
+                hr = finish_head(model, inputs, head_opts, reports)
+            measure(model, {**row, "refit_head": "on", "head_s": round(th["seconds"], 2), "head": vars(hr)})
     result = save()
     print(f"\npaired test-accuracy difference vs the default ({base}), 95% interval:")
     for r in result["rows"]:
