@@ -15,12 +15,11 @@ import shutil
 import mlflow
 from prefect import flow
 from prefect.logging import get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json, write_text
 from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
-from tasks.common import best_ingredient, load, log_metrics, section, stage_run
+from tasks.common import best_ingredient, default_task_runner, load, log_metrics, section, stage_run
 
 CSV_FIELDS = [
     "test_row",
@@ -81,15 +80,21 @@ def records_csv(parts: list[dict]) -> str:
     return buf.getvalue()
 
 
-@flow(name="attack", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="attack", log_prints=True, task_runner=default_task_runner())
 def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     logger = get_run_logger()
     params, layout = load(params_path, root)
     rows: list[dict] = []
     with stage_run("attack", params, layout.root, section(params, "attack", "data.max_length")):
         models = model_paths(params, layout)
-        names = params.attacked_models(best_ingredient(layout))
+        best = best_ingredient(layout)
         examples = attacked_examples(params, layout)
+        # attack.more.models: the first attack.more.num_examples of the same rows (a prefix: paired with the rest)
+        plan = {name: examples for name in params.attacked_models(best)}
+        plan |= {
+            name: examples[: params.attack.more.num_examples] for name in params.more_attacked_models(best)
+        }
+        names = list(plan)
         logger.info(
             "attacking %d model(s) %s with %s on %d test examples (seed %d)",
             len(names),
@@ -98,16 +103,22 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
             len(examples),
             params.attack.seed,
         )
+        # every shard of every (model, recipe) is submitted first, so that a task runner with several
+        # workers (runtime.task_runner / max_workers) attacks them in parallel; results are read in order
+        submitted = {
+            (name, recipe): [
+                attack_shard.with_options(task_run_name=f"attack-{recipe}-{name}-{i}").submit(
+                    params, layout, models[name], recipe, rows_
+                )
+                for i, rows_ in enumerate(shards(plan[name], params.attack.shard_size))
+            ]
+            for name in names
+            for recipe in params.attack.recipes
+        }
         for name in names:
             model = models[name]
             for recipe in params.attack.recipes:
-                futures = [
-                    attack_shard.with_options(task_run_name=f"attack-{recipe}-{name}-{i}").submit(
-                        params, layout, model, recipe, rows_
-                    )
-                    for i, rows_ in enumerate(shards(examples, params.attack.shard_size))
-                ]
-                parts = [f.result() for f in futures]
+                parts = [f.result() for f in submitted[(name, recipe)]]
                 row = summary_row(model, recipe, parts)
                 row["options"] = recipe_options(params, recipe)
                 rows.append(row)

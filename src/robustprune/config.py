@@ -286,7 +286,9 @@ class SdsConfig(_Section):
     @model_validator(mode="after")
     def _lr_fits_optimizer(self) -> SdsConfig:
         problems = [
-            f"{k} = {p}" for k in ("lr", "adjust_lr") if (p := sds_lr_problem(self.optimizer, getattr(self, k)))
+            f"{k} = {p}"
+            for k in ("lr", "adjust_lr")
+            if (p := sds_lr_problem(self.optimizer, getattr(self, k)))
         ]
         if problems:
             raise ValueError("; ".join(problems))
@@ -368,7 +370,9 @@ class CapConfig(_Section):
 
     criterion: Literal["magnitude", "movement", "soft"] = "magnitude"
     sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.5, 0.75, 0.875, 0.9]
-    train_examples: Annotated[int, Field(gt=0)] | None = 2000  # seeded subset of the training split (null: all)
+    train_examples: Annotated[int, Field(gt=0)] | None = (
+        2000  # seeded subset of the training split (null: all)
+    )
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # dense, before the first stage's ramp
     # cubic ramp / hold at the stage's sparsity: one count for every stage, or one per stage
@@ -427,7 +431,9 @@ class CapConfig(_Section):
         holds = self.hold_steps if isinstance(self.hold_steps, list) else [self.hold_steps] * n
         empty = [s for s, r, h in zip(self.sparsities, ramps, holds, strict=True) if r + h == 0]
         if empty:
-            raise ValueError(f"cap: the stages at {empty} have no steps (ramp_steps + hold_steps must be > 0)")
+            raise ValueError(
+                f"cap: the stages at {empty} have no steps (ramp_steps + hold_steps must be > 0)"
+            )
         return self
 
     def run_name(self, modules: list[str]) -> str:
@@ -476,6 +482,13 @@ class TextFoolerConfig(_Section):
     sim_threshold: Annotated[float, Field(gt=0, le=1)] = 0.840845057  # angular, 1 - 0.5/pi (released)
 
 
+class MoreAttackedConfig(_Section):
+    """Models attacked on fewer examples than attack.models (the first num_examples of the same rows)."""
+
+    models: list[str] = []
+    num_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 100
+
+
 class AttackConfig(_Section):
     """Which models are attacked, with which recipes, on how many seeded test examples."""
 
@@ -489,6 +502,7 @@ class AttackConfig(_Section):
     query_budget: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     textfooler: TextFoolerConfig = TextFoolerConfig()
+    more: MoreAttackedConfig = MoreAttackedConfig()
     resources: AttackResourcesConfig = AttackResourcesConfig()
 
     @field_validator("recipes")
@@ -530,7 +544,9 @@ class LMConfig(_Section):
     track_dense: bool = False
     rakp: RakpConfig = RakpConfig()
     # params-lm.yaml's SDS (the issue's SmolLM2 protocol), not the encoder's sds section
-    sds: SdsConfig = SdsConfig(methods=["wanda", "sparsegpt", "rakp"], sparsities=[0.5, "2:4"], l1=0.3, steps=60)
+    sds: SdsConfig = SdsConfig(
+        methods=["wanda", "sparsegpt", "rakp"], sparsities=[0.5, "2:4"], l1=0.3, steps=60
+    )
     eval_batch_size: Annotated[int, Field(gt=0, le=1024)] = 4
 
     @field_validator("sparsities")
@@ -680,7 +696,11 @@ class Params(_Section):
                 "sds.methods: [] skips SDS)"
             )
         known = set(self.model_names())
-        unknown = [m for m in self.attack.models if m not in known and m not in ATTACK_MODEL_GROUPS]
+        unknown = [
+            m
+            for m in [*self.attack.models, *self.attack.more.models]
+            if m not in known and m not in ATTACK_MODEL_GROUPS
+        ]
         if unknown:
             problems.append(
                 f"attack.models: unknown model(s) {unknown}; allowed: groups {list(ATTACK_MODEL_GROUPS)} "
@@ -697,6 +717,14 @@ class Params(_Section):
         names += [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos]
         names += self.cap.model_names()
         return names
+
+    def more_attacked_models(self, best_ingredient: str | None = None) -> list[str]:
+        """attack.more.models expanded like attack.models, without the models attack.models already has."""
+        first = self.attacked_models(best_ingredient)
+        more = self.model_copy(
+            update={"attack": self.attack.model_copy(update={"models": self.attack.more.models})}
+        )
+        return [n for n in more.attacked_models(best_ingredient) if n not in first]
 
     def attacked_models(self, best_ingredient: str | None = None) -> list[str]:
         """attack.models with the groups expanded, in pipeline order, without repeats.
