@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run run-lm run-paper test test-fast lint format ui repro bench clean
+.PHONY: help setup run run-lm run-paper test test-fast chaos lint format ui repro bench clean push pull mlflow-server
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -47,11 +47,14 @@ run-paper: setup  ## the `paper` profile (params-paper.yaml): every model attack
 repro: setup  ## the same pipeline stage by stage through `dvc repro`
 	$(BIN)/dvc repro
 
-test: setup  ## run the whole test suite (unit + integration on tiny configs)
+test: setup  ## run the whole test suite (unit + integration + reliability on tiny configs)
 	$(BIN)/python -m pytest -q
 
 test-fast: setup  ## unit tests only
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -m "not integration and not slow and not reliability"
+
+chaos: setup  ## kill -9 at 20 random points and resume; time the bad-input corpus (benchmarks/results/)
+	$(BIN)/python benchmarks/chaos.py && $(BIN)/python benchmarks/chaos.py --corpus
 
 lint: setup  ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -61,6 +64,18 @@ format: setup  ## ruff fix + format
 
 ui: setup  ## MLflow UI over the project's sqlite store on http://127.0.0.1:$(PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(PORT)
+
+push: $(STAMP)-$(REQ_HASH)  ## push DVC-tracked data/models and the run cache to the default DVC remote
+	$(BIN)/dvc push --run-cache
+
+pull: $(STAMP)-$(REQ_HASH)  ## pull them (and the run cache) from the default DVC remote (docs/deployment.md)
+	$(BIN)/dvc pull --run-cache
+
+MLFLOW_DIR ?= $(CURDIR)/.mlflow-server
+mlflow-server: $(STAMP)-$(REQ_HASH)  ## MLflow tracking server on http://127.0.0.1:$(PORT) (sqlite + proxied artifacts)
+	@mkdir -p $(MLFLOW_DIR)/artifacts
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) --workers 1 \
+	  --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --artifacts-destination $(MLFLOW_DIR)/artifacts
 
 bench: setup  ## pruning-kernel micro-benchmark (prints a table, writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_kernels.py

@@ -99,14 +99,12 @@ class Project:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="session")
-def finished(tmp_path_factory, prefect_api_url) -> Project:
-    """Every stage the suite stops or kills, run once to the end in-process (the reference outputs)."""
+def run_project(root: Path) -> Project:
+    """Every stage the suite stops or kills, run once to the end in-process (needs a Prefect API)."""
     import importlib
 
     import flows  # noqa: F401
 
-    root = tmp_path_factory.mktemp("reliable")
     project = Project(root, tiny_params(root))
     for stage in STAGES:
         if stage == "cap" and not (ROOT / "flows" / "cap.py").is_file():
@@ -116,6 +114,12 @@ def finished(tmp_path_factory, prefect_api_url) -> Project:
         flow(params_path=str(project.params), root=str(root))
         project.seconds[stage] = time.perf_counter() - t0
     return project
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, prefect_api_url) -> Project:
+    """The reference: the tiny project's stages run once, uninterrupted."""
+    return run_project(tmp_path_factory.mktemp("reliable"))
 
 
 def copy_for(project: Project, stage: str, dst: Path) -> Path:
@@ -182,8 +186,16 @@ def _strip_timings(node: object) -> object:
     return node
 
 
+def _json_equal(a: bytes, b: bytes, ref_root: Path, new_root: Path) -> bool:
+    """Equal once timings are dropped and each run's project root is written as <root>."""
+    ja = json.loads(a.decode().replace(str(ref_root), "<root>"))
+    jb = json.loads(b.decode().replace(str(new_root), "<root>"))
+    return _strip_timings(ja) == _strip_timings(jb)
+
+
 def output_differences(ref_root: Path, new_root: Path, rel_dirs: list[str]) -> list[str]:
-    """Files under ``rel_dirs`` that differ: checkpoints byte for byte, JSON once timings are dropped."""
+    """Files under ``rel_dirs`` that differ: checkpoints byte for byte, JSON once timings are dropped
+    (and paths under the project root compared relative to it)."""
     diffs = []
     for rel in rel_dirs:
         ref, new = ref_root / rel, new_root / rel
@@ -199,7 +211,7 @@ def output_differences(ref_root: Path, new_root: Path, rel_dirs: list[str]) -> l
             a, b = (ref / f).read_bytes(), (new / f).read_bytes()
             if a == b:
                 continue
-            if f.endswith(".json") and _strip_timings(json.loads(a)) == _strip_timings(json.loads(b)):
+            if f.endswith(".json") and _json_equal(a, b, ref_root, new_root):
                 continue
             diffs.append(f"{rel}/{f}: differs")
     return diffs
