@@ -18,6 +18,7 @@ exit code, the key in the message, the tree unchanged, wall seconds. Writes benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -44,7 +45,12 @@ def chaos(points: int, seed: int, workdir: Path) -> dict:
     from tests.reliability.test_kill import kill_and_resume
 
     rows = []
-    with prefect_test_harness(server_startup_timeout=300):
+    # a configured Prefect API (PREFECT_API_URL) is used as it is; otherwise a temporary one is started
+    with (
+        contextlib.nullcontext()
+        if PREFECT_API_URL.value()
+        else prefect_test_harness(server_startup_timeout=600)
+    ):
         api = PREFECT_API_URL.value()
         t0 = time.perf_counter()
         project = run_project(workdir / "reference")
