@@ -30,11 +30,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from robustprune.config import ConfigError, load_params
-from robustprune.preflight import PrefectApi, PreflightError, preflight, stage_inputs
+from robustprune.preflight import PrefectApi, PreflightError, check_work_pool, preflight, stage_inputs
 
 REPO = Path(__file__).resolve().parent.parent
-# stages the pipeline sends to runtime.work_pool as the deployment "<stage>/<stage>-gpu" (prefect.yaml)
+# stages the pipeline sends to runtime.work_pool P as the deployment "<stage>/<stage>-P" (prefect.yaml);
+# `python -m flows.lm` sends the lm flow to "lm/lm-P"
 GPU_STAGES = ("finetune", "prune", "sds", "cap", "evaluate", "attack")
+REMOTE_STANDALONE = ("lm",)
+
+
+def deployment_name(stage: str, pool: str) -> str:
+    """The deployment that runs ``stage`` on work pool ``pool`` (prefect.yaml, ``ROBUSTPRUNE_GPU_POOL=pool``)."""
+    return f"{stage}/{stage}-{pool}"
+
+
+def remote_deployments(stage: str, pool: str) -> list[str]:
+    """The deployments a run of ``stage`` (``pipeline`` or a standalone remote stage) sends to ``pool``."""
+    stages = GPU_STAGES if stage == "pipeline" else (stage,) if stage in REMOTE_STANDALONE else ()
+    return [deployment_name(s, pool) for s in stages]
+
+
 RUN_TAG = "robustprune.invocation"
 _validated: set[tuple[str, str, str]] = set()
 
@@ -82,14 +97,25 @@ def validate_or_exit(params_path: str, root: str, stage: str) -> None:
     try:
         params = load_params(params_path)
         dvc_yaml = REPO / ("lm/dvc.yaml" if stage == "lm" else "dvc.yaml")
-        preflight(
-            params,
-            Path(root),
-            stage,
-            prefect_api=prefect_api() if stage == "pipeline" and params.runtime.work_pool else None,
-            remote_deployments=[f"{s}/{s}-gpu" for s in GPU_STAGES],
-            stage_inputs=None if stage == "pipeline" else stage_inputs(dvc_yaml, stage),
-        )
+        pool = params.runtime.work_pool
+        remote = bool(pool) and stage in ("pipeline", *REMOTE_STANDALONE)
+        problems = scaleout_problems(params, params_path, root, remote)
+        try:
+            preflight(
+                params,
+                Path(root),
+                stage,
+                prefect_api=prefect_api() if remote and stage == "pipeline" else None,
+                remote_deployments=remote_deployments(stage, pool) if remote else (),
+                # a stage sent to a worker reads its inputs there
+                stage_inputs=None if stage == "pipeline" or remote else stage_inputs(dvc_yaml, stage),
+            )
+        except PreflightError as e:
+            problems.append(str(e))
+        if remote and stage != "pipeline":  # a standalone stage on the pool: the pool and its deployment
+            problems += check_work_pool(prefect_api(), pool, remote_deployments(stage, pool))
+        if problems:
+            raise PreflightError("\n".join(problems))
     except (ConfigError, PreflightError) as e:
         print(
             f"error: invalid configuration, nothing was run or written ({time.perf_counter() - t0:.1f}s):\n{e}",
@@ -97,6 +123,33 @@ def validate_or_exit(params_path: str, root: str, stage: str) -> None:
         )
         raise SystemExit(2) from None
     _validated.add((params_path, root, stage))
+
+
+def scaleout_problems(params, params_path: str, root: str, remote: bool) -> list[str]:  # noqa: ANN001 - Params
+    """Task runner installed; with a work pool, a params file the worker can find under the project root."""
+    import importlib.util
+
+    out = []
+    rt = params.runtime
+    wanted = {
+        "dask": ("prefect_dask", "prefect-dask (requirements.txt)"),
+        "ray": ("prefect_ray", "prefect-ray"),
+    }
+    if rt.task_runner in wanted and importlib.util.find_spec(wanted[rt.task_runner][0]) is None:
+        extra = " (pip install -e '.[ray]')" if rt.task_runner == "ray" else ""
+        out.append(
+            f"runtime.task_runner = {rt.task_runner!r}: {wanted[rt.task_runner][1]} is not installed{extra}; "
+            "use thread or process"
+        )
+    if remote:
+        p = Path(params_path)
+        p = (p if p.is_absolute() else Path.cwd() / p).resolve()
+        if not p.is_relative_to(Path(root).resolve()):
+            out.append(
+                f"runtime.work_pool = {rt.work_pool!r}: the params file {params_path!r} is outside the project "
+                f"root {str(Path(root).resolve())!r}, so a worker cannot read it; put it under the root"
+            )
+    return out
 
 
 def early_validate() -> None:
@@ -126,6 +179,20 @@ def main(stage: str, flow_fn: Callable, argv: list[str] | None = None) -> None:
     kwargs = {"params_path": args.params, "root": args.root}
     if stage == "pipeline":
         kwargs["force"] = args.force
+    params = load_params(args.params)
+    if stage in REMOTE_STANDALONE and params.runtime.work_pool:  # e.g. `make run-lm` on a GPU pool
+        from flows.pipeline import remote_env, run_remote
+
+        root = Path(args.root).resolve()
+        env = remote_env(params, root, None)
+
+        def flow_fn(params_path: str, root: str) -> object:  # noqa: ARG001 - the same keyword arguments
+            return run_remote(stage, params.runtime.work_pool, params_path, Path(root).resolve(), env)
+
+    else:  # runtime.task_runner / max_workers / dask_address from params.yaml (tasks.common.task_runner)
+        from tasks.common import runner_settings, task_runner
+
+        flow_fn = flow_fn.with_options(task_runner=task_runner(runner_settings(params)))
     run_stoppable(stage, flow_fn, kwargs, args.params, args.root)
 
 

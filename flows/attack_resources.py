@@ -6,10 +6,10 @@ from prefect import flow
 
 import flows  # noqa: F401
 from tasks.attack_resources import build_attack_resources
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 
 
-@flow(name="attack_resources", log_prints=True)
+@flow(name="attack_resources", log_prints=True, task_runner=default_task_runner())
 def attack_resources_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     with stage_run("attack_resources", params, layout.root, section(params, "attack.resources")):

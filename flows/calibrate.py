@@ -7,10 +7,10 @@ from prefect import flow
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from tasks.calibrate import calibrate
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 
 
-@flow(name="calibrate", log_prints=True)
+@flow(name="calibrate", log_prints=True, task_runner=default_task_runner())
 def calibrate_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     with stage_run("calibrate", params, layout.root, section(params, "calibrate", "data.max_length")):

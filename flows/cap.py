@@ -19,10 +19,10 @@ import flows  # noqa: F401
 from robustprune.cap.report import summarize
 from robustprune.checkpoints import write_json
 from tasks.cap import cap_banks, cap_latency, cap_stage, cap_structured_step, check_inputs, run_stages
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 
 
-@flow(name="cap", log_prints=True)
+@flow(name="cap", log_prints=True, task_runner=default_task_runner())
 def cap_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     check_inputs(params, layout)

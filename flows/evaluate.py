@@ -7,12 +7,11 @@ from __future__ import annotations
 import mlflow
 from prefect import flow
 from prefect.logging import get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.stats import rate
-from tasks.common import load, section, stage_run
+from tasks.common import default_task_runner, load, section, stage_run
 from tasks.evaluate import (
     dense_reference,
     evaluate_model,
@@ -22,7 +21,7 @@ from tasks.evaluate import (
 )
 
 
-@flow(name="evaluate", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="evaluate", log_prints=True, task_runner=default_task_runner())
 def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     logger = get_run_logger()
     params, layout = load(params_path, root)
@@ -39,12 +38,13 @@ def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dic
         ref_reps = reference_representations.with_options(task_run_name=f"reference-{ref['name']}")(
             params, layout, ref
         )
-        rows = [
-            evaluate_model.with_options(task_run_name=f"evaluate-{m['name']}")(
+        futures = [  # submitted together: several workers (runtime.task_runner) evaluate in parallel
+            evaluate_model.with_options(task_run_name=f"evaluate-{m['name']}").submit(
                 params, layout, m, transfer, ref_reps
             )
             for m in models
         ]
+        rows = [f.result() for f in futures]
         for r in rows:
             acc = rate(r["correct"], r["total"])
             metrics = {

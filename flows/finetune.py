@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import mlflow
 from prefect import flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
-from tasks.common import load, section, stage_run
+from tasks.common import default_task_runner, load, section, stage_run
 from tasks.finetune import finetune_variant
 
 
 # One worker: on a 2-core machine concurrent variants only thrash; a GPU work pool or a Dask/Ray task
 # runner (prefect-dask / prefect-ray) fans the mapped variants out across machines instead.
-@flow(name="finetune", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="finetune", log_prints=True, task_runner=default_task_runner())
 def finetune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     with stage_run("finetune", params, layout.root, section(params, "seed", "finetune", "data.max_length")):

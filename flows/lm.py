@@ -17,11 +17,11 @@ from prefect import flow
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json, write_text
 from robustprune.report import lm_plot, lm_table
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 from tasks.lm import lm_dense, lm_model, lm_protocol, lm_prune, lm_sds_reactivate, lm_sds_reprune
 
 
-@flow(name="lm", log_prints=True)
+@flow(name="lm", log_prints=True, task_runner=default_task_runner())
 def lm_flow(params_path: str = "params-lm.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     lm = params.lm

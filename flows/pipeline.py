@@ -6,16 +6,28 @@ a stage that ran is recorded with ``dvc commit``, so ``make run``, ``dvc repro``
 ``dvc.lock`` and never redo each other's work. Without a DVC repository at the root (a bare copy, a
 test's tmp dir) every stage runs.
 
-With ``runtime.work_pool`` set, the GPU stages (finetune, prune, sds, evaluate, attack) are sent as deployments
-to that Prefect work pool (served by ``prefect worker start --pool <name>`` on a CUDA host that sees the
-same project directory); the others run in-process.
+With ``runtime.work_pool: P`` set, the GPU stages (finetune, prune, sds, cap, evaluate, attack) run as the
+deployments ``<stage>/<stage>-P`` on work pool P (prefect.yaml, deployed with ``ROBUSTPRUNE_GPU_POOL=P``;
+served by ``prefect worker start --pool P`` on a CUDA host whose checkout is ``$ROBUSTPRUNE_DIR``); the
+others run in-process. A remote stage gets paths relative to the project root, the MLflow tracking URI and
+parent run id and the task-runner choice through the run's job variables (environment), and one
+idempotency key per (pipeline flow run, stage), so a retried pipeline run never starts a stage twice.
+docs/deployment.md describes the set-ups (shared file system, or a checkout synchronised through DVC).
+
+``runtime.task_runner`` / ``max_workers`` / ``dask_address`` choose how every stage flow runs its
+independent tasks (:func:`tasks.common.task_runner`); with ``dask`` and no address the pipeline starts one
+``LocalCluster`` and every stage flow uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from prefect import flow
@@ -34,7 +46,19 @@ from flows.prune import prune_flow
 from flows.report import report_flow
 from flows.sds import sds_flow
 from flows.soup import soup_flow
-from tasks.common import PARENT_ENV, load, mlflow_setup, section
+from tasks.common import (
+    PARENT_ENV,
+    RUNNER_ENV,
+    URI_ENV,
+    default_task_runner,
+    load,
+    local_cluster_kwargs,
+    mlflow_setup,
+    runner_settings,
+    section,
+    task_runner,
+    tracking_uri,
+)
 
 STAGES = {
     "prepare": prepare_flow,
@@ -65,23 +89,73 @@ def stage_is_fresh(repo, stage: str) -> bool:  # noqa: ANN001
     return not repo.status(targets=[stage])
 
 
-def run_remote(stage: str, work_pool: str, params_path: str, root: str) -> None:
-    """Run a stage flow as a deployment on the GPU work pool and wait for it."""
-    from prefect.deployments import run_deployment
+def relative_to_root(path: str | Path, root: Path) -> str:
+    """``path`` relative to the project root, as a worker whose checkout is elsewhere must be told it."""
+    p = Path(path)
+    p = p if p.is_absolute() else Path.cwd() / p
+    try:
+        return p.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(
+            f"params file {str(path)!r} is outside the project root {str(root)!r}: a worker cannot read it; "
+            "put it under the root (runtime.work_pool)"
+        ) from None
 
+
+def remote_env(params, root: Path, parent_run_id: str | None) -> dict[str, str]:  # noqa: ANN001 - Params
+    """What a stage run on a worker must know from this process: MLflow parent run and store, task runner."""
+    env = {URI_ENV: tracking_uri(params, root), RUNNER_ENV: json.dumps(runner_settings(params))}
+    if parent_run_id:
+        env[PARENT_ENV] = parent_run_id
+    if os.environ.get("MLFLOW_RUN_CONTEXT"):  # this invocation's tag on MLflow runs (flows/_cli.py)
+        env["MLFLOW_RUN_CONTEXT"] = os.environ["MLFLOW_RUN_CONTEXT"]
+    return env
+
+
+def run_remote(stage: str, work_pool: str, params_path: str, root: Path, env: Mapping[str, str]) -> Any:
+    """Run a stage flow as the deployment ``<stage>/<stage>-<work_pool>`` and wait for it; returns its flow run.
+
+    Prefect cannot move a run to another pool (``work_queue_name`` only picks a queue inside the
+    deployment's pool), so the pool is chosen by choosing the deployment: prefect.yaml registers one per
+    pool. The idempotency key (pipeline flow run, stage) makes a retried pipeline run find the stage's run
+    instead of starting a second one.
+    """
+    from prefect.context import TagsContext
+    from prefect.deployments import run_deployment
+    from prefect.runtime import flow_run
+
+    name = _cli.deployment_name(stage, work_pool)
     run = run_deployment(
-        name=f"{stage}/{stage}-gpu",
-        parameters={"params_path": params_path, "root": root},
-        work_queue_name=None,
+        name=name,
+        parameters={"params_path": relative_to_root(params_path, root), "root": "."},
+        job_variables={"env": dict(env)},
+        idempotency_key=f"{flow_run.get_id()}:{stage}" if flow_run.get_id() else None,
+        tags=sorted(TagsContext.get().current_tags),
+        poll_interval=2,
         timeout=None,
     )
     if not run.state or not run.state.is_completed():
         raise RuntimeError(
-            f"stage {stage!r} on work pool {work_pool!r} ended {run.state.name if run.state else 'unknown'}"
+            f"stage {stage!r}: deployment {name!r} on work pool {work_pool!r} ended "
+            f"{run.state.name if run.state else 'unknown'} (flow run {run.name}, {run.id})"
         )
+    return run
 
 
-@flow(name="pipeline", log_prints=True)
+@contextlib.contextmanager
+def shared_runner(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The task-runner settings for every stage flow of one pipeline run: with ``dask`` and no address, one
+    LocalCluster for all of them (instead of one per stage), closed at the end."""
+    if settings["task_runner"] != "dask" or settings["dask_address"]:
+        yield settings
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(**local_cluster_kwargs(settings["max_workers"])) as cluster:
+        yield {**settings, "dask_address": cluster.scheduler_address}
+
+
+@flow(name="pipeline", log_prints=True, task_runner=default_task_runner())
 def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = False) -> dict:
     logger = get_run_logger()
     params, layout = load(params_path, root)
@@ -110,22 +184,27 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
             }
         )
         os.environ[PARENT_ENV] = parent.info.run_id
+        pool = params.runtime.work_pool
         try:
-            for stage, fn in STAGES.items():
-                if repo is not None and not force and stage_is_fresh(repo, stage):
-                    logger.info("cache hit: stage %r is up to date (dvc status clean), skipped", stage)
-                    skipped.append(stage)
-                    continue
-                t0 = time.perf_counter()
-                if params.runtime.work_pool and stage in GPU_STAGES:
-                    logger.info("stage %r -> work pool %r", stage, params.runtime.work_pool)
-                    run_remote(stage, params.runtime.work_pool, params_path, str(layout.root))
-                else:
-                    fn(params_path=params_path, root=str(layout.root))
-                timings[stage] = time.perf_counter() - t0
-                if repo is not None:
-                    repo.commit(target=stage, force=True)
-                    logger.info("stage %r done in %.1f s, recorded in dvc.lock", stage, timings[stage])
+            with shared_runner(runner_settings(params)) as runner:
+                for stage, fn in STAGES.items():
+                    if repo is not None and not force and stage_is_fresh(repo, stage):
+                        logger.info("cache hit: stage %r is up to date (dvc status clean), skipped", stage)
+                        skipped.append(stage)
+                        continue
+                    t0 = time.perf_counter()
+                    if pool and stage in GPU_STAGES:
+                        logger.info("stage %r -> deployment %r", stage, _cli.deployment_name(stage, pool))
+                        env = remote_env(params, layout.root, parent.info.run_id)
+                        run_remote(stage, pool, params_path, layout.root, env)
+                    else:
+                        fn.with_options(task_runner=task_runner(runner))(
+                            params_path=params_path, root=str(layout.root)
+                        )
+                    timings[stage] = time.perf_counter() - t0
+                    if repo is not None:
+                        repo.commit(target=stage, force=True)
+                        logger.info("stage %r done in %.1f s, recorded in dvc.lock", stage, timings[stage])
         finally:
             os.environ.pop(PARENT_ENV, None)
             if repo is not None:

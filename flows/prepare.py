@@ -6,11 +6,11 @@ from prefect import flow
 
 import flows  # noqa: F401  (environment defaults before prefect is imported)
 from robustprune.checkpoints import write_json
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 from tasks.prepare import prepare_data, prepare_model
 
 
-@flow(name="prepare", log_prints=True)
+@flow(name="prepare", log_prints=True, task_runner=default_task_runner())
 def prepare_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     with stage_run("prepare", params, layout.root, section(params, "seed", "data", "model")):

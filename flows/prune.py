@@ -6,38 +6,64 @@ import shutil
 import time
 
 import mlflow
-from prefect import flow
+from prefect import flow, task
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
-from tasks.common import combo_name, load, section, stage_run
+from robustprune.config import Params
+from tasks.common import Layout, combo_name, default_task_runner, load, section, stage_run
 from tasks.prune import prune_block_task, prune_finalize, prune_setup
 
 
-@flow(name="prune", log_prints=True)
+@task(name="prune-branch", tags=["gpu"])
+def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> dict:
+    """One (method, sparsity) branch: setup, every block in order, finalize (each a nested task run).
+
+    The branches are independent, so the flow submits one per combination and a task runner with several
+    workers (runtime.task_runner / max_workers) prunes them in parallel; the blocks of one branch stay in
+    order in one process (each block's inputs are the previous block's outputs, kept in memory).
+    """
+    name = combo_name(method, sparsity)
+    started = time.time()
+    setup = prune_setup(params, layout, method, sparsity)
+    if setup.get("cached"):
+        return {"cached": True, "metrics": setup["metrics"], "blocks": []}
+    blocks = [
+        prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
+            params, layout, method, sparsity, setup["work"], i
+        )
+        for i in range(setup["num_blocks"])
+    ]
+    metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
+    return {"cached": False, "metrics": metrics, "blocks": blocks}
+
+
+@flow(name="prune", log_prints=True, task_runner=default_task_runner())
 def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     results = {}
     with stage_run(
         "prune", params, layout.root, section(params, "prune", "soup.prune_source", "calibrate.batch_size")
     ):
+        branches = {
+            combo_name(method, sparsity): prune_branch.with_options(
+                task_run_name=f"prune-{combo_name(method, sparsity)}"
+            ).submit(params, layout, method, sparsity)
+            for method, sparsity in params.prune.combos
+        }
         for method, sparsity in params.prune.combos:
             name = combo_name(method, sparsity)
-            started = time.time()
+            branch = branches[name].result()
+            metrics = branch["metrics"]
             with mlflow.start_run(run_name=name, nested=True, tags={"method": method, "sparsity": sparsity}):
-                setup = prune_setup(params, layout, method, sparsity)
-                if setup.get("cached"):
-                    results[name] = setup["metrics"]
+                if branch["cached"]:
+                    results[name] = metrics
                     mlflow.set_tag("cache", "hit")
                     continue
-                for i in range(setup["num_blocks"]):
-                    rep = prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
-                        params, layout, method, sparsity, setup["work"], i
-                    )
+                for i, rep in enumerate(branch["blocks"]):
                     mlflow.log_metrics(
                         {"block_output_error": rep["output_error"], "block_seconds": rep["seconds"]}, step=i
                     )
-                metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
                 mlflow.log_params({"method": method, "sparsity": sparsity})
                 mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
                 head = metrics.get("head_refit")  # RAKP's head refit (prune.rakp.refit_head)

@@ -27,7 +27,8 @@ from robustprune.report import (
 )
 from robustprune.stats import rate
 from robustprune.verdicts import compare
-from tasks.common import Layout, load, stage_run
+from tasks.common import Layout, default_task_runner, load, stage_run
+from tasks.tracking import log_model_runs
 
 #: how many example perturbations per recipe the report shows
 EXAMPLES_PER_RECIPE = 12
@@ -143,7 +144,7 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
     return {"summary": summary, "metrics": metrics}
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", log_prints=True, task_runner=default_task_runner())
 def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     from tasks.common import best_ingredient
 
@@ -169,6 +170,7 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                 mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
         for c in out["metrics"]["comparisons"]:
             mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
+        log_model_runs(params, layout)  # one MLflow run per model, sparse checkpoints registered
     print(out["summary"])
     return out
 

@@ -14,22 +14,27 @@ from prefect import flow
 
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import default_task_runner, load, log_metrics, section, stage_run
 from tasks.sds import sds_reactivate, sds_reprune
 
 
-@flow(name="sds", log_prints=True)
+@flow(name="sds", log_prints=True, task_runner=default_task_runner())
 def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     out: dict[str, dict] = {}
     with stage_run("sds", params, layout.root, section(params, "sds")):
-        for method, sparsity in params.sds.combos:
-            react = sds_reactivate.with_options(task_run_name=f"sds-reactivate-{method}-{sparsity}")(
+        chains = []  # each combination's re-prune waits for its reactivation; combinations run in parallel
+        for method, sparsity in params.sds.combos:  # on a task runner with several workers
+            react = sds_reactivate.with_options(task_run_name=f"sds-reactivate-{method}-{sparsity}").submit(
                 params, layout, method, sparsity
             )
-            final = sds_reprune.with_options(task_run_name=f"sds-reprune-{method}-{sparsity}")(
-                params, layout, method, sparsity, react
+            chains.append(
+                sds_reprune.with_options(task_run_name=f"sds-reprune-{method}-{sparsity}").submit(
+                    params, layout, method, sparsity, react
+                )
             )
+        for chain in chains:
+            final = chain.result()
             out[final["name"]] = final
             log_metrics(
                 {

@@ -15,11 +15,11 @@ from prefect.logging import get_run_logger
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.soup import SoupScore, greedy_select
-from tasks.common import load, section, stage_run
+from tasks.common import default_task_runner, load, section, stage_run
 from tasks.soup import ingredient, robustness, save_soups, score_of, soup_candidate, validation_rows
 
 
-@flow(name="soup", log_prints=True)
+@flow(name="soup", log_prints=True, task_runner=default_task_runner())
 def soup_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     logger = get_run_logger()
     params, layout = load(params_path, root)

@@ -164,8 +164,15 @@ def model_digest(model_dir: str | Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------- MLflow
+#: the tracking URI a remote stage run uses (set by the pipeline through the deployment's job variables, so
+#: a worker logs where the pipeline logs even when its own params.yaml names a relative sqlite path)
+URI_ENV = "ROBUSTPRUNE_MLFLOW_URI"
+
+
 def tracking_uri(params: Params, root: Path) -> str:
-    """runtime.mlflow_uri with a relative sqlite path resolved against the project root."""
+    """runtime.mlflow_uri with a relative sqlite path resolved against the project root (or $ROBUSTPRUNE_MLFLOW_URI)."""
+    if os.environ.get(URI_ENV):
+        return os.environ[URI_ENV]
     uri = params.runtime.mlflow_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
@@ -173,16 +180,26 @@ def tracking_uri(params: Params, root: Path) -> str:
 
 
 def mlflow_setup(params: Params, root: Path) -> str:
-    """Point MLflow at the project's sqlite store and experiment; returns the experiment id."""
+    """Point MLflow at the project's tracking store and experiment; returns the experiment id.
+
+    A local store (sqlite, a database) keeps artifacts in ``<root>/mlartifacts``; against a tracking server
+    (``http(s)://``, Databricks) the experiment's artifact location is the server's to choose
+    (``mlflow server --artifacts-destination``), so no path of this host ends up in it.
+    """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(params, root))
+    from robustprune.config import mlflow_uri_kind
+
+    uri = tracking_uri(params, root)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(params.runtime.experiment)
-    if exp is None:
-        return mlflow.create_experiment(
-            params.runtime.experiment, artifact_location=(root / "mlartifacts").resolve().as_uri()
-        )
-    return exp.experiment_id
+    if exp is not None:
+        return exp.experiment_id
+    if mlflow_uri_kind(uri) in ("http", "https", "databricks", "databricks-uc"):
+        return mlflow.create_experiment(params.runtime.experiment)
+    return mlflow.create_experiment(
+        params.runtime.experiment, artifact_location=(root / "mlartifacts").resolve().as_uri()
+    )
 
 
 PARENT_ENV = "ROBUSTPRUNE_MLFLOW_PARENT"
@@ -240,3 +257,76 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     clean = {k.replace(":", "-"): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+# ---------------------------------------------------------------------------------------- task runners
+#: runtime.task_runner / max_workers / dask_address / ray_address as JSON, for a stage flow started by a
+#: Prefect worker (the pipeline passes it through the deployment's job variables; see default_task_runner)
+RUNNER_ENV = "ROBUSTPRUNE_TASK_RUNNER"
+RUNNER_KEYS = ("task_runner", "max_workers", "dask_address", "ray_address")
+
+
+def runner_settings(params: Params) -> dict[str, Any]:
+    """The runtime keys that choose a task runner, as a plain dict (what RUNNER_ENV carries)."""
+    return {k: getattr(params.runtime, k) for k in RUNNER_KEYS}
+
+
+def task_runner(settings: Mapping[str, Any] | None = None) -> Any:
+    """The Prefect task runner ``runtime.task_runner`` asks for (``settings``: :func:`runner_settings`).
+
+    thread / process: Prefect's pools with ``max_workers``; dask: prefect-dask on the scheduler at
+    ``dask_address``, or a ``LocalCluster`` of ``max_workers`` single-threaded worker processes; ray:
+    prefect-ray (the ``ray`` extra) on ``ray_address`` or a local Ray instance. Flows apply it at call time:
+    ``flow.with_options(task_runner=task_runner(runner_settings(params)))``.
+    """
+    s = {
+        "task_runner": "thread",
+        "max_workers": 1,
+        "dask_address": None,
+        "ray_address": None,
+        **(settings or {}),
+    }
+    kind, n = s["task_runner"], int(s["max_workers"])
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=n)
+    if kind == "process":
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=n)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if s["dask_address"]:
+            return DaskTaskRunner(address=s["dask_address"])
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n)
+        )
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as e:
+            raise RuntimeError(
+                "runtime.task_runner = 'ray' needs prefect-ray: pip install -e '.[ray]' (pyproject extra)"
+            ) from e
+        return RayTaskRunner(address=s["ray_address"]) if s["ray_address"] else RayTaskRunner()
+    raise ValueError(f"runtime.task_runner = {kind!r}: not one of thread, process, dask, ray")
+
+
+def local_cluster_kwargs(n_workers: int) -> dict[str, Any]:
+    """A Dask LocalCluster on this host: one single-threaded worker process per task, no dashboard."""
+    return {"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+
+
+def default_task_runner() -> Any:
+    """A stage flow's own default: $ROBUSTPRUNE_TASK_RUNNER when a worker started it, else one thread.
+
+    ``python -m flows.<stage>`` and the pipeline replace it with params.yaml's choice at call time; a stage
+    started by a Prefect worker (``runtime.work_pool``) imports its module with the pipeline's choice in
+    the environment, because the worker calls the decorated flow as it is.
+    """
+    import json
+
+    raw = os.environ.get(RUNNER_ENV)
+    return task_runner(json.loads(raw) if raw else None)

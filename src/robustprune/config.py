@@ -337,7 +337,7 @@ class CapStructuredConfig(_Section):
     """CAP-f: heads and FFN neurons removed in steps, retrained with CAP's loss after each."""
 
     sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.25, 0.5]  # [] = no structured run
-    retrain_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 30
+    retrain_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 25
     importance_batches: Annotated[int, Field(ge=1, le=100_000)] = 8
     lr: Annotated[float, Field(gt=0, lt=1)] = 1.0e-4
     min_heads: Annotated[int, Field(ge=1)] = 1
@@ -374,11 +374,11 @@ class CapConfig(_Section):
         2000  # seeded subset of the training split (null: all)
     )
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
-    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 10  # dense, before the first stage's ramp
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # dense, before the first stage's ramp
     # cubic ramp / hold at the stage's sparsity: one count for every stage, or one per stage
-    ramp_steps: _Steps | list[_Steps] = 20
-    hold_steps: _Steps | list[_Steps] = 10
-    lr: Annotated[float, Field(gt=0, lt=1)] = 1.0e-4
+    ramp_steps: _Steps | list[_Steps] = [10, 10, 10, 10]
+    hold_steps: _Steps | list[_Steps] = [10, 10, 40, 20]
+    lr: Annotated[float, Field(gt=0, lt=1)] = 3.0e-4
     score_lr: Annotated[float, Field(gt=0, le=100)] = 1.0e-2  # movement / soft scores
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1  # learning-rate warm-up share of each stage
@@ -391,7 +391,7 @@ class CapConfig(_Section):
     weights: CapWeights = CapWeights()
     soft_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.1
     soft_lambda: Annotated[float, Field(ge=0)] = 100.0
-    mask_interval: Annotated[int, Field(ge=1, le=100_000)] = 1  # steps between mask recomputations
+    mask_interval: Annotated[int, Field(ge=1, le=100_000)] = 2  # steps between mask recomputations
     bank_batch_size: Annotated[int, Field(gt=0, le=65536)] = 128
     seed: int = 0
     structured: CapStructuredConfig = CapStructuredConfig()
