@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -166,8 +167,9 @@ def early_validate() -> None:
     if not module.startswith("flows.") or module.count(".") != 1 or module == "flows._cli":
         return
     stage = module.split(".", 1)[1]
-    try:
-        args = parse_args(stage, sys.argv[1:])
+    try:  # quietly: --help and usage errors are main()'s to print, once
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = parse_args(stage, sys.argv[1:])
     except SystemExit:
         return
     validate_or_exit(args.params, args.root, stage)
@@ -207,20 +209,29 @@ def run_stoppable(stage: str, flow_fn: Callable, kwargs: dict, params_path: str,
     context = json.loads(os.environ.get("MLFLOW_RUN_CONTEXT") or "{}")
     os.environ["MLFLOW_RUN_CONTEXT"] = json.dumps({**context, RUN_TAG: invocation})
     interrupt.install()
-    with detached_prefect_server():  # the flow and, after a stop, the bookkeeping use the same server
-        try:
-            with tags(f"{RUN_TAG}:{invocation}"):
-                return flow_fn(**kwargs)
-        except BaseException as e:
-            # after a stop signal, whatever the unwinding raised (a broken connection...) is part of the stop
-            if not (isinstance(e, KeyboardInterrupt | TerminationSignal) or interrupt.stop_requested()):
-                raise
-            signum = interrupt.stop_signal() or getattr(e, "signal", None) or 15
-            interrupt.request_stop(signum)
-            with (
-                _signals_ignored()
-            ):  # a second Ctrl-C must not cut the bookkeeping short (bounded by timeouts)
-                notes = finalize_stop(invocation, params_path, root)
+
+    def is_stop(e: BaseException) -> bool:
+        # after a stop signal, whatever the unwinding raised (a broken connection...) is part of the stop
+        return isinstance(e, KeyboardInterrupt | TerminationSignal) or interrupt.stop_requested()
+
+    notes: list[str] | None = None
+    try:
+        with detached_prefect_server():  # the flow and, after a stop, the bookkeeping use the same server
+            try:
+                with tags(f"{RUN_TAG}:{invocation}"):
+                    return flow_fn(**kwargs)
+            except BaseException as e:
+                if not is_stop(e):
+                    raise
+                interrupt.request_stop(interrupt.stop_signal() or getattr(e, "signal", None) or 15)
+                with _signals_ignored():  # a second Ctrl-C must not cut the bookkeeping short (bounded)
+                    notes = finalize_stop(invocation, params_path, root)
+    except BaseException as e:  # a stop while the temporary server started or stopped
+        if not is_stop(e):
+            raise
+        interrupt.request_stop(interrupt.stop_signal() or getattr(e, "signal", None) or 15)
+    signum = interrupt.stop_signal() or 15
+    notes = notes if notes is not None else ["stopped before the flow started"]
     name = {2: "SIGINT", 15: "SIGTERM"}.get(int(signum), f"signal {signum}")
     print(
         f"stopped by {name} in stage {stage!r} ({interrupt.seconds_since_stop() or 0.0:.1f}s after the signal): "

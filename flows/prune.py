@@ -11,6 +11,7 @@ from prefect import flow, task
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.config import Params
+from robustprune.interrupt import raise_if_stopped
 from tasks.common import Layout, combo_name, default_task_runner, load, section, stage_run
 from tasks.prune import prune_block_task, prune_finalize, prune_setup
 
@@ -28,12 +29,14 @@ def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> 
     setup = prune_setup(params, layout, method, sparsity)
     if setup.get("cached"):
         return {"cached": True, "metrics": setup["metrics"], "blocks": []}
-    blocks = [
-        prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
-            params, layout, method, sparsity, setup["work"], i
+    blocks = []
+    for i in range(setup["num_blocks"]):
+        raise_if_stopped()  # a branch runs in a task-runner worker thread: stop between blocks on SIGTERM/SIGINT
+        blocks.append(
+            prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
+                params, layout, method, sparsity, setup["work"], i
+            )
         )
-        for i in range(setup["num_blocks"])
-    ]
     metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
     return {"cached": False, "metrics": metrics, "blocks": blocks}
 

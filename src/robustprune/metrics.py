@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustprune.interrupt import raise_if_stopped
+
 
 @dataclass(frozen=True)
 class Accuracy:
@@ -39,6 +41,7 @@ def predict_logits(
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: np.ndarray | None = None
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
+        raise_if_stopped()  # evaluations run in task-runner worker threads: stop between batches
         idx = order[start : start + batch_size]
         enc = tokenizer(
             [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
