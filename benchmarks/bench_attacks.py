@@ -15,6 +15,24 @@ After an untimed warm-up attack on the next test example:
   stock tokenizer (pads every batch to 512 tokens), uncached encoder, same recipe components:
   speed-up of *fast* over it and whether every per-example outcome and perturbed text is identical.
 
+``--compare-runners`` measures instead today's runner against the current one (issue #15, item 3):
+the pipeline's workload on ``--models`` (every recipe of ``--recipes`` on the same seeded test rows as the
+attack stage), run twice in one process:
+
+* **today**: the attack task before the throughput work: a new victim wrapper (no logit cache) per
+  (model, recipe), textattack's own ``words_from_text``; one sentence encoder and one tagger shared by
+  every model and recipe (as the stage's process shares them);
+* **current**: what ``tasks/attack.py`` does now: one victim wrapper per model whose logit cache serves
+  every recipe, the memoised ``words_from_text`` (:mod:`robustprune.attacks.fastpaths`), fresh shared
+  encoder and tagger caches.
+
+It asserts that every example's outcome, perturbed text and query count are identical, and reports CPU
+seconds per attacked example of each (the steadier measure on a shared machine; wall seconds too) and
+their ratio (target <= 0.6), with the forwards each made. Results go to ``--out`` (default
+``benchmarks/results/attack_runners.json``).
+
+    python benchmarks/bench_attacks.py --compare-runners --resources models/attack --n 25
+
 Resources: ``--resources DIR`` loads the attack-resources bundle (``models/attack``); without it a
 stand-in is built from raw GloVe 6B-50d (resource ``glove50``: alphabetic words among the first
 ``--vocab`` rows, no counter-fitting, no POS table, NLTK stop words, Cyrillic look-alikes) and, for
@@ -76,8 +94,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-cache-run", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attacks.json")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default: results/attacks.json, or "
+        "results/attack_runners.json with --compare-runners)",
+    )
+    p.add_argument("--compare-runners", action="store_true", help="today's runner vs the current one")
+    p.add_argument("--models", nargs="+", default=None, help="--compare-runners: model directories")
+    p.add_argument("--seed", type=int, default=0, help="--compare-runners: attack.seed of the seeded rows")
+    p.add_argument(
+        "--textfooler", default="tagger,released", help="--compare-runners: TextFooler pos,short_text"
+    )
+    args = p.parse_args(argv)
+    if args.out is None:
+        name = "attack_runners.json" if args.compare_runners else "attacks.json"
+        args.out = ROOT / "benchmarks" / "results" / name
+    return args
 
 
 # --------------------------------------------------------------------------- resources
@@ -246,9 +280,208 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- today's runner vs the current one
+
+
+def seeded_rows(data_dir: Path, n: int, seed: int) -> tuple[list[int], list[tuple[str, int]]]:
+    """The attack stage's rows (``tasks.attack.attacked_examples``: the first n of one seeded permutation)."""
+    from robustprune.data import load_splits
+
+    test = load_splits(data_dir).test
+    rows = [int(i) for i in np.random.default_rng(seed).permutation(len(test))[:n]]
+    try:  # the stage's own definition, when it is importable (it is the thing to match)
+        sys.path.insert(0, str(ROOT))
+        from tasks.attack import seeded_prefix
+
+        rows = list(seeded_prefix(len(test), n, seed))
+    except (ImportError, TypeError):
+        pass
+    return rows, [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
+
+
+def run_workload(name: str, args, models, recipes, resources, masked_lm, examples, tagger_backend) -> dict:
+    """Every recipe on every model, as one runner does it; per (model, recipe): results, CPU and wall seconds."""
+    from robustprune.attacks import build_attack, fastpaths
+    from robustprune.attacks.runner import attack_examples, forward_floor, reset_forward_stats
+    from robustprune.attacks.similarity import MeanPooledEncoder
+    from robustprune.attacks.tagger import ContextTagger
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    current = name == "current"
+    (fastpaths.install if current else fastpaths.uninstall)()
+    encoder = MeanPooledEncoder.from_dir(resources.encoder_dir)  # fresh cache, shared by models and recipes
+    tagger = ContextTagger(tagger_backend, name="bench") if tagger_backend else None
+    pos, short = args.textfooler.split(",")
+    out = {"runner": name, "runs": []}
+    for model_dir, (model, tokenizer) in models.items():
+        shared = FastClassifierWrapper(
+            model, tokenizer, max_length=args.max_length, batch_size=args.batch_size, cache_size=1 << 16
+        )
+        for recipe in recipes:
+            wrapper = (
+                shared
+                if current
+                else FastClassifierWrapper(
+                    model, tokenizer, max_length=args.max_length, batch_size=args.batch_size
+                )
+            )
+            extra = {"masked_lm": masked_lm} if recipe == "bert-attack" else {}
+            if recipe == "textfooler":
+                extra.update(pos=pos, short_text=short, tagger=tagger)
+            attack = build_attack(recipe, wrapper, resources, encoder=encoder, **extra)
+            reset_forward_stats(attack)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            results = attack_examples(attack, examples)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            attacked = sum(r.outcome != "skipped" for r in results)
+            out["runs"].append(
+                {
+                    "model": model_dir,
+                    "recipe": recipe,
+                    "wall_seconds": wall,
+                    "cpu_seconds": cpu,
+                    "attacked": attacked,
+                    "forward": forward_floor(attack),
+                    "results": [(r.outcome, r.perturbed_text, r.num_queries) for r in results],
+                }
+            )
+            print(
+                f"  {name:8} {Path(model_dir).name:>16} {recipe:12} cpu {cpu:7.1f} s  wall {wall:7.1f} s",
+                flush=True,
+            )
+    fastpaths.uninstall()
+    return out
+
+
+def compare_runners(args) -> int:
+    """Today's runner and the current one on the same seeded rows, same process; identity asserted."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from robustprune.attacks.bundle import load_bundle
+    from robustprune.attacks.tagger import load_tagger
+
+    if args.resources is None:
+        raise SystemExit("--compare-runners needs --resources (the attack-resources bundle)")
+    resources = load_bundle(args.resources)
+    recipes = [r for r in args.recipes.split(",") if r]
+    masked_lm = load_masked_lm(resources) if "bert-attack" in recipes else None
+    tagger_backend = load_tagger(resources.tagger_dir).backend if resources.tagger_dir else None
+    model_dirs = args.models or [str(ROOT / "models" / "soup" / "greedy")]
+    models = {
+        d: (AutoModelForSequenceClassification.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d))
+        for d in model_dirs
+    }
+    rows, examples = seeded_rows(args.data, args.n + 1, args.seed)
+    rows, examples, warm_up = rows[1:], examples[1:], examples[:1]
+    load0 = os.getloadavg()
+    print(
+        f"warm-up on row {rows[0] if False else 'extra'}; {len(examples)} examples x {len(models)} models x {recipes}"
+    )
+    run_workload(
+        "warm-up",
+        args,
+        dict(list(models.items())[:1]),
+        recipes,
+        resources,
+        masked_lm,
+        warm_up,
+        tagger_backend,
+    )
+    runs = {
+        name: run_workload(name, args, models, recipes, resources, masked_lm, examples, tagger_backend)
+        for name in ("today", "current")
+    }
+    today, current = runs["today"]["runs"], runs["current"]["runs"]
+    mismatches = []
+    for a, b in zip(today, current, strict=True):
+        for i, (x, y) in enumerate(zip(a["results"], b["results"], strict=True)):
+            if x != y:
+                mismatches.append(
+                    {"model": a["model"], "recipe": a["recipe"], "row": rows[i], "today": x, "current": y}
+                )
+    lines = [
+        f"{'model':>16} {'recipe':12} {'cpu/att today':>13} {'current':>8} {'ratio':>6} {'victim fwd':>15} {'same':>5}"
+    ]
+    per = []
+    for a, b in zip(today, current, strict=True):
+        same = a["results"] == b["results"]
+        ca, cb = a["cpu_seconds"] / max(a["attacked"], 1), b["cpu_seconds"] / max(b["attacked"], 1)
+        per.append(
+            {
+                "model": a["model"],
+                "recipe": a["recipe"],
+                "cpu_per_attacked_today": ca,
+                "cpu_per_attacked_current": cb,
+                "ratio": cb / ca if ca else None,
+                "identical": same,
+                "victim_texts_today": a["forward"]["victim_texts"],
+                "victim_texts_current": b["forward"]["victim_texts"],
+                "encoder_texts_today": a["forward"]["encoder_texts"],
+                "encoder_texts_current": b["forward"]["encoder_texts"],
+            }
+        )
+        lines.append(
+            f"{Path(a['model']).name:>16} {a['recipe']:12} {ca:13.2f} {cb:8.2f} {cb / ca:6.2f} "
+            f"{a['forward']['victim_texts']:>7}/{b['forward']['victim_texts']:<7} {str(same):>5}"
+        )
+    attacked = sum(r["attacked"] for r in today)
+    total = {
+        key: {
+            "cpu_per_attacked": sum(r["cpu_seconds"] for r in runs[key]["runs"]) / max(attacked, 1),
+            "wall_per_attacked": sum(r["wall_seconds"] for r in runs[key]["runs"]) / max(attacked, 1),
+        }
+        for key in runs
+    }
+    ratio = total["current"]["cpu_per_attacked"] / total["today"]["cpu_per_attacked"]
+    wall_ratio = total["current"]["wall_per_attacked"] / total["today"]["wall_per_attacked"]
+    lines.append(
+        f"{'all':>16} {'':12} {total['today']['cpu_per_attacked']:13.2f} {total['current']['cpu_per_attacked']:8.2f} "
+        f"{ratio:6.2f}  (wall ratio {wall_ratio:.2f})  identical: {not mismatches}"
+    )
+    print("\n".join(lines))
+    report = {
+        "config": {
+            "n": len(examples),
+            "rows": rows,
+            "seed": args.seed,
+            "models": model_dirs,
+            "recipes": recipes,
+            "textfooler": args.textfooler,
+            "resources": str(args.resources),
+            "threads": args.threads,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": load0,
+            "loadavg_end": os.getloadavg(),
+        },
+        "identical": not mismatches,
+        "mismatches": mismatches,
+        "cpu_ratio": ratio,
+        "wall_ratio": wall_ratio,
+        "total": total,
+        "per_run": per,
+        "runs": {
+            k: [{kk: vv for kk, vv in r.items() if kk != "results"} for r in v["runs"]]
+            for k, v in runs.items()
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if not mismatches else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.compare_runners:
+        from robustprune.attacks.textattack_env import import_textattack
+
+        import_textattack()
+        return compare_runners(args)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from robustprune.attacks.textattack_env import import_textattack

@@ -116,6 +116,31 @@ def _encoder(directory: str):  # noqa: ANN202 - MeanPooledEncoder
     return MeanPooledEncoder.from_dir(Path(directory))
 
 
+VICTIM_CACHE = 1 << 16  # logit rows kept per victim model (a few MB)
+
+
+@functools.lru_cache(maxsize=2)
+def _victim(path: str, digest: str, device: str, max_length: int, batch_size: int):  # noqa: ANN202
+    """One victim wrapper per model per process (the last two models): its logit cache serves every recipe
+    and shard of that model (textattack's own cache is cleared after each example). ``digest`` (the
+    weights' content hash) keys it, so a model rebuilt under the same path is loaded afresh."""
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+    from robustprune.modeling import load_classifier, load_tokenizer
+
+    net = load_classifier(path).to(device)
+    return FastClassifierWrapper(
+        net, load_tokenizer(path), max_length=max_length, batch_size=batch_size, cache_size=VICTIM_CACHE
+    )
+
+
+@functools.cache
+def _masked_lm(directory: str):  # noqa: ANN202 - (model, tokenizer)
+    """BERT-Attack's masked LM, loaded once per process."""
+    from robustprune.attacks.bert_attack import load_mlm
+
+    return load_mlm(directory)
+
+
 @functools.cache
 def _tagger(directory: str | None):  # noqa: ANN202 - ContextTagger | None
     """One POS tagger per process (its window -> tags cache is valid across models); None without one."""
@@ -136,26 +161,28 @@ def attack_shard(
 ) -> dict:
     """Attack rows ``rows`` of a split (the test split; the soup stage attacks validation rows) on one model
     with one recipe; per-example results + timings. ``query_budget``: ``"attack"`` = ``attack.query_budget``."""
-    from robustprune.attacks import build_attack
+    from robustprune.attacks import build_attack, fastpaths
     from robustprune.attacks.components import pos_label
     from robustprune.attacks.runner import attack_examples, check_labels, forward_floor, reset_forward_stats
-    from robustprune.attacks.wrapper import FastClassifierWrapper
-    from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
+    from robustprune.modeling import resolve_device
 
+    fastpaths.install()
     budget = _budget(params, query_budget)
     test = getattr(load_splits(layout.data), split)
-    net = load_classifier(model["path"]).to(resolve_device(params.runtime.device))
-    check_labels(net.config.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
-    wrapper = FastClassifierWrapper(
-        net,
-        load_tokenizer(model["path"]),
-        max_length=params.data.max_length,
-        batch_size=params.attack.batch_size,
+    wrapper = _victim(
+        str(model["path"]),
+        model_digest(model["path"]),
+        str(resolve_device(params.runtime.device)),
+        params.data.max_length,
+        params.attack.batch_size,
     )
+    check_labels(wrapper.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
     res = _resources(str(attack_dir(layout)))
     options = recipe_options(params, recipe)
     if recipe == "textfooler":
         options["tagger"] = _tagger(str(res.tagger_dir) if res.tagger_dir else None)
+    if recipe == "bert-attack" and res.mlm_dir is not None:
+        options["masked_lm"] = _masked_lm(str(res.mlm_dir))
     attack = build_attack(
         recipe,
         wrapper,

@@ -241,6 +241,68 @@ def test_wrapper_pads_to_longest_truncates_and_counts(ta, tok) -> None:
     assert wrapper([]).shape[0] == 0
 
 
+def test_wrapper_logit_cache_serves_repeats_across_attacks(ta, tok, resources, bow_encoder) -> None:
+    """A wrapper shared by two recipes: the second reuses the first's forwards, with the same outcomes."""
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+    from robustprune.attacks.wrapper import FastClassifierWrapper
+
+    model = KeywordModel([tok.convert_tokens_to_ids("good")])
+    cached = FastClassifierWrapper(model, tok, max_length=32, batch_size=2, cache_size=1000)
+    texts = ["the film is good", "a dull plot", "the film is good"]
+    out = cached(texts)
+    assert cached.stats.texts == 2 and cached.requested == 3  # the repeat is computed once
+    torch.testing.assert_close(out, FastClassifierWrapper(model, tok, max_length=32)(texts))
+    cached(["a dull plot"])
+    assert cached.stats.texts == 2 and cached.requested == 4
+    small = FastClassifierWrapper(model, tok, cache_size=1)
+    small(["a", "b"])
+    assert len(small._cache) == 1
+    with pytest.raises(ValueError, match="cache_size"):
+        FastClassifierWrapper(model, tok, cache_size=-1)
+    example = [("the film is good and the cast is witty and the plot is fresh", 1)]
+    shared = FastClassifierWrapper(model, tok, max_length=32, cache_size=1 << 12)
+    plain = FastClassifierWrapper(model, tok, max_length=32)
+    for name in ("textfooler", "textbugger"):  # both rank words by deleting them: same leave-one-out texts
+        a = attack_examples(build_attack(name, shared, resources, encoder=bow_encoder), example)
+        b = attack_examples(build_attack(name, plain, resources, encoder=bow_encoder), example)
+        assert [(r.outcome, r.perturbed_text, r.num_queries) for r in a] == [
+            (r.outcome, r.perturbed_text, r.num_queries) for r in b
+        ]
+    assert shared.stats.texts < plain.stats.texts  # TextBugger's importance queries came from the cache
+    assert shared.requested == plain.stats.texts
+
+
+def test_memoised_words_from_text_is_the_same_function(ta) -> None:
+    from textattack.shared import AttackedText
+    from textattack.shared.utils import words_from_text
+
+    from robustprune.attacks import fastpaths
+
+    samples = ["No way I can't believe this load-of junk.", "", "  a  b ", "'quoted' @user x_y", "漢字 text"]
+    fastpaths.install()
+    try:
+        assert fastpaths.installed()
+        fast = ta.shared.attacked_text.words_from_text
+        assert fast is not words_from_text
+        for s in samples:
+            first = fast(s)
+            assert first == words_from_text(s) and fast(s) == first and fast(s) is not first
+            first.append("mutated")  # callers get a fresh list: the memo is not changed
+            assert fast(s) == words_from_text(s)
+        assert fast("a b c", ["b"]) == words_from_text("a b c", ["b"]) == ["a", "c"]
+        text = AttackedText("No way I can believe this load of junk.")
+        fast_swap = text.replace_word_at_index(1, "but")
+    finally:
+        fastpaths.uninstall()
+    assert not fastpaths.installed() and ta.shared.attacked_text.words_from_text is words_from_text
+    slow_swap = AttackedText("No way I can believe this load of junk.").replace_word_at_index(1, "but")
+    assert fast_swap.text == slow_swap.text and fast_swap.words == slow_swap.words
+    assert (
+        fast_swap.attack_attrs["newly_modified_indices"] == slow_swap.attack_attrs["newly_modified_indices"]
+    )
+
+
 def test_wrapper_rejects_bad_settings(ta, tok) -> None:
     from robustprune.attacks.wrapper import FastClassifierWrapper
 

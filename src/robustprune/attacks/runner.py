@@ -128,16 +128,24 @@ def forward_floor(attack) -> dict[str, float]:
     constraints share it; ``encoder_requested`` counts sentences asked for, cache hits included)
     and the transformation's own model (BERT-Attack's masked LM).  ``floor_seconds`` is their sum:
     the wall time an attack would take if everything but tokenizing and running models were free.
+    ``victim_requested`` counts the texts the victim was asked for (its logit cache's hits included);
+    ``tagger_seconds`` / ``tagger_texts``: TextFooler's part-of-speech tagger (not in the floor).
     """
     empty = SimpleNamespace(seconds=0.0, texts=0)
     victim = getattr(attack.goal_function.model, "stats", empty)
     encoders = {
         id(c.model): c.model for c in attack.constraints if hasattr(getattr(c, "model", None), "stats")
     }
+    taggers = {
+        id(c.tagger): c.tagger for c in attack.constraints if hasattr(getattr(c, "tagger", None), "stats")
+    }
     mlm = getattr(attack.transformation, "stats", empty)
     out = {
         "victim_seconds": victim.seconds,
         "victim_texts": victim.texts,
+        "victim_requested": getattr(attack.goal_function.model, "requested", victim.texts),
+        "tagger_seconds": sum(t.stats.seconds for t in taggers.values()),
+        "tagger_texts": sum(t.stats.tagged for t in taggers.values()),
         "encoder_seconds": sum(e.stats.seconds for e in encoders.values()),
         "encoder_texts": sum(e.stats.texts for e in encoders.values()),
         "encoder_requested": sum(getattr(e, "requested", e.stats.texts) for e in encoders.values()),
@@ -154,6 +162,7 @@ def reset_forward_stats(attack) -> None:
         attack.goal_function.model,
         attack.transformation,
         *(getattr(c, "model", None) for c in attack.constraints),
+        *(getattr(c, "tagger", None) for c in attack.constraints),
     ]
     for holder in holders:
         stats = getattr(holder, "stats", None)

@@ -16,6 +16,7 @@ constraint that calls it; several constraints (and recipes) may share one encode
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ class MeanPooledEncoder:
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.stats = ForwardStats()
         self.requested = 0
 
@@ -98,17 +100,18 @@ class MeanPooledEncoder:
         self.requested += len(sentences)
         if self.cache_size <= 0:
             return self._forward(sentences)
-        missing = list(dict.fromkeys(s for s in sentences if s not in self._cache))
+        with self._lock:  # shared by the attack tasks of a process, which may run in threads
+            known = {s: self._cache[s] for s in sentences if s in self._cache}
+        missing = list(dict.fromkeys(s for s in sentences if s not in known))
         if missing:
-            for text, emb in zip(missing, self._forward(missing), strict=True):
-                self._cache[text] = emb
-        rows = []
-        for s in sentences:
-            self._cache.move_to_end(s)
-            rows.append(self._cache[s])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return torch.stack(rows) if rows else torch.empty(0, 0)
+            known.update(zip(missing, self._forward(missing), strict=True))
+        with self._lock:
+            for s in dict.fromkeys(sentences):
+                self._cache[s] = known[s]
+                self._cache.move_to_end(s)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack([known[s] for s in sentences]) if sentences else torch.empty(0, 0)
 
 
 # how a windowed check treats texts shorter than the window (see EncoderSimilarity)

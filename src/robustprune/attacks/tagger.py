@@ -19,6 +19,7 @@ imported only by :func:`load_tagger`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -132,6 +133,7 @@ class ContextTagger:
         self.name = name
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+        self._lock = threading.Lock()
         self.stats = TaggerStats()
 
     def clear_cache(self) -> None:
@@ -142,31 +144,27 @@ class ContextTagger:
         """Universal tags of each word sequence; each distinct uncached sequence is tagged once."""
         keys = [tuple(words) for words in words_list]
         self.stats.requested += len(keys)
-        missing = list(dict.fromkeys(k for k in keys if k not in self._cache and k))
-        fresh: dict[tuple[str, ...], tuple[str, ...]] = {}
-        if missing:
-            t0 = time.perf_counter()
-            tagged = self.backend(missing)
-            self.stats.seconds += time.perf_counter() - t0
-            self.stats.tagged += len(missing)
-            for key, tags in zip(missing, tagged, strict=True):
-                if len(tags) != len(key):
-                    raise ValueError(f"the tagger returned {len(tags)} tags for {len(key)} words: {key}")
-                fresh[key] = tuple(universal(t) for t in tags)
-        out = []
-        for key in keys:
-            if not key:
-                out.append(())
-            elif key in fresh:
-                out.append(fresh[key])
-            else:
-                self._cache.move_to_end(key)
-                out.append(self._cache[key])
-        if self.cache_size > 0:
-            self._cache.update(fresh)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return out
+        with self._lock:  # one spaCy pipeline and cache, possibly shared by tasks running in threads
+            known = {k: self._cache[k] for k in keys if k in self._cache}
+            known[()] = ()
+            missing = list(dict.fromkeys(k for k in keys if k not in known))
+            if missing:
+                t0 = time.perf_counter()
+                tagged = self.backend(missing)
+                self.stats.seconds += time.perf_counter() - t0
+                self.stats.tagged += len(missing)
+                for key, tags in zip(missing, tagged, strict=True):
+                    if len(tags) != len(key):
+                        raise ValueError(f"the tagger returned {len(tags)} tags for {len(key)} words: {key}")
+                    known[key] = tuple(universal(t) for t in tags)
+            if self.cache_size > 0:
+                for key in dict.fromkeys(keys):
+                    if key:
+                        self._cache[key] = known[key]
+                        self._cache.move_to_end(key)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return [known[k] for k in keys]
 
     def tag(self, words: Sequence[str]) -> tuple[str, ...]:
         """Universal tags of one word sequence."""

@@ -8,11 +8,20 @@ in params.yaml), exactly as the model sees text at evaluation time; with the att
 logits equal the stock wrapper's up to float rounding.  It counts the texts it is asked to score
 (model queries that reach the model, i.e. after textattack's goal-function cache) and accumulates
 wall seconds spent tokenizing and in the forward pass, the "forward floor" of an attack.
+
+With ``cache_size > 0`` it keeps the logits of the last ``cache_size`` distinct texts.  textattack's
+own cache lives in the goal function and is cleared after every example, so it never helps another
+recipe; one wrapper per model shared by the recipes (and shards) of a process lets TextFooler and
+TextBugger share their leave-one-out importance queries, every recipe the clean text's query, and
+every candidate text two recipes happen to both produce.  textattack still counts each query it
+makes (``num_queries`` is unchanged); only the forward is saved.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,16 +60,34 @@ class FastClassifierWrapper(ModelWrapper):
     truncated at ``max_length`` tokens, under ``torch.inference_mode``.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, max_length: int = 64, batch_size: int = 32):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        max_length: int = 64,
+        batch_size: int = 32,
+        cache_size: int = 0,
+    ):
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2 (room for [CLS] and [SEP]), got {max_length}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.stats = ForwardStats()
+        self.requested = 0  # texts asked for, cache hits included (stats.texts: texts run through the model)
+
+    def clear_cache(self) -> None:
+        """Forget every cached logit row."""
+        self._cache.clear()
 
     @property
     def num_labels(self) -> int | None:
@@ -71,6 +98,24 @@ class FastClassifierWrapper(ModelWrapper):
     def __call__(self, text_input_list: Sequence[str]) -> torch.Tensor:
         """Logits for each text (textattack passes ``AttackedText.tokenizer_input``: plain strings)."""
         texts = list(text_input_list)
+        self.requested += len(texts)
+        if self.cache_size <= 0 or not texts:
+            return self._forward(texts)
+        with self._lock:  # the cache may be shared by tasks running in threads; forwards run unlocked
+            known = {t: self._cache[t] for t in texts if t in self._cache}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known.update(zip(missing, self._forward(missing), strict=True))
+        with self._lock:
+            for t in dict.fromkeys(texts):
+                self._cache[t] = known[t]
+                self._cache.move_to_end(t)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack([known[t] for t in texts])
+
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        """Logits of ``texts`` (no cache), in chunks of ``batch_size``, counted and timed."""
         self.stats.calls += 1
         self.stats.texts += len(texts)
         device = next(self.model.parameters()).device
