@@ -279,7 +279,7 @@ CASES: list[Case] = [
     Case(
         "work-pool-no-deployments",
         with_(runtime__work_pool="busy-pool"),
-        ("'busy-pool'", "deployment 'prune/prune-gpu' does not exist"),
+        ("'busy-pool'", "deployment 'prune/prune-busy-pool' does not exist"),
         needs="api",
     ),
     # data files
