@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run run-lm run-paper test test-fast chaos lint format ui repro bench clean push pull mlflow-server
+.PHONY: help setup run run-lm run-paper test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -76,6 +76,9 @@ mlflow-server: $(STAMP)-$(REQ_HASH)  ## MLflow tracking server on http://127.0.0
 	@mkdir -p $(MLFLOW_DIR)/artifacts
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(MLFLOW_DIR)/mlflow.db --artifacts-destination $(MLFLOW_DIR)/artifacts
+
+readme-table: $(STAMP)-$(REQ_HASH)  ## rewrite README's results table from reports/metrics.json (after a run)
+	$(BIN)/python -m robustprune.readme_table --write README.md
 
 bench: setup  ## pruning-kernel micro-benchmark (prints a table, writes benchmarks/results/)
 	$(BIN)/python benchmarks/bench_kernels.py
