@@ -5,7 +5,7 @@ weights, protocol tokens, options, solver code): ``.cache/lm-work/<name>/<key>/`
 linears (``weights.safetensors``), the masks and ``metrics.json`` (written last, atomically). A task whose
 ``metrics.json`` exists is a cache hit; a killed task leaves no ``metrics.json`` and reruns. Only the
 pruned Linear weights are stored (the rest of the model is the dense checkpoint), so a pruned
-SmolLM2-135M costs ~0.4 GB of disk, not 0.54.
+SmolLM2-135M costs its 106M block-Linear weights × 4 bytes (0.42 GB) of disk, not all 135M (0.54 GB).
 """
 
 from __future__ import annotations

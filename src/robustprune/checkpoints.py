@@ -236,7 +236,8 @@ def save_masks(dest: str | Path, masks: Mapping[str, torch.Tensor]) -> Path:
 class PackedMasks(Mapping[str, torch.Tensor]):
     """Masks kept bit-packed in memory (1 bit a weight) and unpacked one at a time on access.
 
-    A pruned SmolLM2-135M's masks take 106 MB as bool tensors and 13 MB packed: the SDS stages read one
+    A pruned SmolLM2-135M's masks (106M block-Linear weights) take 106 MB as bool tensors (a byte each) and
+    13 MB packed (a bit each): the SDS stages read one
     mask per Linear, so they hold this instead of :func:`unpack_masks`'s dict.
     """
 

@@ -2,7 +2,7 @@
 
 Recipes (one module each, ``build(model_wrapper, resources, **options) -> textattack.Attack``):
 ``textfooler`` (Jin et al. 2019), ``bert-attack`` (Li et al. 2020), ``textbugger`` (Li et al.
-2018).  Importing this package is cheap: textattack (~10 s to import) is loaded only when a recipe
+2018).  Importing this package is cheap: textattack (slow to import) is loaded only when a recipe
 is built, so resource builders can import :mod:`robustprune.attacks.types` freely.
 """
 

@@ -1,8 +1,8 @@
 """Speed-ups of textattack's hot paths that leave every result unchanged.
 
-Profiled on TextFooler (10 examples of the default run, CPU time, cProfile): 68% of the time is model
-forwards, 17% is building ``AttackedText`` objects, almost all of it in
-``textattack.shared.utils.words_from_text`` (a regex split called ~70,000 times: twice per word of every
+Profiled on TextFooler (the default run's examples, CPU time, cProfile): after the model forwards, the
+largest share is building ``AttackedText`` objects, almost all of it in
+``textattack.shared.utils.words_from_text`` (a regex split called twice per word of every
 candidate text in ``AttackedText.generate_new_attacked_text``, once per text for ``.words``).  The
 same few hundred strings (the words of the text under attack and their candidates) come back again
 and again, so :func:`install` puts a memoised copy of the function where ``AttackedText`` looks it up.

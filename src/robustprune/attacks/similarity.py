@@ -3,9 +3,8 @@
 TextFooler, BERT-Attack and TextBugger filter candidates by the Universal Sentence Encoder (USE)
 similarity of the perturbed and reference texts.  USE needs TF-hub; offline we use the
 all-MiniLM-L6-v2 sentence encoder, mean-pooled over the attention mask as sentence-transformers
-does (resources.md, "Attack resources").  Its cosine scale differs from USE's (paraphrases ~0.9,
-unrelated sentences ~0.0-0.2), so the papers' thresholds carry over only approximately; every
-recipe states the threshold it uses.
+does.  Its cosine scale differs from USE's, so the papers' thresholds carry over only approximately
+(docs/attacks.md sweeps the threshold); every recipe states the threshold it uses.
 
 :class:`MeanPooledEncoder` holds the model, an LRU cache of embeddings keyed by text (greedy word
 swaps re-encode the same reference window for every candidate, and windows repeat between search
