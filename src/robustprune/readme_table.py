@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -167,6 +169,20 @@ def replace_block(text: str, table: str) -> str:
     return f"{text[:start]}\n{table}\n{text[end:]}"
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside ``path`` and rename into place (robustprune.checkpoints does the same, but imports torch)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)  # keep the file's permissions (mkstemp makes 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m robustprune.readme_table", description=__doc__.split("\n\n")[0]
@@ -179,10 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         table = results_table(json.loads(Path(args.metrics).read_text(encoding="utf-8")))
         if args.write:
-            from robustprune.checkpoints import write_text
-
             path = Path(args.write)
-            write_text(path, replace_block(path.read_text(encoding="utf-8"), table))
+            _write_atomic(path, replace_block(path.read_text(encoding="utf-8"), table))
             print(f"{path}: results table rewritten from {args.metrics}")
         else:
             print(table)
