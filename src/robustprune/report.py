@@ -138,6 +138,10 @@ def headline(x: ReportInputs) -> list[str]:
             a = next((m for m in x.models if m["name"] == c.a), None)
             if a is None or a["sparsity"] != label or c.relation != VS_SPARSEGPT:
                 continue
+            if c.metric.startswith("transfer:") and c.metric != "transfer:all":
+                continue
+            if a["method"] in ("magnitude", "wanda") and c.metric != "clean":
+                continue  # the headline follows the methods the issue compares; the rest is below
             out.append(f"- {_cmp_line(c)}.")
     if len(out) == 2:
         out.append("- (no comparison available: see the sections below)")

@@ -7,7 +7,8 @@ difference excludes 0, else "no measurable difference").
 
 Pairs (when both models exist): every pruned, SDS and CAP model against the dense reference; every method
 against SparseGPT at the same sparsity; SDS against its one-shot model; CAP against its no-contrastive
-ablation (``cap-nocl_<s>``); the greedy soup against its best single ingredient.
+ablation (``cap-nocl_<s>``); the greedy soup against its best single ingredient. Transferred adversarial
+texts were found against the dense reference, so no transferred comparison involves the reference itself.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def compare(
     out = []
     for a, b, relation in comparison_pairs(models, reference, best_ingredient):
         for metric in metrics:
+            if metric.startswith("transfer:") and reference in (a, b):
+                continue  # the texts were found against the reference: it scores 0 by construction
             fa, fb = metric_flags(by[a], metric, attacks), metric_flags(by[b], metric, attacks)
             if fa is None or fb is None:
                 continue

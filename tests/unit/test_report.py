@@ -76,6 +76,8 @@ def test_two_of_25_is_no_measurable_difference_in_the_report():
         ("sparsegpt_0.875", "textfooler"): {i: "failed" if i < 3 else "succeeded" for i in range(25)},
     }
     comps = compare(models, outcomes, ["clean", "textfooler", "transfer:all"], "soup-greedy", "v1")
+    assert not [c for c in comps if c.metric.startswith("transfer:") and "soup-greedy" in (c.a, c.b)]
+    assert any(c.metric == "transfer:all" and c.a == "rakp_0.875" for c in comps)
     clean = next(c for c in comps if (c.a, c.b, c.metric) == ("rakp_0.875", "sparsegpt_0.875", "clean"))
     assert clean.diff.diff == pytest.approx(2 / 25)
     assert clean.diff.verdict == "no measurable difference"
