@@ -265,7 +265,9 @@ def attack_section(x: ReportInputs) -> list[str]:
         "",
         f"The same {n} seeded test examples for every model and recipe. Cell: **accuracy under attack [CI]** "
         "(= failed attacks / N) · attack success rate % · mean queries. textattack's definitions; inputs with no "
-        "word to perturb are left out."
+        "word to perturb are left out. A model that (nearly) ignores its input cannot be attacked: its accuracy "
+        "under attack approaches its clean accuracy on the class it predicts, so read it beside clean "
+        "accuracy and the success rate."
         + (f" TextFooler's part-of-speech check: {', '.join(taggers)}." if taggers else ""),
         "",
         "| model | method | sparsity | clean on attacked set % | "
