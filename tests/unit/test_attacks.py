@@ -444,6 +444,20 @@ def test_installed_tagger_is_the_registered_resource(spacy_dir) -> None:
         assert sha256_file(spacy_dir / member.removeprefix(prefix)) == digest, member
 
 
+def test_tagger_resource_is_copied_from_the_installed_package(tmp_path, monkeypatch) -> None:
+    from robustprune import resources
+    from robustprune.attacks.tagger import load_tagger
+
+    out = resources.extract_installed("spacy_en_sm", tmp_path / "tagger")
+    assert out == tmp_path / "tagger" and (out / "tagger" / "model").is_file()
+    assert load_tagger(out).tag(["a", "good", "film"])[1] == "ADJ"
+    for requirement, message in (("no-such-dist==1.0", "not installed"), ("spacy==0.0.1", "need 0.0.1")):
+        entry = resources._resource("toy_spacy", requirement, ("x/",), {"x/a": None}, "toy")
+        monkeypatch.setitem(resources.RESOURCES, "toy_spacy", entry)
+        with pytest.raises(resources.ResourceError, match=message):
+            resources.extract_installed("toy_spacy", tmp_path / "toy")
+
+
 def test_tagger_tags_in_context_and_caches(tagger) -> None:
     from robustprune.attacks.components import pos_context
 
