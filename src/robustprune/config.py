@@ -139,7 +139,8 @@ class SoupAttackConfig(_Section):
 
 class SoupConfig(_Section):
     """Greedy soup (RAKP Sec. 4.1): rank ingredients by the criterion, keep one only if the soup's criterion
-    does not drop and its clean validation accuracy stays within max_accuracy_drop of the current soup's."""
+    does not drop; with robustness, an ingredient or soup more than max_accuracy_drop below the best
+    ingredient's clean validation accuracy is never a member."""
 
     prune_source: Literal["greedy", "uniform", "best"] = "greedy"
     criterion: Literal["accuracy", "robustness"] = "robustness"

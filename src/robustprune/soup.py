@@ -3,8 +3,10 @@ ranked by accuracy or, as RAKP builds its robust dense start, by robustness (Li 
 
 Greedy: rank the ingredients by the criterion, start from the best, and keep each next one only if the soup
 with it does not lower the criterion. With ``criterion = "robustness"`` the criterion is accuracy under
-attack on a validation attack set (ties broken by clean validation accuracy), and a candidate is also refused
-when its clean validation accuracy falls more than ``max_accuracy_drop`` below the current soup's.
+attack on a validation attack set (ties broken by clean validation accuracy), and clean accuracy is guarded:
+an ingredient or a soup whose clean validation accuracy is more than ``max_accuracy_drop`` below the best
+ingredient's is not admissible (it is never a member). Without that guard a model that has collapsed to one
+class ranks first: it cannot be attacked, so its accuracy under attack is its share of that class.
 The selection (:func:`greedy_select`) is separate from the averaging (:func:`average_state_dicts`): the caller
 decides how a list of members is turned into a model and scored (and can cache that).
 """
@@ -44,18 +46,23 @@ class GreedyResult:
     history: list[dict] = field(default_factory=list)
 
 
-def accepts(trial: SoupScore, current: SoupScore, criterion: str, max_accuracy_drop: float) -> bool:
+def accepts(
+    trial: SoupScore, current: SoupScore, criterion: str, max_accuracy_drop: float, best_accuracy: float = 0.0
+) -> bool:
     """The greedy rule: the criterion does not drop (ties keep, as Recipe 1's ">="), and with
-    ``robustness`` clean accuracy stays within ``max_accuracy_drop`` of the current soup's."""
+    ``robustness`` clean accuracy stays within ``max_accuracy_drop`` of ``best_accuracy`` (the best
+    ingredient's clean validation accuracy)."""
     if criterion == "accuracy":
         return trial.accuracy >= current.accuracy
     if criterion == "robustness":
         assert trial.robustness is not None and current.robustness is not None
-        return (
-            trial.robustness >= current.robustness
-            and trial.accuracy >= current.accuracy - max_accuracy_drop - 1e-12
-        )
+        return trial.robustness >= current.robustness and admissible(trial, max_accuracy_drop, best_accuracy)
     raise ValueError(f"soup criterion {criterion!r} is not one of {list(CRITERIA)}")
+
+
+def admissible(score: SoupScore, max_accuracy_drop: float, best_accuracy: float) -> bool:
+    """Clean validation accuracy within ``max_accuracy_drop`` of the best ingredient's."""
+    return score.accuracy >= best_accuracy - max_accuracy_drop - 1e-12
 
 
 def greedy_select(
@@ -72,13 +79,22 @@ def greedy_select(
     """
     if not scores:
         raise ValueError("a soup needs at least one ingredient")
+    best = max(s.accuracy for s in scores.values())
     ranking = sorted(scores, key=lambda n: tuple(-x for x in scores[n].key(criterion)))
+    if criterion == "robustness":  # inadmissible ingredients last, never members
+        ranking = sorted(ranking, key=lambda n: not admissible(scores[n], max_accuracy_drop, best))
     members = [ranking[0]]
     current = scores[ranking[0]]
     history = [{"candidate": ranking[0], **asdict(current), "kept": True, "members": list(members)}]
     for name in ranking[1:]:
+        if criterion == "robustness" and not admissible(scores[name], max_accuracy_drop, best):
+            history.append(
+                {"candidate": name, **asdict(scores[name]), "kept": False, "members": list(members)}
+            )
+            history[-1]["inadmissible"] = True
+            continue
         trial = evaluate([*members, name])
-        kept = accepts(trial, current, criterion, max_accuracy_drop)
+        kept = accepts(trial, current, criterion, max_accuracy_drop, best)
         if kept:
             members.append(name)
             current = trial

@@ -45,31 +45,32 @@ def test_greedy_soup_keeps_only_ingredients_that_do_not_hurt():
 
 
 def test_robust_greedy_ranks_by_robustness_and_guards_clean_accuracy():
-    # a: robust but less accurate; b: accurate, brittle; c: adds robustness but costs clean accuracy
     own = {
-        "b": SoupScore(accuracy=0.85, robustness=0.10),
-        "a": SoupScore(accuracy=0.80, robustness=0.30),
-        "c": SoupScore(accuracy=0.70, robustness=0.25),
+        "z": SoupScore(accuracy=0.58, robustness=0.46),  # collapsed to one class: "robust", useless
+        "a": SoupScore(accuracy=0.80, robustness=0.10),
+        "b": SoupScore(accuracy=0.79, robustness=0.12),
+        "c": SoupScore(accuracy=0.78, robustness=0.08),
     }
-    soups = {}
-    soups[("a", "c")] = SoupScore(accuracy=0.79, robustness=0.35)
-    soups[("a", "c", "b")] = SoupScore(accuracy=0.82, robustness=0.35)
-    soups[("a", "b")] = SoupScore(accuracy=0.83, robustness=0.30)
+    soups = {
+        ("b", "a"): SoupScore(accuracy=0.81, robustness=0.12),  # same robustness, clean fine: kept
+        ("b", "a", "c"): SoupScore(accuracy=0.77, robustness=0.20),  # more robust, 3 points below a: refused
+    }
     res = greedy_select(own, lambda m: soups[tuple(m)], criterion="robustness", max_accuracy_drop=0.02)
-    assert res.members == ["a", "c", "b"]
-    assert res.score == SoupScore(accuracy=0.82, robustness=0.35)
-    # the same candidates with a strict clean-accuracy guard: (a, c) loses 1 point -> refused
-    res = greedy_select(own, lambda m: soups[tuple(m)], criterion="robustness", max_accuracy_drop=0.0)
-    assert res.members == ["a", "b"]
+    assert res.ranking == ["b", "a", "c", "z"]  # inadmissible z last, whatever its robustness
+    assert res.members == ["b", "a"]
+    assert res.score == SoupScore(accuracy=0.81, robustness=0.12)
+    assert [h["kept"] for h in res.history] == [True, True, False, False]
+    assert res.history[-1].get("inadmissible") is True  # never averaged (soups has no entry with z)
 
 
 def test_robust_greedy_refuses_a_robustness_drop_and_needs_scores():
-    own = {"a": SoupScore(0.8, 0.3), "b": SoupScore(0.9, 0.2)}
-    res = greedy_select(own, lambda m: SoupScore(0.95, 0.29), criterion="robustness")
+    own = {"a": SoupScore(0.8, 0.3), "b": SoupScore(0.8, 0.2)}
+    res = greedy_select(own, lambda m: SoupScore(0.85, 0.29), criterion="robustness")
     assert res.members == ["a"] and res.history[1]["kept"] is False
     with pytest.raises(ValueError, match="robustness score"):
         greedy_select({"a": SoupScore(0.8)}, lambda m: SoupScore(0.8), criterion="robustness")
     assert accepts(SoupScore(0.5), SoupScore(0.5), "accuracy", 0.0)
+    assert not accepts(SoupScore(0.7, 0.5), SoupScore(0.8, 0.1), "robustness", 0.02, best_accuracy=0.8)
 
 
 def test_length_bucketed_batches_cover_each_example_once():
