@@ -86,7 +86,14 @@ def _dvc_repo(root: Path):  # noqa: ANN202 - dvc.repo.Repo
 
 def stage_is_fresh(repo, stage: str) -> bool:  # noqa: ANN001
     """True when DVC has a lock entry for the stage and nothing it depends on changed."""
-    return not repo.status(targets=[stage])
+    with contextlib.chdir(repo.root_dir):  # DVC resolves some output paths against the working directory
+        return not repo.status(targets=[stage])
+
+
+def record_stage(repo, stage: str) -> None:  # noqa: ANN001
+    """``dvc commit`` the stage: its deps, params and outputs as they are now go into dvc.lock."""
+    with contextlib.chdir(repo.root_dir):
+        repo.commit(target=stage, force=True)
 
 
 def relative_to_root(path: str | Path, root: Path) -> str:
@@ -203,7 +210,7 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
                         )
                     timings[stage] = time.perf_counter() - t0
                     if repo is not None:
-                        repo.commit(target=stage, force=True)
+                        record_stage(repo, stage)
                         logger.info("stage %r done in %.1f s, recorded in dvc.lock", stage, timings[stage])
         finally:
             os.environ.pop(PARENT_ENV, None)

@@ -3,6 +3,7 @@ re-runs only prune and what depends on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -78,7 +79,14 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
         "attack",
         "report",
     }
-    assert (tmp_path / "reports" / "summary.md").exists() and (tmp_path / "dvc.lock").exists()
+    lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())["stages"]
+    assert set(lock) == _ran(first)  # every stage that ran is recorded, with the params it read
+    assert lock["prune"]["params"]["params.yaml"]["prune"]["sparsities"] == [0.5]
+    pruned_out = next(o for o in lock["prune"]["outs"] if o["path"] == "models/pruned")
+    assert pruned_out["md5"].endswith(".dir") and pruned_out["nfiles"] > 0
+    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())}
+    summary = (tmp_path / "reports" / "summary.md").read_text()
+    assert f"{100 * eval_rows['sparsegpt_0.5']['accuracy']:.1f}" in summary
 
     second = _run([sys.executable, "-m", "dvc", "repro"], tmp_path, env)
     assert _ran(second) == set(), second
@@ -92,7 +100,13 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     pruned = sorted(p.name for p in (tmp_path / "models" / "pruned").iterdir())
     assert pruned == ["magnitude_2-4", "sparsegpt_2-4"]  # combos no longer in params are removed
 
-    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show"], tmp_path, env)
-    assert "sparsegpt_2-4" in metrics
-    diff = _run([sys.executable, "-m", "dvc", "params", "diff"], tmp_path, env)
-    assert "prune.sparsities" in diff
+    # dvc reads the metrics the report stage wrote: the pruned models' accuracies are evaluate's
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], tmp_path, env))
+    metrics = shown[""]["data"]["reports/metrics.json"]["data"]
+    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())}
+    assert set(metrics["pruned"]) == {"magnitude_2-4", "sparsegpt_2-4"}
+    for name, m in metrics["pruned"].items():
+        assert m["accuracy"] == pytest.approx(eval_rows[name]["accuracy"], abs=1e-9)
+        assert m["sparsity"] == pytest.approx(0.5, abs=1e-6) == eval_rows[name]["measured_sparsity"]
+    diff = json.loads(_run([sys.executable, "-m", "dvc", "params", "diff", "--json"], tmp_path, env))
+    assert diff["params.yaml"]["prune.sparsities"] == {"old": [0.5], "new": ["2:4"]}

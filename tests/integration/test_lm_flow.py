@@ -62,15 +62,38 @@ def test_lm_flow_reports_dense_one_shot_and_sds(tmp_path: Path, prefect_harness)
             "sds",
             seed,
         ) in stages
+    # every number recomputed from what the run saved: the protocol's evaluation tokens, the dense model and
+    # each task's saved Linear weights give the recorded perplexity, NLL and sparsity
+    import math
+
+    import torch
+
+    from robustprune.checkpoints import load_masks
+    from robustprune.lm import load_causal_lm, load_protocol, perplexity
+    from robustprune.modeling import measured_sparsity, prunable_linears
+    from tasks.lm import load_linears
+
+    model_dir = tmp_path / "tiny-llama"
+    eval_ids = {s: load_protocol(tmp_path / "data" / "lm" / f"protocol-s{s}.safetensors")[0] for s in (0, 1)}
+    assert eval_ids[0].numel() == 256 and torch.equal(eval_ids[0], eval_ids[1])  # seeds move calibration only
     for r in rows:
-        assert r["ppl"] > 1.0 and r["tokens"] == 8 * 31
+        assert r["tokens"] == 8 * 31 and r["ppl"] == pytest.approx(math.exp(r["nll_mean"]), rel=1e-9)
+        if r["method"] == "dense":
+            net = load_causal_lm(model_dir)
+        else:
+            net = load_linears(load_causal_lm(model_dir), Path(r["work"]) / "weights.safetensors")
+            assert measured_sparsity(net) == pytest.approx(r["measured_sparsity"], abs=1e-12)
         if r.get("stage") in ("prune", "sds"):
             assert r["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
+            masks = load_masks(Path(r["work"]) / "masks.safetensors")
+            for name, lin in prunable_linears(net).items():
+                assert torch.equal(lin.weight != 0, masks[name.split("layers.", 1)[1]]), (r["name"], name)
+        assert perplexity(net, eval_ids[0], window=32).ppl == pytest.approx(r["ppl"], rel=1e-5), r["name"]
+    dense = next(r for r in rows if r["method"] == "dense")
     table = (tmp_path / "reports" / "lm.md").read_text()
-    assert (
-        "| sparsegpt | 2:4 |" in table
-        and (tmp_path / "reports" / "plots" / "lm_perplexity.png").stat().st_size
-    )
+    assert f"Dense perplexity: {dense['ppl']:.3f}" in table
+    png = (tmp_path / "reports" / "plots" / "lm_perplexity.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and "| sparsegpt | 2:4 |" in table
     # a second run is all cache hits: same rows, nothing recomputed
     lm_flow(params_path=str(params), root=str(tmp_path))
     assert read_json(tmp_path / "reports" / "lm.json") == rows

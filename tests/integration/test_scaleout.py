@@ -232,12 +232,15 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
 def test_gpu_stages_run_through_a_worker_on_the_named_pool(scaleout):
     from prefect.client.orchestration import get_client
 
+    from flows._cli import GPU_STAGES
+
     root, result = scaleout["root"], scaleout["result"]
     for stage in ("finetune", "prune", "sds", "cap", "evaluate", "attack", "lm"):
         assert f"Deployment '{stage}/{stage}-{POOL}' successfully created" in scaleout["deployed"], stage
-    assert set(result["ran"]) == {*REMOTE_STAGES, "report"}, result  # the rest: DVC cache hits
+    # the stale stages and whatever DVC finds stale below them ran, the rest were cache hits
+    assert {*REMOTE_STAGES, "report"} <= set(result["ran"]) and "prepare" in result["skipped"], result
     with get_client(sync_client=True) as client:
-        for stage in REMOTE_STAGES:
+        for stage in (s for s in result["ran"] if s in GPU_STAGES):  # every GPU stage went to the pool
             runs = _flow_runs_of(f"{stage}/{stage}-{POOL}")
             assert len(runs) == 1 and runs[0].state.is_completed(), (stage, runs)
             assert runs[0].work_pool_name == POOL

@@ -22,10 +22,13 @@ With ``cross = 2/N · (X - X̃)ᵀ X̃`` (same 2/N scale as ``H̃``), ``W* = W +
 correction, not on ``W*``, so identical streams (``X̃ = X``, ``cross = 0``) give exactly ``Δ = 0`` and
 RAKP reduces to SparseGPT.
 
-The correction is applied with a step ``alpha``: ``W* = W + alpha · Δ``. The full least-squares
-correction fits the calibration tokens too closely and the errors compound through the network:
-measured on SmolLM2-135M at 2:4, ``alpha = 1`` gave 186.7 perplexity against 49.6 for plain SparseGPT,
-while ``alpha = 0.25`` gave 38.2; hence the default ``alpha = 0.25``.
+The correction is applied with a step ``alpha``: ``W* = W + alpha · Δ``; ``alpha = 1`` with a small
+``ridge`` is the paper's full refit. On SmolLM2-135M at 2:4 a partial step gives perplexity 38.45 at
+``alpha = 0.25`` and 38.99 at 0.5 against 49.81 for SparseGPT (``benchmarks/results/smollm2.json``, rows
+``rakp@2:4/batch8``, ``rakp@2:4/alpha0.5/batch8``, ``sparsegpt@2:4/batch8``; made by
+``benchmarks/bench_smollm2.py --methods rakp --patterns 2:4 --calib-batch-size 8 --alpha A``). On the
+encoder, α, ridge, the head refit (:mod:`robustprune.pruning.rakp_head`) and the calibration size are
+compared in ``benchmarks/results/rakp_paper_encoder.json`` (``benchmarks/rakp_ablation.py``).
 """
 
 from __future__ import annotations
