@@ -42,6 +42,13 @@ def chaos(points: int, seed: int, workdir: Path) -> dict:
 
     import tests.conftest  # noqa: F401 - the test environment (wheels, threads)
     from tests.reliability.conftest import run_project
+
+    import torch
+
+    # the reference runs in this process, which imported torch before tests.conftest set OMP_NUM_THREADS:
+    # the resumed stages (subprocesses) read it, so the reference must use the same thread count to be
+    # comparable byte for byte (float reductions depend on it)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from tests.reliability.test_kill import kill_and_resume
 
     rows = []
@@ -82,6 +89,8 @@ def chaos(points: int, seed: int, workdir: Path) -> dict:
                 f"kept={rep['kept']!s:<5} {r['seconds']:>6.1f}s",
                 flush=True,
             )
+            if not ok:
+                print(f"    differences {r['differences']} leftovers {r['leftovers']}", flush=True)
     killed = [r for r in rows if r["killed_while_running"]]
     return {
         "points": points,
@@ -119,7 +128,7 @@ def corpus(workdir: Path) -> dict:
         t0 = time.perf_counter()
         res = subprocess.run(
             [sys.executable, "-m", f"flows.{case.stage}", "--params", str(params), "--root", str(root)],
-            cwd=case_dir,
+            cwd=ROOT,  # flows/ is imported from the repository, as the suite runs it
             env=case_env,
             capture_output=True,
             text=True,

@@ -116,7 +116,16 @@ class FinetuneConfig(_Section):
     head_seed: int = 0
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.06
-    variants: Annotated[list[Variant], Field(min_length=1)] = [Variant(name="v0", learning_rate=5e-5)]
+    # params.yaml's five half-epoch ingredients (RAKP Sec. 4.1: learning rate, optimiser, decay, adversary)
+    variants: Annotated[list[Variant], Field(min_length=1)] = [
+        Variant(name="lr5e-5-s0", learning_rate=5e-5, epochs=0.5, seed=0),
+        Variant(name="lr3e-5-s1", learning_rate=3e-5, epochs=0.5, seed=1),
+        Variant(name="lr8e-5-s2", learning_rate=8e-5, epochs=0.5, seed=2),
+        Variant(
+            name="adam-lr5e-5-s3", learning_rate=5e-5, epochs=0.5, seed=3, optimizer="adam", weight_decay=1e-3
+        ),
+        Variant(name="freelb-lr5e-5-s4", learning_rate=5e-5, epochs=0.5, seed=4, adversarial=FreeLBConfig()),
+    ]
 
     @field_validator("variants")
     @classmethod
@@ -496,10 +505,10 @@ class AttackConfig(_Section):
     recipes: Annotated[list[Literal["textfooler", "bert-attack", "textbugger"]], Field(min_length=0)] = list(
         ATTACK_RECIPES
     )
-    models: list[str] = ["soup-greedy"]
-    num_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 50
+    models: list[str] = ["soup-greedy", "best-ingredient", "sparsegpt_0.875", "rakp_0.875"]
+    num_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 100
     seed: int = 0
-    shard_size: Annotated[int, Field(gt=0, le=100_000)] = 25
+    shard_size: Annotated[int, Field(gt=0, le=100_000)] = 10
     query_budget: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     textfooler: TextFoolerConfig = TextFoolerConfig()
@@ -697,6 +706,11 @@ class Params(_Section):
                 "sds.methods: [] skips SDS)"
             )
         known = set(self.model_names())
+        if "models" not in self.attack.model_fields_set:
+            # the default list names SparseGPT and RAKP at 87.5%: a file that prunes to other sparsities and
+            # leaves attack.models out attacks the default models it builds (an explicit list must all exist)
+            kept = [m for m in self.attack.models if m in known or m in ATTACK_MODEL_GROUPS]
+            object.__setattr__(self, "attack", self.attack.model_copy(update={"models": kept}))
         unknown = [
             m
             for m in [*self.attack.models, *self.attack.more.models]

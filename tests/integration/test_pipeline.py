@@ -274,7 +274,12 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
 
 def test_prefect_yaml_deploys_every_deployment(tmp_path):
     """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments."""
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "ROBUSTPRUNE_DIR": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "ph"),
+        "ROBUSTPRUNE_DIR": str(ROOT),
+        "ROBUSTPRUNE_GPU_POOL": "gpu",  # prefect.yaml names the GPU pool from it (docs/deployment.md)
+    }
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
     for pool in ("cpu", "gpu"):

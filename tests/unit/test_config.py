@@ -231,7 +231,7 @@ def _default_differences(params_file: str, sections: set[str] | None = None) -> 
 
 # sections that differ while other changes are in flight; the lead aligns them (strict: an XPASS means
 # the section agrees now, so remove it from this set)
-_OTHERS = {"finetune", "attack"}
+_OTHERS: set[str] = set()
 
 
 @pytest.mark.parametrize(
@@ -321,3 +321,19 @@ def test_mlflow_uri_kind(uri: str, kind: str):
     else:
         with pytest.raises(ConfigError, match=r"runtime.mlflow_uri = .*not an MLflow tracking URI"):
             parse_params({"runtime": {"mlflow_uri": uri}})
+
+
+def test_default_attack_models_follow_the_pruned_models_built():
+    """Left out, attack.models attacks the default models that exist; listed, every name must exist."""
+    p = parse_params({"prune": {"sparsities": [0.5]}, "sds": {"methods": []}})
+    assert p.attack.models == ["soup-greedy", "best-ingredient"]
+    assert parse_params({}).attack.models == [
+        "soup-greedy",
+        "best-ingredient",
+        "sparsegpt_0.875",
+        "rakp_0.875",
+    ]
+    with pytest.raises(ConfigError, match=r"attack.models: unknown model\(s\) \['rakp_0.875'\]"):
+        parse_params(
+            {"prune": {"sparsities": [0.5]}, "sds": {"methods": []}, "attack": {"models": ["rakp_0.875"]}}
+        )
