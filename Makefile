@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run run-lm run-paper test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
+.PHONY: help setup run run-lm run-paper run-evidence test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -43,6 +43,13 @@ run-lm: setup  ## the causal-LM track (params-lm.yaml): SmolLM2-135M perplexity,
 
 run-paper: setup  ## the `paper` profile (params-paper.yaml): every model attacked on 1000 examples (GPU worker)
 	$(BIN)/python -m flows.pipeline --params params-paper.yaml
+
+run-evidence: setup  ## the `evidence` profile (params-evidence.yaml): 300 rows x 4 models, 150 x 6 more; report to reports/evidence/
+	$(BIN)/python -m flows.pipeline --params params-evidence.yaml
+	@mkdir -p reports/evidence/plots
+	cp reports/summary.md reports/metrics.json reports/attack.json reports/eval.json reports/evidence/
+	cp reports/plots/*.png reports/evidence/plots/
+	@echo "evidence report: reports/evidence/summary.md (reports/ now holds the evidence run; make run restores the default)"
 
 repro: setup  ## the same pipeline stage by stage through `dvc repro`
 	$(BIN)/dvc repro

@@ -337,3 +337,15 @@ def test_default_attack_models_follow_the_pruned_models_built():
         parse_params(
             {"prune": {"sparsities": [0.5]}, "sds": {"methods": []}, "attack": {"models": ["rakp_0.875"]}}
         )
+
+
+def test_evidence_profile_is_params_yaml_with_more_attacks():
+    """params-evidence.yaml changes the attack section alone (so every model is the default run's), attacks
+    more rows than the default, and its more.models exist."""
+    default = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    evidence = _leaves(yaml.safe_load((ROOT / "params-evidence.yaml").read_text()))
+    changed = {k for k in default.keys() | evidence.keys() if default.get(k) != evidence.get(k)}
+    assert changed == {"attack.num_examples", "attack.more.models", "attack.more.num_examples"}
+    p = load_params(ROOT / "params-evidence.yaml")
+    assert p.attack.num_examples > default["attack.num_examples"] and p.attack.more.num_examples >= 100
+    assert len(p.more_attacked_models()) == len(p.attack.more.models)  # each one a model the run builds
