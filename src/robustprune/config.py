@@ -158,13 +158,13 @@ class SoupConfig(_Section):
 
 
 class CalibrateConfig(_Section):
-    num_samples: Annotated[int, Field(gt=0, le=100_000)] = 128
+    num_samples: Annotated[int, Field(gt=0, le=100_000)] = 256
     seed: int = 0
     batch_size: Annotated[int, Field(gt=0)] = 32
 
 
 class RakpConfig(_Section):
-    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive", "depth"] = 0.25
+    alpha: Annotated[float, Field(ge=0, le=1)] | Literal["adaptive", "depth"] = 1.0
     # alpha = depth: (first block's alpha, last block's alpha), linear in between
     alpha_depth: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.5)
     alpha_grid: Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=1)] = [
@@ -178,10 +178,10 @@ class RakpConfig(_Section):
     alpha_criterion: Literal["block", "model", "output"] = "block"
     # alpha_criterion = output: judge every k-th token position of a causal LM (ignored for classifiers)
     output_stride: Annotated[int, Field(ge=1)] = 8
-    ridge: Annotated[float, Field(ge=0)] = 0.1
+    ridge: Annotated[float, Field(ge=0)] = 1e-4
     # also rectify the classifier head (BERT's pooler + classifier, RoBERTa-style dense + out_proj) after
     # the last block, with the last block's alpha: the paper's "pooler and classifier refit"; classifiers only
-    refit_head: bool = False
+    refit_head: bool = True
     next_input: Literal["pruned", "dense"] = "pruned"
 
 
@@ -528,6 +528,10 @@ BUILTIN_LMS = ("smollm2",)
 BUILTIN_TEXTS = ("political_speeches",)
 
 
+# lm.rakp keys a params file leaves out: the partial step measured on SmolLM2 (docs/lm.md), no head refit
+LM_RAKP_DEFAULTS: dict[str, Any] = {"alpha": 0.25, "ridge": 0.1, "refit_head": False}
+
+
 class LMConfig(_Section):
     """The causal-LM track (``params-lm.yaml``, ``python -m flows.lm``): perplexity before/after pruning."""
 
@@ -552,12 +556,19 @@ class LMConfig(_Section):
     block_size: Annotated[int, Field(gt=0, le=4096)] = 128
     dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
     track_dense: bool = False
-    rakp: RakpConfig = RakpConfig()
+    # the causal-LM default: a partial step (alpha 0.25, ridge 0.1; docs/lm.md) and no head refit (tied lm_head)
+    rakp: RakpConfig = RakpConfig(**LM_RAKP_DEFAULTS)
     # params-lm.yaml's SDS (the issue's SmolLM2 protocol), not the encoder's sds section
     sds: SdsConfig = SdsConfig(
         methods=["wanda", "sparsegpt", "rakp"], sparsities=[0.5, "2:4"], l1=0.3, steps=60
     )
     eval_batch_size: Annotated[int, Field(gt=0, le=1024)] = 4
+
+    @field_validator("rakp", mode="before")
+    @classmethod
+    def _lm_rakp_defaults(cls, v: object) -> object:
+        """Keys lm.rakp leaves out take the causal-LM defaults, not the encoder's (prune.rakp)."""
+        return {**LM_RAKP_DEFAULTS, **v} if isinstance(v, dict) else v
 
     @field_validator("sparsities")
     @classmethod

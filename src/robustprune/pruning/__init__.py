@@ -36,8 +36,8 @@ def prune_weight(
     *,
     block_size: int = 128,
     dampening: float = 0.01,
-    alpha: float = 0.25,
-    ridge: float = 0.1,
+    alpha: float = 1.0,
+    ridge: float = 1e-4,
 ) -> PruneResult:
     """Prune one weight with the named method.
 

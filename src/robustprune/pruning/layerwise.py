@@ -36,7 +36,7 @@ class RakpOptions:
     switch read for every method: which stream feeds the next block's "pruned" input.
     """
 
-    alpha: float | None = 0.25
+    alpha: float | None = 1.0
     alpha_depth: tuple[float, float] | None = None
     alpha_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     holdout_fraction: float = 0.25  # adaptive α: share of calibration batches held out to judge it
@@ -44,8 +44,8 @@ class RakpOptions:
     # KL divergence of the model's output distribution from the dense model's ("output")
     alpha_criterion: str = "block"
     output_stride: int = 8  # "output": judge every k-th token position of a causal LM (the head is wide)
-    ridge: float = 0.1
-    refit_head: bool = False
+    ridge: float = 1e-4
+    refit_head: bool = False  # the driver refits what it prunes; the config (params.yaml) turns the head refit on
     next_input: str = "pruned"
 
     def __post_init__(self) -> None:

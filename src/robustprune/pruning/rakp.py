@@ -103,8 +103,8 @@ def rakp_prune(
     H_pruned: Tensor,
     cross: Tensor | None,
     pattern: Pattern,
-    alpha: float = 0.25,
-    ridge: float = 0.1,
+    alpha: float = 1.0,
+    ridge: float = 1e-4,
     block_size: int = 128,
     dampening: float = 0.01,
 ) -> PruneResult:
