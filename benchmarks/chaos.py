@@ -37,13 +37,12 @@ STAGES = ("prune", "sds", "cap", "attack")
 
 def chaos(points: int, seed: int, workdir: Path) -> dict:
     os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
+    import torch
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     import tests.conftest  # noqa: F401 - the test environment (wheels, threads)
     from tests.reliability.conftest import run_project
-
-    import torch
 
     # the reference runs in this process, which imported torch before tests.conftest set OMP_NUM_THREADS:
     # the resumed stages (subprocesses) read it, so the reference must use the same thread count to be

@@ -48,7 +48,8 @@ def read_outcomes(layout: Layout, attack: list[dict]) -> tuple[dict, list[dict]]
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         outcomes[(a["model"], a["recipe"])] = {
-            int(r["test_row"]): ("no words" if r.get("original_prediction", "") == "" else r["outcome"]) for r in rows
+            int(r["test_row"]): ("no words" if r.get("original_prediction", "") == "" else r["outcome"])
+            for r in rows
         }
         records += [{**r, "model": a["model"], "recipe": a["recipe"]} for r in rows]
     return outcomes, records
@@ -67,7 +68,9 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
     metrics_names = ["clean", *recipes]
     if any("transfer" in m for m in models):
         metrics_names += [f"transfer:{k}" for k in models[0].get("transfer", {})]
-    comparisons = compare(models, outcomes, metrics_names, evaluation["reference"], soup.get("best_ingredient"))
+    comparisons = compare(
+        models, outcomes, metrics_names, evaluation["reference"], soup.get("best_ingredient")
+    )
     cap = _optional(r / "cap.json", None)
     cap_md = ""
     if cap:

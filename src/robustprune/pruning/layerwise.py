@@ -45,7 +45,7 @@ class RakpOptions:
     alpha_criterion: str = "block"
     output_stride: int = 8  # "output": judge every k-th token position of a causal LM (the head is wide)
     ridge: float = 1e-4
-    refit_head: bool = False  # the driver refits what it prunes; the config (params.yaml) turns the head refit on
+    refit_head: bool = False  # the config turns it on (params.yaml: the paper refits the head)
     next_input: str = "pruned"
 
     def __post_init__(self) -> None:
