@@ -10,7 +10,7 @@ Prints a table and merges the rows into ``benchmarks/results/smollm2.json`` (``-
     nice -n 19 .venv/bin/python benchmarks/bench_smollm2.py                       # dense only
     nice -n 19 .venv/bin/python benchmarks/bench_smollm2.py --methods sparsegpt wanda --patterns 2:4
 
-Anchors (the issue; llm-compressor's functions, 2 cores) are printed beside the measurements.
+Anchors (issue #5; llm-compressor's functions, 2 cores) are printed beside the measurements.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Whole-model SmolLM2-135M pruning, ours vs llm-compressor's functions, in one run (issue #3's anchor).
 
-The issue's anchor (sparsegpt 204 s at 50 %, 226 s at 2:4, wanda 128-141 s, 2 cores) was measured in another
+Issue #5's anchor (sparsegpt 204 s at 50 %, 226 s at 2:4, wanda 128-141 s, 2 cores) was measured in another
 session; this machine's speed drifts ~30 % between hours, so a ratio against it says little. This script
 measures both sides in the same run, alternating them per row, on the same protocol (64 calibration chunks
 of 512 tokens, written once by our side and read by theirs) and the same converted checkpoint:
@@ -37,7 +37,7 @@ from bench_smollm2 import prepare  # noqa: E402
 from robustprune.checkpoints import write_json  # noqa: E402
 from robustprune.lm import save_protocol  # noqa: E402
 
-TARGET_TIME_RATIO = 0.75  # the issue: our sparsegpt <= 0.75x llm-compressor's whole-model time
+TARGET_TIME_RATIO = 0.75  # issue #5: our sparsegpt <= 0.75x llm-compressor's whole-model time
 
 
 def run_theirs(py: str, hf: Path, proto: Path, method: str, pattern: str, args: argparse.Namespace) -> dict:

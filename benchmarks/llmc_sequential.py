@@ -1,4 +1,4 @@
-"""SmolLM2 pruned layer by layer with llm-compressor's own functions: the issue's whole-model anchor, re-measured.
+"""SmolLM2 pruned layer by layer with llm-compressor's own functions: issue #5's whole-model anchor, re-measured.
 
 Runs in the benchmark venv (``.venv-bench``, llm-compressor and its transformers; see README.md), never in
 ``.venv``. ``bench_smollm2_vs_llmc.py`` calls it as a subprocess, so both sides run in the same session on

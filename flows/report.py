@@ -31,7 +31,7 @@ from tasks.common import Layout, default_task_runner, load, stage_run
 from tasks.tracking import log_model_runs
 
 #: how many example perturbations per recipe the report shows
-EXAMPLES_PER_RECIPE = 12
+EXAMPLES_PER_RECIPE = 30
 
 
 def _optional(path: Path, default):  # noqa: ANN001, ANN202
@@ -92,6 +92,7 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
         recipes=recipes,
         comparisons=comparisons,
         cap_md=cap_md,
+        cap_seconds={k: float(v) for k, v in (cap or {}).get("training_seconds", {}).items()},
         examples_md=examples_markdown(examples, label_names=label_names) if examples else "",
         attack_note=attack_note,
     )

@@ -558,7 +558,7 @@ class LMConfig(_Section):
     track_dense: bool = False
     # the causal-LM default: a partial step (alpha 0.25, ridge 0.1; docs/lm.md) and no head refit (tied lm_head)
     rakp: RakpConfig = RakpConfig(**LM_RAKP_DEFAULTS)
-    # params-lm.yaml's SDS (the issue's SmolLM2 protocol), not the encoder's sds section
+    # params-lm.yaml's SDS (issue #5's SmolLM2 protocol), not the encoder's sds section
     sds: SdsConfig = SdsConfig(
         methods=["wanda", "sparsegpt", "rakp"], sparsities=[0.5, "2:4"], l1=0.3, steps=60
     )

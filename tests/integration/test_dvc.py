@@ -84,7 +84,7 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     assert lock["prune"]["params"]["params.yaml"]["prune"]["sparsities"] == [0.5]
     pruned_out = next(o for o in lock["prune"]["outs"] if o["path"] == "models/pruned")
     assert pruned_out["md5"].endswith(".dir") and pruned_out["nfiles"] > 0
-    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())}
+    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())["models"]}
     summary = (tmp_path / "reports" / "summary.md").read_text()
     assert f"{100 * eval_rows['sparsegpt_0.5']['accuracy']:.1f}" in summary
 
@@ -103,10 +103,12 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
     # dvc reads the metrics the report stage wrote: the pruned models' accuracies are evaluate's
     shown = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], tmp_path, env))
     metrics = shown[""]["data"]["reports/metrics.json"]["data"]
-    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())}
-    assert set(metrics["pruned"]) == {"magnitude_2-4", "sparsegpt_2-4"}
-    for name, m in metrics["pruned"].items():
-        assert m["accuracy"] == pytest.approx(eval_rows[name]["accuracy"], abs=1e-9)
-        assert m["sparsity"] == pytest.approx(0.5, abs=1e-6) == eval_rows[name]["measured_sparsity"]
+    eval_rows = {r["name"]: r for r in json.loads((tmp_path / "reports" / "eval.json").read_text())["models"]}
+    pruned = {n: m for n, m in metrics["models"].items() if m["kind"] == "pruned"}
+    assert set(pruned) == {"magnitude_2-4", "sparsegpt_2-4"}
+    for name, m in pruned.items():
+        assert m["accuracy"]["value"] == pytest.approx(eval_rows[name]["accuracy"], abs=1e-9)
+        assert m["accuracy"]["low"] <= m["accuracy"]["value"] <= m["accuracy"]["high"]
+        assert m["measured_sparsity"] == pytest.approx(0.5, abs=1e-6) == eval_rows[name]["measured_sparsity"]
     diff = json.loads(_run([sys.executable, "-m", "dvc", "params", "diff", "--json"], tmp_path, env))
     assert diff["params.yaml"]["prune.sparsities"] == {"old": [0.5], "new": ["2:4"]}
