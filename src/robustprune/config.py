@@ -39,9 +39,9 @@ class DataConfig(_Section):
     hub_config: str | None = None
     text_column: str = "text"
     label_column: str = "label"
-    validation_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 1000
-    test_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 1000
-    max_train_examples: Annotated[int, Field(gt=0)] | None = 6000
+    validation_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 500
+    test_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 500
+    max_train_examples: Annotated[int, Field(gt=0)] | None = 4000
     max_length: Annotated[int, Field(ge=8, le=4096)] = 64
 
     @property
@@ -141,7 +141,7 @@ class SoupAttackConfig(_Section):
     """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness)."""
 
     recipe: Literal["textfooler", "bert-attack", "textbugger"] = "textfooler"
-    num_examples: Annotated[int, Field(gt=0, le=100_000)] = 40
+    num_examples: Annotated[int, Field(gt=0, le=100_000)] = 25
     seed: int = 0
     query_budget: Annotated[int, Field(gt=0)] | None = None
 
@@ -158,7 +158,7 @@ class SoupConfig(_Section):
 
 
 class CalibrateConfig(_Section):
-    num_samples: Annotated[int, Field(gt=0, le=100_000)] = 256
+    num_samples: Annotated[int, Field(gt=0, le=100_000)] = 128
     seed: int = 0
     batch_size: Annotated[int, Field(gt=0)] = 32
 
@@ -226,7 +226,7 @@ class PruneConfig(_Section):
         "sparsegpt",
         "rakp",
     ]
-    sparsities: Annotated[list[float | str], Field(min_length=1)] = [0.5, 0.75, 0.875, "2:4"]
+    sparsities: Annotated[list[float | str], Field(min_length=1)] = [0.75, 0.875, "2:4"]
     block_size: Annotated[int, Field(gt=0, le=4096)] = 128
     dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
     modules: str | None = None
@@ -282,7 +282,7 @@ class SdsConfig(_Section):
     """Sparse-dense-sparse on top of some of the prune stage's models (each must be a prune combination)."""
 
     methods: list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]] = ["sparsegpt", "rakp"]
-    sparsities: list[float | str] = [0.75, "2:4"]
+    sparsities: list[float | str] = [0.75]
     l1: Annotated[float, Field(ge=0)] = 0.1  # penalty on the previously pruned positions (see sds.py)
     regularizer: Literal["l1", "group"] = "l1"
     group_size: Annotated[int, Field(ge=1, le=4096)] = 4
@@ -386,8 +386,8 @@ class CapConfig(_Section):
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 0  # dense, before the first stage's ramp
     # cubic ramp / hold at the stage's sparsity: one count for every stage, or one per stage
-    ramp_steps: _Steps | list[_Steps] = [10, 10, 10, 10]
-    hold_steps: _Steps | list[_Steps] = [10, 10, 40, 20]
+    ramp_steps: _Steps | list[_Steps] = [5, 5, 5, 5]
+    hold_steps: _Steps | list[_Steps] = [10, 10, 25, 15]
     lr: Annotated[float, Field(gt=0, lt=1)] = 3.0e-4
     score_lr: Annotated[float, Field(gt=0, le=100)] = 1.0e-2  # movement / soft scores
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
