@@ -280,9 +280,24 @@ def detached_prefect_server() -> Iterator[None]:
     server.start(timeout=max(60, int(settings.server.ephemeral.startup_timeout_seconds)))  # a loaded machine
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
+            try:
+                yield
+            finally:
+                _flush_prefect_logs()
     finally:
         server.stop()
+
+
+def _flush_prefect_logs() -> None:
+    """Send the queued flow/task logs while the temporary server still runs.
+
+    Left for the interpreter's exit, Prefect's log worker retries against the stopped server: every
+    ``python -m flows.<stage>`` then lingered about 70 s after its last line ("Error logging to API").
+    """
+    with contextlib.suppress(Exception):
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()
 
 
 class _DetachedServer:
