@@ -41,7 +41,7 @@ class DataConfig(_Section):
     label_column: str = "label"
     validation_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 500
     test_size: Annotated[int, Field(gt=0)] | Annotated[float, Field(gt=0, lt=1)] = 500
-    max_train_examples: Annotated[int, Field(gt=0)] | None = 4000
+    max_train_examples: Annotated[int, Field(gt=0)] | None = 6000
     max_length: Annotated[int, Field(ge=8, le=4096)] = 64
 
     @property
