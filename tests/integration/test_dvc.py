@@ -74,6 +74,7 @@ def test_dvc_repro_skips_and_reruns_downstream_only(tmp_path: Path, prefect_api_
         "calibrate",
         "prune",
         "sds",
+        "cap",
         "evaluate",
         "attack_resources",
         "attack",

@@ -290,6 +290,7 @@ def test_prefect_yaml_deploys_every_deployment(tmp_path):
         "PREFECT_HOME": str(tmp_path / "ph"),
         "ROBUSTPRUNE_DIR": str(ROOT),
         "ROBUSTPRUNE_GPU_POOL": "gpu",  # prefect.yaml names the GPU pool from it (docs/deployment.md)
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # each command starts a temporary server
     }
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
