@@ -10,6 +10,7 @@ exactly as ``dvc status --json`` reports it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow
@@ -27,7 +28,7 @@ def stale_stages(root: Path) -> dict[str, list]:
 
     if not (root / ".dvc").is_dir():
         raise FileNotFoundError(f"{root} is not a DVC repository (no .dvc directory): nothing to watch")
-    with Repo(str(root)) as repo:
+    with Repo(str(root)) as repo, contextlib.chdir(repo.root_dir):  # stage names relative to the root
         return repo.status()
 
 

@@ -312,15 +312,11 @@ def test_remote_stage_runs_nest_under_the_pipeline_run_on_the_mlflow_server(scal
     assert mlflow.get_tracking_uri() == scaleout["mlflow_uri"]
 
 
-@pytest.mark.xfail(
-    reason="a registered version lacks the 'model' tag (KeyError) since the CAP rows joined; open in issue #18's note",
-    strict=False,
-)
 def test_every_model_is_a_run_and_the_best_per_sparsity_is_registered(scaleout):
     from mlflow.tracking import MlflowClient
 
     from robustprune.stats import rate
-    from tasks.tracking import alias_for, version_model_id
+    from tasks.tracking import MODEL_TAG, alias_for, version_model_id
 
     root = scaleout["root"]
     evaluation = json.loads((root / "reports" / "eval.json").read_text())
@@ -361,7 +357,7 @@ def test_every_model_is_a_run_and_the_best_per_sparsity_is_registered(scaleout):
     # registry: one version per sparse checkpoint, no weights copied, the alias on the most accurate
     versions = client.search_model_versions("name = 'robustprune-pruned'")
     sparse = {n: m for n, m in models.items() if m["kind"] in ("pruned", "sds", "cap")}
-    assert {v.tags["model"] for v in versions} == set(sparse)
+    assert {v.tags[MODEL_TAG] for v in versions} == set(sparse)
     for v in versions:
         assert v.tags["dvc.path"].startswith("models/") and len(v.tags["weights.sha256"]) == 64
         files = [f.path for f in client.list_logged_model_artifacts(version_model_id(v))]
@@ -372,14 +368,14 @@ def test_every_model_is_a_run_and_the_best_per_sparsity_is_registered(scaleout):
     for sparsity, names in by_sparsity.items():
         best = max(names, key=lambda n: (models[n]["correct"], -names.index(n)))
         v = client.get_model_version_by_alias("robustprune-pruned", alias_for(sparsity))
-        assert models[v.tags["model"]]["correct"] == models[best]["correct"], (
+        assert models[v.tags[MODEL_TAG]]["correct"] == models[best]["correct"], (
             sparsity,
-            v.tags["model"],
+            v.tags[MODEL_TAG],
             best,
         )
         logged = client.get_logged_model(version_model_id(v))
         metrics = {m.key: m.value for m in logged.metrics}
-        chosen = models[v.tags["model"]]
+        chosen = models[v.tags[MODEL_TAG]]
         assert metrics["accuracy"] == pytest.approx(chosen["correct"] / chosen["total"])
         assert metrics["accuracy"] == pytest.approx(chosen["accuracy"])
 
@@ -426,10 +422,6 @@ def test_dvc_remote_push_then_a_fresh_clone_pulls_and_reproduces_nothing(scaleou
     assert "Running stage" not in repro, repro
 
 
-@pytest.mark.xfail(
-    reason="the watch flow's stale list after an evaluate.batch_size edit lacks 'evaluate' (every stage reads stale in the worker's project); open in issue #18's note",
-    strict=False,
-)
 def test_watch_emits_once_for_an_edit_and_the_trigger_starts_the_pipeline(scaleout):
     from flows.watch import EVENT, resource_id, watch_flow
 
