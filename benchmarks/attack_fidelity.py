@@ -33,23 +33,13 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "NLTK_DATA": str(ROOT / "nltk_data"),
-}.items():
-    os.environ.setdefault(_k, _v)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import _common  # noqa: F401 - paths and the offline environment, as every benchmark
+import numpy as np
+import torch
+from _common import ROOT
 
 # name -> TextFooler options; "today" is the recipe before issue #14
 VARIANTS: dict[str, dict] = {
