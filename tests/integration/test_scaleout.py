@@ -444,7 +444,9 @@ def test_watch_emits_once_for_an_edit_and_the_trigger_starts_the_pipeline(scaleo
         120,
     )
     assert len(new) == 1 and new[0].parameters["params_path"] == "params.yaml"
-    events = _events(EVENT, resource_id(root))
+    # The trigger fired, so the server received the event; its event persister writes events to the
+    # database in batches (every few seconds), so the query waits for it instead of reading once.
+    events = wait_for(lambda: _events(EVENT, resource_id(root)), "persisted watch event", 60)
     assert len(events) == 1 and events[0]["payload"]["stale_stages"] == edited["stale"]
 
 
