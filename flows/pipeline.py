@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from prefect import flow
 from prefect.logging import get_run_logger
 
@@ -46,6 +47,7 @@ from flows.prune import prune_flow
 from flows.report import report_flow
 from flows.sds import sds_flow
 from flows.soup import soup_flow
+from robustprune.config import load_params
 from tasks.common import (
     PARENT_ENV,
     RUNNER_ENV,
@@ -88,6 +90,30 @@ def stage_is_fresh(repo, stage: str) -> bool:  # noqa: ANN001
     """True when DVC has a lock entry for the stage and nothing it depends on changed."""
     with contextlib.chdir(repo.root_dir):  # DVC resolves some output paths against the working directory
         return not repo.status(targets=[stage])
+
+
+def stage_params(dvc_yaml: Path, stage: str) -> list[str]:
+    """The params.yaml keys (dotted) that dvc.yaml's ``stage`` tracks."""
+    spec = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]
+    keys: list[str] = []
+    for entry in spec.get("params", []):
+        if isinstance(entry, str):
+            keys.append(entry)
+        else:  # {other_file.yaml: [keys]}: not params.yaml's keys
+            raise ValueError(f"dvc.yaml stage {stage!r} tracks params outside params.yaml: {entry!r}")
+    return keys
+
+
+def _dotted(tree: Mapping[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def same_stage_params(root_params: Mapping[str, Any], other: Mapping[str, Any], keys: list[str]) -> bool:
+    """True when every tracked key has the same validated value in both params trees."""
+    return all(_dotted(root_params, k) == _dotted(other, k) for k in keys)
 
 
 def record_stage(repo, stage: str) -> None:  # noqa: ANN001
@@ -167,16 +193,29 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
     logger = get_run_logger()
     params, layout = load(params_path, root)
     repo = _dvc_repo(layout.root)
+    # A profile (params-evidence.yaml, ...) is not the params.yaml that dvc.yaml tracks: its stages are not
+    # recorded in dvc.lock (that stays the default run's), but a stage is still skipped when dvc status finds
+    # it up to date for params.yaml *and* every params key the stage tracks has the same value in the profile
+    # (its outputs depend on nothing else). A stage the profile changes reruns, and so does everything whose
+    # inputs it rewrites (their dvc.lock hashes no longer match).
+    alternate = None
     if repo is None:
         logger.info("no DVC repository at %s: every stage runs", layout.root)
     elif Path(params_path).resolve() != (layout.root / "params.yaml").resolve():
-        logger.info(
-            "params file %s is not the root params.yaml that dvc.yaml tracks: DVC bookkeeping off, every "
-            "stage runs (the stages' own caches still skip finished work)",
-            params_path,
-        )
-        repo.close()
-        repo = None
+        try:
+            alternate = {
+                "root": load_params(layout.root / "params.yaml").model_dump(),
+                "this": params.model_dump(),
+            }
+            logger.info(
+                "params file %s is not the root params.yaml that dvc.yaml tracks: stages are not recorded in "
+                "dvc.lock; a stage up to date for params.yaml with the same values for its params is skipped",
+                params_path,
+            )
+        except (OSError, ValueError) as e:  # no valid params.yaml to compare with: nothing can be skipped
+            logger.info("params.yaml of %s unusable (%s): every stage runs", layout.root, e)
+            repo.close()
+            repo = None
     exp_id = mlflow_setup(params, layout.root)
     timings: dict[str, float] = {}
     skipped: list[str] = []
@@ -196,9 +235,14 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
             with shared_runner(runner_settings(params)) as runner:
                 for stage, fn in STAGES.items():
                     if repo is not None and not force and stage_is_fresh(repo, stage):
-                        logger.info("cache hit: stage %r is up to date (dvc status clean), skipped", stage)
-                        skipped.append(stage)
-                        continue
+                        keys = stage_params(layout.root / "dvc.yaml", stage) if alternate else []
+                        if alternate is None or same_stage_params(alternate["root"], alternate["this"], keys):
+                            logger.info(
+                                "cache hit: stage %r is up to date (dvc status clean), skipped", stage
+                            )
+                            skipped.append(stage)
+                            continue
+                        logger.info("stage %r: %s changes its params %s, it runs", stage, params_path, keys)
                     t0 = time.perf_counter()
                     if pool and stage in GPU_STAGES:
                         logger.info("stage %r -> deployment %r", stage, _cli.deployment_name(stage, pool))
@@ -209,7 +253,7 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
                             params_path=params_path, root=str(layout.root)
                         )
                     timings[stage] = time.perf_counter() - t0
-                    if repo is not None:
+                    if repo is not None and alternate is None:
                         record_stage(repo, stage)
                         logger.info("stage %r done in %.1f s, recorded in dvc.lock", stage, timings[stage])
         finally:

@@ -349,3 +349,21 @@ def test_evidence_profile_is_params_yaml_with_more_attacks():
     p = load_params(ROOT / "params-evidence.yaml")
     assert p.attack.num_examples > default["attack.num_examples"] and p.attack.more.num_examples >= 100
     assert len(p.more_attacked_models()) == len(p.attack.more.models)  # each one a model the run builds
+
+
+def test_a_profile_skips_exactly_the_stages_whose_tracked_params_it_leaves_alone():
+    """flows/pipeline.py: with params-evidence.yaml a stage dvc finds up to date for params.yaml is skipped
+    only when every key dvc.yaml tracks for it is equal in both files: attack and report rerun, the rest
+    (finetune, prune, CAP, evaluate...) are the default run's; a profile that changes the prune section
+    reruns prune and the stages that track prune keys."""
+    from flows.pipeline import STAGES, same_stage_params, stage_params
+
+    root = load_params(ROOT / "params.yaml").model_dump()
+    evidence = load_params(ROOT / "params-evidence.yaml").model_dump()
+    keys = {s: stage_params(ROOT / "dvc.yaml", s) for s in STAGES}
+    reruns = {s for s in STAGES if not same_stage_params(root, evidence, keys[s])}
+    assert reruns == {"attack", "report"}
+    changed = load_params(ROOT / "params.yaml", {"prune.sparsities": [0.5, 0.75, 0.875, "2:4"]}).model_dump()
+    reruns = {s for s in STAGES if not same_stage_params(root, changed, keys[s])}
+    assert reruns == {s for s in STAGES if any(k == "prune" or k.startswith("prune.") for k in keys[s])}
+    assert {"prune", "sds", "attack", "evaluate"} <= reruns and "finetune" not in reruns
