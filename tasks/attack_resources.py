@@ -125,6 +125,15 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
             pos=pos_table(lexicon, vectors.words),
             stopwords=default_stopwords(),
             lookalikes=lookalike_table(),
-            info=info,
+            info=_without_timings(info),  # byte-identical on a rebuild: wall times go to MLflow only
         )
     return info
+
+
+def _without_timings(info: dict) -> dict:
+    """``info`` without its wall-time entries (keys ending in ``seconds``, at any depth)."""
+    return {
+        k: _without_timings(v) if isinstance(v, dict) else v
+        for k, v in info.items()
+        if not k.endswith("seconds")
+    }

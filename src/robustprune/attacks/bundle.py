@@ -10,7 +10,7 @@ Layout of ``models/attack/``::
     mlm/               masked LM (HF directory) for BERT-Attack (absent when it is a hub name: see info.json)
     tagger/            spaCy pipeline (en_core_web_sm) for TextFooler's contextual part of speech (absent:
                        the recipes fall back to pos.json, WordNet's lexical categories)
-    info.json          how it was built (sizes, timings, neighbour samples, which MLM)
+    info.json          how it was built (sizes, neighbour samples, which MLM; wall times go to MLflow only)
 """
 
 from __future__ import annotations
