@@ -242,7 +242,14 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
                             )
                             skipped.append(stage)
                             continue
-                        logger.info("stage %r: %s changes its params %s, it runs", stage, params_path, keys)
+                        changed = [
+                            k
+                            for k in keys
+                            if not same_stage_params(alternate["root"], alternate["this"], [k])
+                        ]
+                        logger.info(
+                            "stage %r: %s changes its params %s, it runs", stage, params_path, changed
+                        )
                     t0 = time.perf_counter()
                     if pool and stage in GPU_STAGES:
                         logger.info("stage %r -> deployment %r", stage, _cli.deployment_name(stage, pool))
