@@ -21,7 +21,7 @@ from prefect.context import TaskRunContext
 from robustprune.config import Params
 from robustprune.data import load_splits
 from tasks.attack_resources import attack_dir
-from tasks.common import Layout, all_models, model_digest, sha256_files
+from tasks.common import Layout, all_models, code_digest, model_digest, sha256_files
 
 
 def model_paths(params: Params, layout: Layout) -> dict[str, dict]:
@@ -51,9 +51,8 @@ def shards(rows: list[int], size: int) -> list[list[int]]:
 
 @functools.cache
 def _code_digest() -> str:
-    import robustprune.attacks
-
-    return sha256_files(*sorted(Path(robustprune.attacks.__file__).parent.glob("*.py")))[:16]
+    """The attack code a shard's outcomes depend on (the one helper every cache key uses)."""
+    return code_digest("robustprune.attacks", "robustprune.modeling")
 
 
 @functools.cache

@@ -43,7 +43,7 @@ from robustprune.config import CapConfig, Params, sparsity_label
 from robustprune.data import load_splits
 from robustprune.metrics import predict_logits
 from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
-from tasks.common import Layout, model_digest, sha256_files
+from tasks.common import Layout, code_digest, model_digest, sha256_files
 from tasks.prune import source_model
 
 
@@ -53,11 +53,8 @@ def _key(*parts: object) -> str:
 
 
 def _code_digest() -> str:
-    import robustprune.cap
-    import robustprune.finetune
-
-    files = sorted(Path(robustprune.cap.__file__).parent.glob("*.py"))
-    return sha256_files(*files, Path(robustprune.finetune.__file__), Path(__file__))[:16]
+    """The code CAP's cached stages depend on (the one helper every cache key uses)."""
+    return code_digest("robustprune.cap", "robustprune.finetune", "robustprune.modeling", "tasks.cap")
 
 
 def _work(layout: Layout, *parts: str) -> Path:
