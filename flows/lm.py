@@ -11,6 +11,9 @@ the track must stay within 2.5 GB peak RSS on a laptop.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 from prefect import flow
 
@@ -53,13 +56,27 @@ def lm_flow(params_path: str = "params-lm.yaml", root: str = ".") -> dict:
                 log_metrics({f"ppl.{react['name']}": react["ppl"], f"ppl.{final['name']}": final["ppl"]})
         r = layout.reports
         write_json(r / "lm.json", rows)
-        table = lm_table(rows, model=lm.model, text=lm.text)
+        reference, source = llmc_reference(layout.root, lm.model)
+        table = lm_table(rows, model=lm.model, text=lm.text, reference=reference, reference_source=source)
         write_text(r / "lm.md", table)
         lm_plot(rows, r / "plots" / "lm_perplexity.png")
         for f in ("lm.json", "lm.md", "plots/lm_perplexity.png"):
             mlflow.log_artifact(str(r / f), artifact_path="report")
     print(table)
     return {"rows": rows}
+
+
+#: llm-compressor's perplexities on SmolLM2-135M, same protocol, measured by benchmarks/bench_smollm2_vs_llmc.py
+LLMC_REFERENCE = "benchmarks/results/smollm2_vs_llmc.json"
+
+
+def llmc_reference(root: Path, model: str) -> tuple[dict[tuple[str, str], float], str]:
+    """(method, sparsity) -> llm-compressor's perplexity from the committed benchmark (SmolLM2 only), and its path."""
+    path = root / LLMC_REFERENCE
+    if model != "smollm2" or not path.is_file():
+        return {}, ""
+    rows = json.loads(path.read_text()).get("rows", [])
+    return {(r["method"], str(r["pattern"])): float(r["theirs"]["ppl"]) for r in rows}, LLMC_REFERENCE
 
 
 if __name__ == "__main__":

@@ -743,20 +743,6 @@ def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ causal-LM track
-#: Reference perplexities published with issue #5 (llm-compressor 0.14 on 2 cores), shown beside ours as context,
-#: never as our measurement; benchmarks/results/smollm2_vs_llmc.json re-measures sparsegpt 2:4 with llm-compressor
-#: (49.48; benchmarks/bench_smollm2_vs_llmc.py).
-LM_ANCHORS = {
-    ("dense", "0"): 19.82,
-    ("magnitude", "0.5"): 309.7,
-    ("magnitude", "2:4"): 937.4,
-    ("wanda", "0.5"): 38.74,
-    ("wanda", "2:4"): 111.4,
-    ("sparsegpt", "0.5"): 31.78,
-    ("sparsegpt", "2:4"): 49.60,
-}
-
-
 def _spread(values: Sequence[float]) -> str:
     if not values:
         return "–"
@@ -766,8 +752,20 @@ def _spread(values: Sequence[float]) -> str:
     return f"{mean:.2f} [{min(values):.2f}–{max(values):.2f}]"
 
 
-def lm_table(rows: Sequence[dict], *, model: str, text: str) -> str:
-    """reports/lm.md: perplexity per method x sparsity (mean [min–max] over calibration seeds) and SDS."""
+def lm_table(
+    rows: Sequence[dict],
+    *,
+    model: str,
+    text: str,
+    reference: Mapping[tuple[str, str], float] | None = None,
+    reference_source: str = "",
+) -> str:
+    """reports/lm.md: perplexity per method x sparsity (mean [min–max] over calibration seeds) and SDS.
+
+    ``reference``: (method, sparsity) -> another implementation's perplexity on the same protocol (the caller
+    reads it from a committed benchmark result, named by ``reference_source``), shown as context beside ours.
+    """
+    reference = reference or {}
     dense = next((r for r in rows if r["method"] == "dense"), None)
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for r in rows:
@@ -781,12 +779,17 @@ def lm_table(rows: Sequence[dict], *, model: str, text: str) -> str:
         f"Model `{model}`, evaluation text `{text}`, {dense['tokens'] if dense else '?'} predicted tokens; "
         f"calibration seeds {seeds} (cells: mean [min–max] over seeds). Lower is better.",
         "",
-        f"Dense perplexity: {dense['ppl']:.3f}"
-        + (f" (anchor {LM_ANCHORS[('dense', '0')]})" if model == "smollm2" else "")
-        if dense
-        else "Dense perplexity: –",
+        f"Dense perplexity: {dense['ppl']:.3f}" if dense else "Dense perplexity: –",
         "",
-        "| method | sparsity | one-shot ppl | anchor | SDS reactivated (dense) ppl | SDS re-pruned ppl | SDS Δ % | prune s | SDS s | peak RSS MB |",
+        *(
+            [
+                f"Reference column: llm-compressor's perplexity for the same model and protocol, from `{reference_source}`.",
+                "",
+            ]
+            if reference
+            else []
+        ),
+        "| method | sparsity | one-shot ppl | reference ppl | SDS reactivated (dense) ppl | SDS re-pruned ppl | SDS Δ % | prune s | SDS s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (method, sp), by in groups.items():
@@ -797,7 +800,7 @@ def lm_table(rows: Sequence[dict], *, model: str, text: str) -> str:
         if first and final:
             m0, m1 = sum(first) / len(first), sum(final) / len(final)
             delta = f"{100 * (m1 - m0) / m0:+.1f}"
-        anchor = LM_ANCHORS.get((method, sp)) if model == "smollm2" else None
+        anchor = reference.get((method, sp))
         prune_s = [r.get("prune_seconds", 0.0) for r in by.get("prune", [])]
         sds_s = [r.get("seconds", 0.0) for r in by.get("reactivate", []) + by.get("sds", [])]
         rss = [
