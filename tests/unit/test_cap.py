@@ -176,6 +176,78 @@ def test_movement_scores_get_the_straight_through_gradient():
     assert torch.equal(w_eff.detach(), p.original.detach() * p[0].mask)
 
 
+def test_soft_masks_are_the_sigmoid_threshold_with_the_reference_floor():
+    """CAP-soft: M = σ(S) > τ; when fewer than 0.5% survive, exactly int(0.005·numel) + 1 (top scores) stay."""
+    model = tiny_bert()
+    cap_masks.attach(model, "soft")
+    torch.manual_seed(0)
+    for p in cap_masks.parametrizations(model).values():
+        with torch.no_grad():
+            p.scores.normal_()
+    cap_masks.update_masks(model, 0.5, threshold=0.6)  # the sparsity argument is ignored by soft masks
+    for p in cap_masks.parametrizations(model).values():
+        assert torch.equal(p.mask, torch.sigmoid(p.scores) > 0.6)
+    for p in cap_masks.parametrizations(model).values():
+        with torch.no_grad():
+            p.scores.sub_(20.0)  # σ(S) < 1e-6 everywhere: the floor decides
+    cap_masks.update_masks(model, 0.5, threshold=0.5)
+    for p in cap_masks.parametrizations(model).values():
+        floor = int(0.005 * p.mask.numel()) + 1
+        assert int(p.mask.sum()) == floor
+        assert torch.equal(p.mask, cap_masks.topk_mask(p.scores, floor))
+    with pytest.raises(ValueError, match="threshold"):
+        cap_masks.update_masks(model, 0.5)
+
+
+def test_soft_l1_penalty_value_gradient_and_it_prunes():
+    """l1_penalty = mean over matrices of mean σ(S); its gradient is σ'(S)/(numel·matrices) > 0, so descending
+    it alone lowers every score and the kept fraction at a fixed threshold never grows (and does shrink)."""
+    model = tiny_bert()
+    cap_masks.attach(model, "soft")
+    params = cap_masks.parametrizations(model)
+    torch.manual_seed(1)
+    for p in params.values():
+        with torch.no_grad():
+            p.scores.normal_(0.0, 0.5)
+    scores = cap_masks.score_parameters(model)
+    pen = cap_masks.l1_penalty(model)
+    assert torch.allclose(pen, torch.stack([torch.sigmoid(s).mean() for s in scores]).mean())
+    pen.backward()
+    for s in scores:
+        sg = torch.sigmoid(s.detach())
+        assert torch.allclose(s.grad, sg * (1 - sg) / (s.numel() * len(scores)), rtol=1e-5, atol=1e-12)
+    opt = torch.optim.SGD(scores, lr=50.0 * len(scores))
+    kept = []
+    for _ in range(5):
+        cap_masks.update_masks(model, 0.0, threshold=0.5)
+        kept.append(sum(int(p.mask.sum()) for p in params.values()))
+        opt.zero_grad()
+        cap_masks.l1_penalty(model).backward()
+        opt.step()
+    assert all(a >= b for a, b in zip(kept, kept[1:], strict=False)) and kept[-1] < kept[0]
+    with pytest.raises(ValueError, match="scores"):
+        other = tiny_bert()
+        cap_masks.attach(other, "magnitude")
+        cap_masks.l1_penalty(other)
+
+
+def test_soft_scores_get_the_straight_through_gradient():
+    model = tiny_bert()
+    cap_masks.attach(model, "soft")
+    lin = next(iter(cap_masks.masked_linears(model).values()))
+    p = lin.parametrizations.weight
+    with torch.no_grad():
+        p[0].scores.normal_()
+    cap_masks.update_masks(model, 0.0, threshold=0.5)
+    x = torch.randn(3, lin.in_features)
+    w_eff = lin.weight
+    out = F.linear(x, w_eff, lin.bias)
+    (g_weff,) = torch.autograd.grad(out.pow(2).sum(), w_eff, retain_graph=True)
+    out.pow(2).sum().backward()
+    assert torch.allclose(p[0].scores.grad, g_weff * p.original.detach(), atol=1e-6)
+    assert torch.equal(w_eff.detach(), p.original.detach() * p[0].mask)
+
+
 def test_bake_leaves_a_plain_classifier(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
