@@ -244,7 +244,19 @@ def worker_sync(stage: str, root: str | Path) -> Iterator[None]:
         pulled = _dvc_call(
             f"stage {stage!r}: dvc pull of its inputs", pull_outs, repo, input_outs(repo, stage)
         )
-    _log().info("stage %r: dvc.lock from the pipeline installed, inputs pulled: %s", stage, pulled)
+        # its own persistent outputs as last recorded, when the remote has them (best effort): what the
+        # stage resumes from and finds cached, as it would on a shared disk
+        resumed = []
+        for out in _stage(repo, stage).outs:
+            if out.persist and out.hash_info:
+                with contextlib.suppress(Exception):
+                    resumed += pull_outs(repo, [out])
+    _log().info(
+        "stage %r: dvc.lock from the pipeline installed; inputs pulled: %s; its previous outputs: %s",
+        stage,
+        pulled,
+        resumed or "none",
+    )
     yield
     with open_repo(root) as repo:
         _dvc_call(f"stage {stage!r}: dvc commit", repo.commit, target=stage, force=True)
