@@ -216,7 +216,11 @@ def after_remote(root: Path, stage: str, flow_run: Any, record: bool = True) -> 
     if record:
         with open_repo(root) as repo:
             changed = repo.status(targets=[stage])
-        if changed:
+        if changed:  # dvc.lock as it was: the stage stays stale (or recorded as before), runs again next time
+            if before is None:
+                lock.unlink(missing_ok=True)
+            else:
+                lock.write_text(before)
             raise RuntimeError(
                 f"{where}: not up to date after pulling the worker's outputs (dvc status: {changed}); "
                 "the worker's checkout must be the same commit with the same params.yaml"

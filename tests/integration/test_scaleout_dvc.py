@@ -192,3 +192,92 @@ def test_storage_dvc_without_a_remote_exits_2_naming_it(dvc_route):
     assert checked < 5, res.stderr
     assert not (bare / "data").exists() and not (bare / "dvc.lock").exists()
     print(f"storage: dvc, no remote -> exit 2 after {wall:.1f} s wall, {checked:.1f} s of checks")
+
+
+DVC_YAML = """stages:
+  up:
+    cmd: 'true'
+    outs:
+      - models/m:
+          persist: true
+      - reports/att:
+          cache: false
+  ev:
+    cmd: 'true'
+    deps: [models/m, reports/att, code.py]
+    outs:
+      - reports/eval.json:
+          cache: false
+"""
+
+
+def test_sync_functions_carry_cached_and_uncached_outputs_both_ways(tmp_path, monkeypatch):
+    """tasks/dvc_sync.py without Prefect: parent push, worker pull / commit / push, parent pull (both modes)."""
+    from unittest import mock
+
+    from dvc.repo import Repo
+
+    from tasks import dvc_sync
+
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    hosts = {name: tmp_path / name for name in ("parent", "worker")}
+    for d in hosts.values():
+        d.mkdir()
+        (d / "dvc.yaml").write_text(DVC_YAML)
+        (d / "code.py").write_text("x = 1\n")
+        run(["git", "init", "-q"], d, env)
+        run([sys.executable, "-m", "dvc", "init", "-q"], d, env)
+        run([sys.executable, "-m", "dvc", "remote", "add", "-d", "s", str(tmp_path / "remote")], d, env)
+    parent, worker = hosts["parent"], hosts["worker"]
+    (parent / "models" / "m").mkdir(parents=True)
+    (parent / "models" / "m" / "w.bin").write_bytes(b"weights")
+    (parent / "reports" / "att").mkdir(parents=True)
+    (parent / "reports" / "att" / "x.csv").write_text("text,label\n")
+    run([sys.executable, "-m", "dvc", "commit", "-f", "-q", "up"], parent, env)
+
+    sent = dvc_sync.before_remote(parent, "ev")
+    assert dvc_sync.decode_lock(sent[dvc_sync.LOCK_ENV]) == (parent / "dvc.lock").read_text()
+    for k, v in sent.items():
+        monkeypatch.setenv(k, v)
+    with (
+        mock.patch("prefect.artifacts.create_markdown_artifact") as publish,
+        dvc_sync.worker_sync("ev", worker),
+    ):
+        assert (worker / "models" / "m" / "w.bin").read_bytes() == b"weights"  # cached, pulled
+        assert (worker / "reports" / "att" / "x.csv").is_file()  # cache: false, pulled by its lock hash
+        (worker / "reports" / "eval.json").write_text('{"accuracy": 0.9}')
+    markdown = publish.call_args.kwargs["markdown"]
+    entry = json.loads(markdown.split(dvc_sync.FENCE, 1)[1].rsplit("```", 1)[0])
+    assert (
+        publish.call_args.kwargs["key"] == "dvc-lock-ev" and entry["outs"][0]["path"] == "reports/eval.json"
+    )
+
+    flow_run = mock.Mock(id="run-id")
+    flow_run.name = "remote-run"
+    with mock.patch.object(dvc_sync, "read_lock_entry", return_value=entry):
+        before = (parent / "dvc.lock").read_text()
+        dvc_sync.after_remote(parent, "ev", flow_run, record=False)  # an alternate profile: lock untouched
+        assert (parent / "dvc.lock").read_text() == before
+        assert (parent / "reports" / "eval.json").read_text() == '{"accuracy": 0.9}'
+        (parent / "reports" / "eval.json").unlink()
+        assert dvc_sync.after_remote(parent, "ev", flow_run) == ["reports/eval.json"]
+    with Repo(str(parent)) as repo:
+        assert repo.status() == {}
+    recorded = (parent / "dvc.lock").read_text()
+    # a worker whose code differs from the parent's: the parent names the stage and the flow run
+    (worker / "code.py").write_text("x = 2\n")
+    with (
+        mock.patch("prefect.artifacts.create_markdown_artifact") as publish,
+        dvc_sync.worker_sync("ev", worker),
+    ):
+        pass
+    entry = json.loads(publish.call_args.kwargs["markdown"].split(dvc_sync.FENCE, 1)[1].rsplit("```", 1)[0])
+    with (
+        mock.patch.object(dvc_sync, "read_lock_entry", return_value=entry),
+        pytest.raises(RuntimeError, match=r"stage 'ev' \(flow run remote-run, run-id\): not up to date"),
+    ):
+        dvc_sync.after_remote(parent, "ev", flow_run)
+    assert (parent / "dvc.lock").read_text() == recorded  # put back: the stage stays recorded as it was
+    monkeypatch.delenv(dvc_sync.SYNC_ENV)
+    with dvc_sync.worker_sync("ev", tmp_path / "nowhere"):  # without the variable: nothing happens
+        pass
