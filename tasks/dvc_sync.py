@@ -75,10 +75,11 @@ def open_repo(root: Path) -> Iterator[Any]:
 
 
 def _lock_stages(root: Path) -> dict[str, Any]:
-    import yaml
+    # DVC's YAML 1.2 reader: PyYAML (1.1) would read a sparsity written as 2:4 as the sexagesimal int 124
+    from dvc.utils.serialize import load_yaml
 
     path = root / "dvc.lock"
-    return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.is_file() else {}
+    return load_yaml(path).get("stages", {}) if path.is_file() else {}
 
 
 def _stage(repo: Any, name: str) -> Any:

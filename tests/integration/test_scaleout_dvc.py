@@ -53,6 +53,7 @@ def _code_checkout(dst: Path, params: dict, env: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
+    from dvc.utils.serialize import modify_yaml
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -78,10 +79,9 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
     run([sys.executable, "-m", "dvc", "init", "-q"], parent, env)
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], parent, env)
     run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], parent, env)
-    lock = yaml.safe_load((parent / "dvc.lock").read_text())
-    for s in ("evaluate", "report"):
-        del lock["stages"][s]
-    (parent / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    with modify_yaml(parent / "dvc.lock") as lock:  # DVC's YAML 1.2 (PyYAML would turn 2:4 into 124)
+        for s in ("evaluate", "report"):
+            del lock["stages"][s]
 
     # the worker's checkout: nothing but code and config; the same remote
     worker_dir = _code_checkout(tmp / "worker", params, env)
@@ -139,6 +139,7 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
 
 def test_evaluate_runs_on_a_worker_with_its_own_checkout_synchronised_through_dvc(dvc_route):
     from dvc.repo import Repo
+    from dvc.utils.serialize import load_yaml
 
     parent, worker = dvc_route["parent"], dvc_route["worker"]
     result = dvc_route["result"]
@@ -152,7 +153,7 @@ def test_evaluate_runs_on_a_worker_with_its_own_checkout_synchronised_through_dv
     for out in ("data/prepared", "models/finetuned", "models/soup", "models/pruned", "models/sds"):
         assert any((worker / out).iterdir()), out
     assert (worker / "reports" / "attacks").is_dir() and not (worker / "models" / "attack").exists()
-    assert "evaluate" in yaml.safe_load((worker / "dvc.lock").read_text())["stages"]
+    assert "evaluate" in load_yaml(worker / "dvc.lock")["stages"]
 
     # what the worker computed is what the in-process pipeline computed on the same inputs
     remote = json.loads((parent / "reports" / "eval.json").read_text())
