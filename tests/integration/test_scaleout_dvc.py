@@ -164,7 +164,7 @@ def test_evaluate_runs_on_a_worker_with_its_own_checkout_synchronised_through_dv
     assert remote == local
 
     # the parent recorded the worker's entry: evaluate (and everything) is up to date
-    with Repo(str(parent)) as repo:
+    with contextlib.chdir(parent), Repo(str(parent)) as repo:  # DVC resolves some paths against the cwd
         assert repo.status(targets=["evaluate"]) == {}
         assert repo.status() == {}
     print(f"storage: dvc, evaluate on the worker's checkout: pipeline {dvc_route['seconds']:.1f} s")
