@@ -262,7 +262,7 @@ def test_sync_functions_carry_cached_and_uncached_outputs_both_ways(tmp_path, mo
         assert (parent / "reports" / "eval.json").read_text() == '{"accuracy": 0.9}'
         (parent / "reports" / "eval.json").unlink()
         assert dvc_sync.after_remote(parent, "ev", flow_run) == ["reports/eval.json"]
-    with Repo(str(parent)) as repo:
+    with contextlib.chdir(parent), Repo(str(parent)) as repo:
         assert repo.status() == {}
     recorded = (parent / "dvc.lock").read_text()
     # a worker whose code differs from the parent's: the parent names the stage and the flow run
