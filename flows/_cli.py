@@ -101,6 +101,11 @@ def validate_or_exit(params_path: str, root: str, stage: str) -> None:
         pool = params.runtime.work_pool
         remote = bool(pool) and stage in ("pipeline", *REMOTE_STANDALONE)
         problems = scaleout_problems(params, params_path, root, remote)
+        if remote and stage in REMOTE_STANDALONE and params.runtime.storage == "dvc":
+            problems.append(
+                f"runtime.storage = 'dvc' synchronises the pipeline's GPU stages only; the {stage} flow on "
+                f"work pool {pool!r} needs storage: shared (a file system the worker shares)"
+            )
         try:
             preflight(
                 params,
@@ -150,7 +155,36 @@ def scaleout_problems(params, params_path: str, root: str, remote: bool) -> list
                 f"runtime.work_pool = {rt.work_pool!r}: the params file {params_path!r} is outside the project "
                 f"root {str(Path(root).resolve())!r}, so a worker cannot read it; put it under the root"
             )
+    if remote and rt.storage == "dvc":
+        out += dvc_remote_problems(Path(root))
     return out
+
+
+def dvc_remote_problems(root: Path) -> list[str]:
+    """runtime.storage: dvc: the project is a DVC repository with a default remote (`dvc remote default`)."""
+    where = str(root.resolve())
+    if not (root / ".dvc").is_dir():
+        return [
+            f"runtime.storage = 'dvc': {where!r} is not a DVC repository (no .dvc/): dvc init, then "
+            "dvc remote add -d <name> <url> (on this host and on the worker's)"
+        ]
+    from dvc.config import Config  # about 0.2 s: the repository's, local, global and system config merged
+
+    try:
+        config = Config(dvc_dir=str(root / ".dvc"), validate=False)
+    except Exception as e:  # noqa: BLE001 - a broken config file: one line that says so
+        return [
+            f"runtime.storage = 'dvc': the DVC config of {where!r} cannot be read ({type(e).__name__}: {e})"
+        ]
+    name = config["core"].get("remote")
+    if not name:
+        return [
+            f"runtime.storage = 'dvc': no default DVC remote in {where!r} (`dvc remote default` is empty); "
+            "on both hosts: dvc remote add -d <name> <url> (credentials in .dvc/config.local)"
+        ]
+    if not config["remote"].get(name, {}).get("url"):
+        return [f"runtime.storage = 'dvc': the default DVC remote {name!r} of {where!r} has no url"]
+    return []
 
 
 def early_validate() -> None:

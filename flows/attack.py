@@ -20,6 +20,7 @@ import flows  # noqa: F401
 from robustprune.checkpoints import write_json, write_text
 from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
 from tasks.common import best_ingredient, default_task_runner, load, log_metrics, section, stage_run
+from tasks.dvc_sync import worker_sync
 
 CSV_FIELDS = [
     "test_row",
@@ -85,7 +86,10 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
     logger = get_run_logger()
     params, layout = load(params_path, root)
     rows: list[dict] = []
-    with stage_run("attack", params, layout.root, section(params, "attack", "data.max_length")):
+    with (
+        worker_sync("attack", layout.root),
+        stage_run("attack", params, layout.root, section(params, "attack", "data.max_length")),
+    ):
         models = model_paths(params, layout)
         best = best_ingredient(layout)
         examples = attacked_examples(params, layout)

@@ -18,13 +18,20 @@ from prefect import flow
 import flows  # noqa: F401
 from robustprune.cap.report import summarize
 from robustprune.checkpoints import write_json
+from robustprune.config import Params
 from tasks.cap import cap_banks, cap_latency, cap_stage, cap_structured_step, check_inputs, run_stages
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.common import Layout, default_task_runner, load, log_metrics, section, stage_run
+from tasks.dvc_sync import worker_sync
 
 
 @flow(name="cap", log_prints=True, task_runner=default_task_runner())
 def cap_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
+    with worker_sync("cap", layout.root):  # runtime.storage: dvc: a worker pulls the inputs before the check
+        return _cap(params, layout)
+
+
+def _cap(params: Params, layout: Layout) -> dict:
     check_inputs(params, layout)
     cap = params.cap
     with stage_run("cap", params, layout.root, section(params, "cap")):

@@ -12,6 +12,7 @@ import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.stats import rate
 from tasks.common import default_task_runner, load, section, stage_run
+from tasks.dvc_sync import worker_sync
 from tasks.evaluate import (
     dense_reference,
     evaluate_model,
@@ -25,7 +26,10 @@ from tasks.evaluate import (
 def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
     logger = get_run_logger()
     params, layout = load(params_path, root)
-    with stage_run("evaluate", params, layout.root, section(params, "evaluate", "data.max_length")):
+    with (
+        worker_sync("evaluate", layout.root),
+        stage_run("evaluate", params, layout.root, section(params, "evaluate", "data.max_length")),
+    ):
         models = models_to_evaluate(params, layout)
         ref = dense_reference(params, layout)
         transfer = transfer_examples(layout, ref["name"], list(params.attack.recipes))

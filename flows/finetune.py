@@ -8,6 +8,7 @@ from prefect import flow, unmapped
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from tasks.common import default_task_runner, load, section, stage_run
+from tasks.dvc_sync import worker_sync
 from tasks.finetune import finetune_variant
 
 
@@ -16,7 +17,10 @@ from tasks.finetune import finetune_variant
 @flow(name="finetune", log_prints=True, task_runner=default_task_runner())
 def finetune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
-    with stage_run("finetune", params, layout.root, section(params, "seed", "finetune", "data.max_length")):
+    with (
+        worker_sync("finetune", layout.root),
+        stage_run("finetune", params, layout.root, section(params, "seed", "finetune", "data.max_length")),
+    ):
         futures = finetune_variant.map(unmapped(params), unmapped(layout), params.finetune.variants)
         results = {v.name: f.result() for v, f in zip(params.finetune.variants, futures, strict=True)}
         for name, m in results.items():

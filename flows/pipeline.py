@@ -13,6 +13,9 @@ others run in-process. A remote stage gets paths relative to the project root, t
 parent run id and the task-runner choice through the run's job variables (environment), and one
 idempotency key per (pipeline flow run, stage), so a retried pipeline run never starts a stage twice.
 docs/deployment.md describes the set-ups (shared file system, or a checkout synchronised through DVC).
+With ``runtime.storage: dvc`` the pipeline pushes what dvc.lock records and sends dvc.lock with the run;
+afterwards it writes the stage's lock entry the worker published into dvc.lock and pulls the outputs
+(tasks/dvc_sync.py).
 
 ``runtime.task_runner`` / ``max_workers`` / ``dask_address`` choose how every stage flow runs its
 independent tasks (:func:`tasks.common.task_runner`); with ``dask`` and no address the pipeline starts one
@@ -48,6 +51,7 @@ from flows.report import report_flow
 from flows.sds import sds_flow
 from flows.soup import soup_flow
 from robustprune.config import load_params
+from tasks import dvc_sync
 from tasks.common import (
     PARENT_ENV,
     RUNNER_ENV,
@@ -231,6 +235,12 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
         )
         os.environ[PARENT_ENV] = parent.info.run_id
         pool = params.runtime.work_pool
+        sync = bool(pool) and params.runtime.storage == "dvc"
+        if sync and repo is None:
+            raise RuntimeError(
+                f"runtime.storage = 'dvc' needs a DVC repository (and params.yaml) at {layout.root}: "
+                "the stages' inputs and outputs travel through its remote"
+            )
         try:
             with shared_runner(runner_settings(params)) as runner:
                 for stage, fn in STAGES.items():
@@ -254,7 +264,11 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
                     if pool and stage in GPU_STAGES:
                         logger.info("stage %r -> deployment %r", stage, _cli.deployment_name(stage, pool))
                         env = remote_env(params, layout.root, parent.info.run_id)
-                        run_remote(stage, pool, params_path, layout.root, env)
+                        if sync:  # runtime.storage: dvc (tasks/dvc_sync.py)
+                            env |= dvc_sync.before_remote(layout.root, stage)
+                        run = run_remote(stage, pool, params_path, layout.root, env)
+                        if sync:
+                            dvc_sync.after_remote(layout.root, stage, run, record=alternate is None)
                     else:
                         fn.with_options(task_runner=task_runner(runner))(
                             params_path=params_path, root=str(layout.root)

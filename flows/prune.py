@@ -13,6 +13,7 @@ from robustprune.checkpoints import write_json
 from robustprune.config import Params
 from robustprune.interrupt import raise_if_stopped
 from tasks.common import Layout, combo_name, default_task_runner, load, section, stage_run
+from tasks.dvc_sync import worker_sync
 from tasks.prune import prune_block_task, prune_finalize, prune_setup
 
 
@@ -45,8 +46,14 @@ def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> 
 def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     results = {}
-    with stage_run(
-        "prune", params, layout.root, section(params, "prune", "soup.prune_source", "calibrate.batch_size")
+    with (
+        worker_sync("prune", layout.root),
+        stage_run(
+            "prune",
+            params,
+            layout.root,
+            section(params, "prune", "soup.prune_source", "calibrate.batch_size"),
+        ),
     ):
         branches = {
             combo_name(method, sparsity): prune_branch.with_options(

@@ -15,6 +15,7 @@ from prefect import flow
 import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.dvc_sync import worker_sync
 from tasks.sds import sds_reactivate, sds_reprune
 
 
@@ -22,7 +23,7 @@ from tasks.sds import sds_reactivate, sds_reprune
 def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     out: dict[str, dict] = {}
-    with stage_run("sds", params, layout.root, section(params, "sds")):
+    with worker_sync("sds", layout.root), stage_run("sds", params, layout.root, section(params, "sds")):
         chains = []  # each combination's re-prune waits for its reactivation; combinations run in parallel
         for method, sparsity in params.sds.combos:  # on a task runner with several workers
             react = sds_reactivate.with_options(task_run_name=f"sds-reactivate-{method}-{sparsity}").submit(

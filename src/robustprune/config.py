@@ -643,6 +643,9 @@ class RuntimeConfig(_Section):
     max_workers: Annotated[int, Field(ge=1, le=1024)] = 1
     dask_address: str | None = None  # e.g. tcp://10.0.0.5:8786; null: a LocalCluster on this host
     ray_address: str | None = None  # e.g. ray://10.0.0.5:10001 or auto; null: a local Ray instance
+    # where a worker on runtime.work_pool finds the stage's inputs and leaves its outputs: shared (one file
+    # system) | dvc (its own checkout, synchronised through the default DVC remote: tasks/dvc_sync.py)
+    storage: Literal["shared", "dvc"] = "shared"
 
     @field_validator("dask_address")
     @classmethod
@@ -667,6 +670,11 @@ class RuntimeConfig(_Section):
             raise ValueError(
                 f"runtime.ray_address = {self.ray_address!r} needs runtime.task_runner: ray "
                 f"(it is {self.task_runner!r}), or set ray_address: null"
+            )
+        if self.storage == "dvc" and self.work_pool is None:
+            raise ValueError(
+                "runtime.storage = 'dvc' needs runtime.work_pool (the pool whose workers have their own "
+                "checkout); set work_pool, or storage: shared"
             )
         return self
 

@@ -37,6 +37,7 @@ def test_default_params_file_is_valid():
         ),
         ({"finetune": {"variants": []}}, ["finetune.variants", "at least 1"]),
         ({"runtime": {"device": "tpu"}}, ["runtime.device", "'tpu'", "'cuda'"]),
+        ({"runtime": {"storage": "s3"}}, ["runtime.storage", "'s3'", "'shared'", "'dvc'"]),
         ({"soup": {"prune_source": "median"}}, ["soup.prune_source", "'median'", "'greedy'"]),
         ({"attack": {"recipes": ["pwws"]}}, ["attack.recipes.0", "'pwws'", "'textfooler'"]),
         ({"attack": {"models": ["soup-best"]}}, ["attack.models", "'soup-best'", "soup-greedy", "'pruned'"]),
@@ -72,6 +73,16 @@ def test_bad_params_name_key_value_and_allowed(raw, expected):
     msg = str(exc.value)
     for part in expected:
         assert part in msg, f"{part!r} not in {msg!r}"
+
+
+def test_storage_dvc_needs_a_work_pool_in_one_line():
+    with pytest.raises(ConfigError) as exc:
+        parse_params({"runtime": {"storage": "dvc"}})
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1, msg
+    assert "runtime.storage = 'dvc' needs runtime.work_pool" in msg and "storage: shared" in msg, msg
+    assert parse_params({"runtime": {"storage": "dvc", "work_pool": "gpu"}}).runtime.storage == "dvc"
+    assert parse_params({}).runtime.storage == "shared"
 
 
 def test_attack_model_groups_expand_in_pipeline_order():
