@@ -164,11 +164,12 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
         run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
         run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp / "dvc-remote")], root, env)
         run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], root, env)
-        lock = yaml.safe_load((root / "dvc.lock").read_text())
-        reference = {s: lock["stages"][s] for s in (*REMOTE_STAGES, "report")}
-        for s in (*REMOTE_STAGES, "report"):
-            del lock["stages"][s]
-        (root / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+        from dvc.utils.serialize import modify_yaml
+
+        with modify_yaml(root / "dvc.lock") as lock:  # DVC's YAML 1.2: PyYAML would turn a 2:4 into 124
+            reference = {s: lock["stages"][s] for s in (*REMOTE_STAGES, "report")}
+            for s in (*REMOTE_STAGES, "report"):
+                del lock["stages"][s]
         run(["git", "add", "-A"], root, env)
         run(["git", "commit", "-qm", "tiny project"], root, env)
 
