@@ -429,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 row["variant"] = f"{args.defaults} @ {t}"
                 row["vs_today"] = paired_vs(row, model_rows[TODAY])
+                row["cost_ratio"] = (
+                    row["cpu_seconds_per_attacked"] / model_rows[TODAY]["cpu_seconds_per_attacked"]
+                )
                 report["sweep"].append(row)
                 print(table([row]), flush=True)
         if args.bert:
