@@ -48,7 +48,8 @@ run-evidence: setup  ## the `evidence` profile (params-evidence.yaml): 500 attac
 	$(BIN)/python -m flows.pipeline --params params-evidence.yaml
 	@mkdir -p reports/evidence/plots
 	cp reports/summary.md reports/metrics.json reports/attack.json reports/eval.json reports/evidence/
-	cp reports/plots/*.png reports/evidence/plots/
+	cp reports/plots/accuracy_vs_sparsity.png reports/plots/attack_vs_sparsity.png reports/plots/transfer_vs_sparsity.png reports/plots/fidelity_vs_robustness.png reports/evidence/plots/
+	rm -rf reports/evidence/attacks && cp -r reports/attacks reports/evidence/attacks
 	@echo "evidence report: reports/evidence/summary.md (reports/ now holds the evidence run; make run restores the default)"
 
 repro: setup  ## the same pipeline stage by stage through `dvc repro`

@@ -155,10 +155,17 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     params, layout = load(params_path, root)
     with stage_run("report", params, layout.root):
         names = params.attacked_models(best_ingredient(layout))
+        more = params.more_attacked_models(best_ingredient(layout))
         note = (
             f"Attacked by this run: {len(names)} model(s) ({', '.join(names)}) x {len(params.attack.recipes)} "
-            f"recipe(s) on {params.attack.num_examples} seeded test examples (attack.models / "
-            "attack.num_examples in params.yaml; `params-evidence.yaml` and `params-paper.yaml` attack more)."
+            f"recipe(s) on {params.attack.num_examples} seeded test examples"
+            + (
+                f", and {len(more)} more ({', '.join(more)}) on the first {params.attack.more.num_examples}"
+                if more
+                else ""
+            )
+            + " (attack.models / attack.num_examples / attack.more in the params file; `params-evidence.yaml` "
+            "and `params-paper.yaml` attack more)."
         )
         out = build_report(layout, list(params.attack.recipes), note, params.attack.seed)
         for f in (

@@ -269,12 +269,25 @@ def attack_section(x: ReportInputs) -> list[str]:
     by = {(r["model"], r["recipe"]): r for r in x.attack}
     models = list(dict.fromkeys(r["model"] for r in x.attack))
     taggers = sorted({str(r.get("pos_tagger")) for r in x.attack if r.get("pos_tagger")})
-    n = x.attack[0].get("num_examples")
+    sizes: dict[int, list[str]] = {}
+    for m in models:
+        sizes.setdefault(
+            int(by[(m, next(r for r in recipes if (m, r) in by))].get("num_examples") or 0), []
+        ).append(m)
+    if len(sizes) == 1:
+        rows_text = f"The same {next(iter(sizes))} seeded test examples for every model and recipe."
+    else:  # attack.more: the first rows of the same seeded order for some models
+        rows_text = (
+            "Seeded test examples per model (the smaller sets are the first rows of the same seeded order, so "
+            "comparisons pair on them): "
+            + "; ".join(f"{n} for {', '.join(ms)}" for n, ms in sorted(sizes.items(), reverse=True))
+            + "."
+        )
     lines = [
         "",
         "## Robustness: accuracy under attack (%, 95% CI)",
         "",
-        f"The same {n} seeded test examples for every model and recipe. Cell: **accuracy under attack [CI]** "
+        f"{rows_text} Cell: **accuracy under attack [CI]** "
         "(= failed attacks / N) · attack success rate % · mean queries. textattack's definitions; inputs with no "
         "word to perturb are left out. A model that (nearly) ignores its input cannot be attacked: its accuracy "
         "under attack approaches its clean accuracy on the class it predicts, so read it beside clean "
