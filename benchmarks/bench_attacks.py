@@ -55,13 +55,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_k, _v)
-
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import ROOT  # noqa: E402
 
 from robustprune.attacks.types import AttackResources, WordVectors  # noqa: E402
 

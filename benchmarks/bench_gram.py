@@ -13,13 +13,11 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustprune.checkpoints import write_json  # noqa: E402
 from robustprune.pruning.hessian import gram  # noqa: E402

@@ -32,12 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+from _common import ROOT  # noqa: E402
 from bench_smollm2 import PeakRSS, prepare  # noqa: E402
 
 from robustprune.checkpoints import load_masks, load_tensors, read_json, save_masks, save_tensors, write_json  # noqa: E402

@@ -28,10 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
+from _common import ROOT  # noqa: E402
 from bench_smollm2 import prepare  # noqa: E402
 
 from robustprune.checkpoints import write_json  # noqa: E402

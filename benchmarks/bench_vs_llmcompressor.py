@@ -27,14 +27,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from robustprune.pruning import (  # noqa: E402
     Pattern,

@@ -22,17 +22,15 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from _common import ROOT  # noqa: E402
 
 from robustprune.checkpoints import read_json, write_json  # noqa: E402
 from robustprune.config import Params, load_params  # noqa: E402
