@@ -101,6 +101,23 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def pruned_weights_digest(path: Path, masked: list[str]) -> str:
+    """Hash of the pruned matrices alone (the Linears that have a mask), by name and bytes.
+
+    The whole file also holds what the pruning tasks do not prune, such as RAKP's refitted pooler and
+    classifier (``prune.rakp.refit_head``), which ``--old-rev`` predates: comparing those would only say that
+    the old code had no head refit."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    h = hashlib.sha256()
+    for name in sorted(masked):  # mask names are relative to the block list: match the tensor by suffix
+        (key,) = [k for k in tensors if k == f"{name}.weight" or k.endswith(f".{name}.weight")]
+        h.update(key.encode())
+        h.update(tensors[key].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str, str]]) -> dict:  # noqa: ANN001
     """The prune flow's task sequence for every combination, from scratch; seconds and result digests."""
     shutil.rmtree(layout.prune_work, ignore_errors=True)
@@ -124,7 +141,8 @@ def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str
             "masks": hashlib.sha256(b"".join(masks[k].numpy().tobytes() for k in sorted(masks))).hexdigest()[
                 :16
             ],
-            "weights": digest(d / "model.safetensors"),
+            "weights": pruned_weights_digest(d / "model.safetensors", list(masks)),
+            "file": digest(d / "model.safetensors"),
             "measured_sparsity": read_json(d / "metrics.json")["measured_sparsity"],
         }
         shutil.rmtree(d)  # a pruned SmolLM2 is 0.5 GB: keep only the digests
