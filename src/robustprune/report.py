@@ -271,9 +271,8 @@ def attack_section(x: ReportInputs) -> list[str]:
     taggers = sorted({str(r.get("pos_tagger")) for r in x.attack if r.get("pos_tagger")})
     sizes: dict[int, list[str]] = {}
     for m in models:
-        sizes.setdefault(
-            int(by[(m, next(r for r in recipes if (m, r) in by))].get("num_examples") or 0), []
-        ).append(m)
+        first = next(r for r in x.attack if r["model"] == m)  # every model in `models` has a row
+        sizes.setdefault(int(first.get("num_examples") or 0), []).append(m)
     if len(sizes) == 1:
         rows_text = f"The same {next(iter(sizes))} seeded test examples for every model and recipe."
     else:  # attack.more: the first rows of the same seeded order for some models

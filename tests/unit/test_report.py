@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from robustprune.report import ReportInputs, markdown_summary
+from robustprune.report import ReportInputs, attack_section, markdown_summary
 from robustprune.verdicts import (
     SDS_VS_ONESHOT,
     SOUP_VS_BEST,
@@ -118,30 +120,29 @@ def test_two_of_25_is_no_measurable_difference_in_the_report():
             "seconds_per_step": 1.0,
         }
     }
-    text = markdown_summary(
-        ReportInputs(
-            prepare={
-                "data": {"train_size": 100, "validation_size": 25, "test_size": 25, "label_names": ["a", "b"]}
+    inputs = ReportInputs(
+        prepare={
+            "data": {"train_size": 100, "validation_size": 25, "test_size": 25, "label_names": ["a", "b"]}
+        },
+        finetune=finetune,
+        soup={
+            "criterion": "accuracy",
+            "best_ingredient": "v1",
+            "greedy": {
+                "members": ["v1"],
+                "history": [],
+                "validation_accuracy": 0.8,
+                "test_accuracy": 0.8,
             },
-            finetune=finetune,
-            soup={
-                "criterion": "accuracy",
-                "best_ingredient": "v1",
-                "greedy": {
-                    "members": ["v1"],
-                    "history": [],
-                    "validation_accuracy": 0.8,
-                    "test_accuracy": 0.8,
-                },
-            },
-            evaluation={"reference": "soup-greedy", "transfer": [], "models": models},
-            prune={},
-            attack=attack_rows,
-            outcomes=outcomes,
-            recipes=["textfooler"],
-            comparisons=comps,
-        )
+        },
+        evaluation={"reference": "soup-greedy", "transfer": [], "models": models},
+        prune={},
+        attack=attack_rows,
+        outcomes=outcomes,
+        recipes=["textfooler"],
+        comparisons=comps,
     )
+    text = markdown_summary(inputs)
     row = next(
         line for line in text.splitlines() if line.startswith("| rakp_0.875 | sparsegpt_0.875 | clean |")
     )
@@ -150,3 +151,9 @@ def test_two_of_25_is_no_measurable_difference_in_the_report():
     assert "## Accuracy on transferred adversarial examples" in text
     assert "Spearman" in text
     assert "## Verdicts at a glance" in text
+    assert "The same 25 seeded test examples for every model and recipe." in text
+    # attack.more: models attacked on fewer (the first) rows are named with their count
+    fewer = [{**r, "num_examples": 10} if r["model"] == "rakp_0.875" else r for r in attack_rows]
+    mixed = "\n".join(attack_section(dataclasses.replace(inputs, attack=fewer)))
+    assert "25 for soup-greedy, sparsegpt_0.875; 10 for rakp_0.875." in mixed
+    assert "The same" not in mixed
