@@ -88,6 +88,20 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 600) -> str:
     return res.stdout + res.stderr
 
 
+def process_worker(pool: str, env: dict, home: Path, project: Path) -> tuple[list[str], dict]:
+    """The command and environment of a real ``prefect worker start`` on a process pool, serving ``project``
+    (``ROBUSTPRUNE_DIR``) one run at a time, with its own Prefect home and a fast poll."""
+    worker_env = {
+        **env,
+        "PREFECT_HOME": str(home),  # its own result storage: no cache hit from the first run
+        "ROBUSTPRUNE_DIR": str(project),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+    }
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", "1"]
+    return cmd, worker_env
+
+
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as r:
         return r.status == 200
@@ -185,24 +199,7 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
         }
         deployed = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, deploy_env)
 
-        worker_env = {
-            **env,
-            "PREFECT_HOME": str(tmp / "ph-worker"),  # its own result storage: no cache hit from the first run
-            "ROBUSTPRUNE_DIR": str(root),
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-        }
-        worker_cmd = [
-            str(BIN / "prefect"),
-            "worker",
-            "start",
-            "--pool",
-            POOL,
-            "--type",
-            "process",
-            "--limit",
-            "1",
-        ]
+        worker_cmd, worker_env = process_worker(POOL, env, tmp / "ph-worker", root)
         with started(worker_cmd, worker_env, tmp, logs / "worker.log") as worker:
             wait_for(
                 lambda: _http_ok(f"http://127.0.0.1:{ml_port}/health"),

@@ -30,7 +30,15 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.integration.conftest import copy_project
-from tests.integration.test_scaleout import BIN, _flow_runs_of, _online_workers, run, started, wait_for
+from tests.integration.test_scaleout import (
+    BIN,
+    _flow_runs_of,
+    _online_workers,
+    process_worker,
+    run,
+    started,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,6 +49,11 @@ CODE = ("src", "flows", "tasks")
 def _code_checkout(dst: Path, params: dict, env: dict) -> Path:
     """A checkout as a host gets it from git: code, dvc.yaml, prefect.yaml, params.yaml; a DVC repo."""
     dst.mkdir(parents=True)
+    return _add_code(dst, params, env)
+
+
+def _add_code(dst: Path, params: dict, env: dict) -> Path:
+    """The checkout's code, dvc.yaml, prefect.yaml and ``params`` into ``dst``, made a git + DVC repository."""
     for d in CODE:
         shutil.copytree(ROOT / d, dst / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for f in ("dvc.yaml", "prefect.yaml"):
@@ -70,13 +83,7 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
 
     # the parent: the tiny project's outputs, every stage recorded, then evaluate and report made stale
     parent = copy_project(src_root, tmp / "parent", skip=("mlruns.db", "mlartifacts", ".prefect"))
-    for d in CODE:
-        shutil.copytree(ROOT / d, parent / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for f in ("dvc.yaml", "prefect.yaml"):
-        shutil.copy(ROOT / f, parent / f)
-    (parent / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], parent, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], parent, env)
+    _add_code(parent, params, env)
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], parent, env)
     run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], parent, env)
     with modify_yaml(parent / "dvc.lock") as lock:  # DVC's YAML 1.2 (PyYAML would turn 2:4 into 124)
@@ -99,24 +106,7 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
         "PREFECT_HOME": str(tmp / "ph-deploy"),
     }
     run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], worker_dir, deploy_env)
-    worker_env = {
-        **env,
-        "PREFECT_HOME": str(tmp / "ph-worker"),
-        "ROBUSTPRUNE_DIR": str(worker_dir),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-    }
-    worker_cmd = [
-        str(BIN / "prefect"),
-        "worker",
-        "start",
-        "--pool",
-        POOL,
-        "--type",
-        "process",
-        "--limit",
-        "1",
-    ]
+    worker_cmd, worker_env = process_worker(POOL, env, tmp / "ph-worker", worker_dir)
     logs = tmp / "logs"
     logs.mkdir()
     with started(worker_cmd, worker_env, worker_dir, logs / "worker.log") as worker:
