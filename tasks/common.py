@@ -15,6 +15,8 @@ from robustprune.config import Params, combo_label, load_params, sparsity_label
 
 log = logging.getLogger("robustprune")
 
+RESOURCES_ENV = "ROBUSTPRUNE_RESOURCES"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -24,7 +26,10 @@ class Layout:
 
     @property
     def resources(self) -> Path:
-        return self.root / ".cache" / "resources"
+        """Unpacked offline resources: ``$ROBUSTPRUNE_RESOURCES`` if set (one copy shared by several
+        checkouts or test projects; unpacking is atomic), else ``<root>/.cache/resources``."""
+        env = os.environ.get(RESOURCES_ENV)
+        return Path(env).expanduser() if env else self.root / ".cache" / "resources"
 
     @property
     def data(self) -> Path:

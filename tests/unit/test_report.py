@@ -8,6 +8,7 @@ import pytest
 
 from robustprune.report import ReportInputs, attack_section, markdown_summary
 from robustprune.verdicts import (
+    CAP_VS_RAKP,
     SDS_VS_ONESHOT,
     SOUP_VS_BEST,
     VS_DENSE,
@@ -53,6 +54,8 @@ def _models():
         # differs from sparsegpt on exactly 2 of 25 clean examples, both in rakp's favour
         _model("rakp_0.875", "pruned", "rakp", "0.875", "1" * 18 + "0" * 7, "0" * 6 + "1111"),
         _model("sds-rakp_0.875", "sds", "sds+rakp", "0.875", "1" * 18 + "0" * 7, "0" * 6 + "1111"),
+        _model("cap_0.875", "cap", "cap", "0.875", "1" * 17 + "0" * 8, "0" * 7 + "111"),
+        _model("cap-f_0.875", "cap", "cap-f", "0.875", "1" * 15 + "0" * 10, "0" * 9 + "1"),
     ]
 
 
@@ -63,6 +66,8 @@ def test_pairs_cover_the_comparisons_the_report_promises():
     assert ("rakp_0.875", "sparsegpt_0.875", VS_SPARSEGPT) in pairs
     assert ("sds-rakp_0.875", "rakp_0.875", SDS_VS_ONESHOT) in pairs
     assert ("sparsegpt_0.875", "sparsegpt_0.875", VS_SPARSEGPT) not in pairs
+    assert ("cap_0.875", "rakp_0.875", CAP_VS_RAKP) in pairs
+    assert not any(a == "cap-f_0.875" and rel == CAP_VS_RAKP for a, _, rel in pairs)  # structured: no pair
 
 
 def test_attack_flags_count_failed_attacks_and_drop_inputs_without_words():
