@@ -55,6 +55,7 @@ def load_old(rev: str, work: Path) -> ModuleType:
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("tasks_prune_old", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a module-level dataclass looks its module up while the class is made
     spec.loader.exec_module(module)
     return module
 

@@ -494,8 +494,9 @@ def extract(name: str, out_dir: Path) -> Path:
 
     Files are written into a temporary directory beside ``out_dir`` and verified there; a new
     ``out_dir`` is then put in place with one ``os.replace``, an existing one receives each
-    file with ``os.replace`` (other files in it are left alone).  Nothing is done when the
-    files are already there with the right hashes.  Returns ``out_dir``, or the file path for a
+    file with ``os.replace`` (other files in it are left alone) — also when another process
+    sharing the directory (``ROBUSTPRUNE_RESOURCES``) created it meanwhile.  Nothing is done
+    when the files are already there with the right hashes.  Returns ``out_dir``, or the file path for a
     one-file resource.
     """
     resource = get_resource(name)
@@ -516,9 +517,15 @@ def extract(name: str, out_dir: Path) -> Path:
                     for chunk in _member_chunks(source, resource.crlf_to_lf):
                         sink.write(chunk)
                 _check_hash(resource, member, target)
+        placed = False
         if not out_dir.exists():
-            os.replace(tmp, out_dir)
-        else:
+            try:
+                os.replace(tmp, out_dir)
+                placed = True
+            except OSError:  # another process sharing the directory put it there first
+                if not out_dir.is_dir():
+                    raise
+        if not placed:
             for relative in relatives.values():
                 target = out_dir / relative
                 target.parent.mkdir(parents=True, exist_ok=True)

