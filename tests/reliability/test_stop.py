@@ -63,7 +63,7 @@ def _mlflow_statuses(root: Path, since_ms: int) -> list[str]:
     return [r.info.status for r in runs]
 
 
-@pytest.mark.parametrize(("stage", "sig"), [("prune", signal.SIGTERM), ("attack", signal.SIGTERM)])
+@pytest.mark.parametrize(("stage", "sig"), [("prune", signal.SIGTERM), ("attack", signal.SIGINT)])
 def test_stop_signal_mid_stage_then_resume(stage, sig, finished, prefect_api_url, tmp_path):
     work = copy_for(finished, stage, tmp_path / "project")
     home = tmp_path / "prefect-home"
