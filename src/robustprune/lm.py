@@ -160,6 +160,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, verify: bool = True, atol: f
     model, tokenizer = _load_gguf(gguf_path)
     with atomic_dir(out_dir) as tmp:
         state = _weights_to_save(model)
+        # a config saved on its own has no ``architectures``; without it a loader cannot tell a causal LM
+        # from a classifier (tasks.prune.Source.of would add a random classification head)
+        model.config.architectures = [type(model).__name__]
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)

@@ -247,6 +247,7 @@ def test_convert_smollm2_gguf(tmp_path: Path) -> None:
     out = convert_gguf(gguf, tmp_path / "hf")
     record = json.loads((out / "conversion.json").read_text())
     assert record["tie_word_embeddings"] is True
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert record["verify_logits_max_abs_diff"] == 0.0  # bit-identical to the GGUF-loaded model
     assert not (out / "tokenizer.model").exists()
     from safetensors import safe_open

@@ -563,3 +563,24 @@ def test_pipeline_block_tasks_give_prune_models_result(tmp_path, calib_batches, 
     assert [r["alpha"] for r in reports] == [b.alpha for b in want.blocks]
     assert (head is None) == (want.head is None)
     assert not engine._LIVE
+
+
+@pytest.mark.parametrize(
+    ("config", "files", "kind"),
+    [
+        ({"architectures": ["LlamaForCausalLM"]}, (), "causal-lm"),
+        ({"architectures": ["BertForSequenceClassification"]}, (), "classifier"),
+        ({"model_type": "bert"}, (), "classifier"),
+    ],
+)
+def test_prune_source_kind_from_the_saved_directory(tmp_path, config, files, kind):
+    """A causal LM read as a classifier would be pruned with a random classification head (and saved so):
+    the kind comes from ``architectures``, which :func:`robustprune.lm.convert_gguf` now writes."""
+    import json
+
+    from tasks.prune import Source
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    assert Source.of(tmp_path).kind == kind
