@@ -18,6 +18,7 @@ from tasks.evaluate import (
     evaluate_model,
     models_to_evaluate,
     reference_representations,
+    test_labels,
     transfer_examples,
 )
 
@@ -64,7 +65,8 @@ def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dic
                 metrics |= {f"{r['name']}.fidelity": r["fidelity"]["mean"]}
             mlflow.log_metrics(metrics)
         write_json(
-            layout.reports / "eval.json", {"reference": ref["name"], "transfer": transfer, "models": rows}
+            layout.reports / "eval.json",
+            {"reference": ref["name"], "transfer": transfer, "models": rows, "labels": test_labels(layout)},
         )
     return rows
 

@@ -44,6 +44,11 @@ def dense_reference(params: Params, layout: Layout) -> dict:
     return next(m for m in all_models(params, layout) if m["path"] == path)
 
 
+def test_labels(layout: Layout) -> list[int]:
+    """The test split's labels, in row order (eval.json keeps them beside every model's predictions)."""
+    return [int(x) for x in load_splits(layout.data).test["label"]]
+
+
 def read_attack_csv(path: Path) -> list[dict]:
     """Rows of a per-example attack CSV (``reports/attacks/<model>/<recipe>.csv``)."""
     with path.open(newline="") as f:
@@ -143,13 +148,15 @@ def evaluate_model(
     net, tok = load_classifier(model["path"]), load_tokenizer(model["path"])
     labels = test["label"].to_numpy()
     logits, reps = forward_with_representations(net, tok, test["text"].tolist(), **settings)
-    correct = logits.argmax(-1) == labels
+    predicted = logits.argmax(-1)
+    correct = predicted == labels
     out = {
         **model,
         "accuracy": float(correct.mean()) if len(correct) else float("nan"),
         "correct": int(correct.sum()),
         "total": int(len(correct)),
         "correct_bits": bits(correct),
+        "predictions": [int(x) for x in predicted],  # per test row: the degeneracy check reads them
         "measured_sparsity": measured_sparsity(net, params.prune.modules),
         "digest": model_digest(model["path"])[:16],
     }

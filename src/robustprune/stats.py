@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import permutations
 from statistics import NormalDist
@@ -300,6 +300,33 @@ def paired_difference(
     """
     n, b, c = _discordant(a_correct, b_correct)
     return _paired(n, b, c, confidence)
+
+
+def exact_paired_coverage(
+    interval: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    n: int,
+    p_b: float,
+    p_c: float,
+    floor: float = 1e-11,
+) -> float:
+    """Exact coverage of a paired-difference ``interval(b, c, n) -> (low, high)`` (vectorised over arrays of
+    discordant counts) when the true discordant shares are ``p_b`` and ``p_c``: the trinomial
+    (b, c, n − b − c) enumerated over every outcome with probability above ``floor``."""
+    b, c = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    keep = b + c <= n
+    b, c = b[keep], c[keep]
+    rest = n - b - c
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+
+    def term(k: np.ndarray, p: float) -> np.ndarray:
+        return np.where(k > 0, k * math.log(p), 0.0) if p > 0 else np.where(k > 0, -np.inf, 0.0)
+
+    logp = log_fact[n] - log_fact[b] - log_fact[c] - log_fact[rest]
+    prob = np.exp(logp + term(b, p_b) + term(c, p_c) + term(rest, 1 - p_b - p_c))
+    sel = prob > floor
+    low, high = interval(b[sel], c[sel], n)
+    delta = p_b - p_c
+    return float(np.sum(prob[sel] * ((low <= delta + 1e-12) & (high >= delta - 1e-12))))
 
 
 # ------------------------------------------------------------------------------------------ clusters

@@ -14,6 +14,7 @@ from robustprune.stats import (
     clustered_paired_difference,
     clustered_rate,
     design_effect,
+    exact_paired_coverage,
     mcnemar_exact,
     min_detectable,
     paired_difference,
@@ -110,28 +111,6 @@ def _clopper_pearson_mapped(b: np.ndarray, c: np.ndarray, n: int) -> tuple[np.nd
     return m / n * (2 * pl - 1), m / n * (2 * ph - 1)
 
 
-def _coverage(interval, n: int, pb: float, pc: float) -> float:  # noqa: ANN001
-    """Exact coverage of ``interval`` at true discordant shares (pb, pc): the trinomial enumerated over
-    every (b, c) with probability above 1e-11."""
-    from scipy.special import gammaln
-
-    b, c = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
-    keep = b + c <= n
-    b, c = b[keep], c[keep]
-    rest = n - b - c
-
-    def term(k, p):  # noqa: ANN001, ANN202
-        return np.where(k > 0, k * np.log(p if p > 0 else 1e-300), 0.0)
-
-    logp = gammaln(n + 1) - gammaln(b + 1) - gammaln(c + 1) - gammaln(rest + 1)
-    logp = logp + term(b, pb) + term(c, pc) + term(rest, 1 - pb - pc)
-    prob = np.exp(logp)
-    sel = prob > 1e-11
-    lo, hi = interval(b[sel], c[sel], n)
-    delta = pb - pc
-    return float(np.sum(prob[sel] * ((lo <= delta + 1e-12) & (hi >= delta - 1e-12))))
-
-
 # n in {25, 100, 500}; discordant shares two-sided, one-sided, tiny and zero, and issue #23's configurations
 COVERAGE_GRID = [
     (n, pb, pc)
@@ -153,11 +132,14 @@ def test_tango_interval_keeps_its_coverage_where_the_old_interval_did_not():
     """Exact coverage over the grid: the Tango interval stays >= 0.93 everywhere (nominal 0.95); the
     interval it replaced falls to 0.64 at the RAKP - SparseGPT TextFooler configuration and ~0.56 when the
     discordant pairs all go one way. The full grid: benchmarks/interval_coverage.py."""
-    tango = [_coverage(lambda b, c, n: tango_interval(b, c, np.full(b.shape, n)), *g) for g in COVERAGE_GRID]
+    tango = [
+        exact_paired_coverage(lambda b, c, n: tango_interval(b, c, np.full(b.shape, n)), *g)
+        for g in COVERAGE_GRID
+    ]
     print(f"minimum exact coverage of the Tango interval over the grid: {min(tango):.4f}")
     assert min(tango) >= 0.93, dict(zip(COVERAGE_GRID, tango, strict=True))
-    assert _coverage(_clopper_pearson_mapped, 500, 0.012, 0.308) < 0.7
-    assert _coverage(_clopper_pearson_mapped, 100, 0.2, 0.0) < 0.7
+    assert exact_paired_coverage(_clopper_pearson_mapped, 500, 0.012, 0.308) < 0.7
+    assert exact_paired_coverage(_clopper_pearson_mapped, 100, 0.2, 0.0) < 0.7
 
 
 def test_two_of_25_is_no_measurable_difference():
