@@ -608,6 +608,15 @@ class EvaluateConfig(_Section):
     batch_size: Annotated[int, Field(gt=0)] = 64
 
 
+class ReportConfig(_Section):
+    """How the report judges (src/robustprune/degeneracy.py, verdicts.py, report.py)."""
+
+    # a model whose recall on any class is below this is near-constant: no robustness verdict
+    near_constant_recall: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # the fidelity-vs-robustness rank correlation needs at least this many non-degenerate models
+    min_correlation_models: Annotated[int, Field(ge=3, le=1000)] = 6
+
+
 # MLflow 3.x tracking stores by URI scheme (mlflow.tracking._tracking_service.utils): SQLAlchemy databases
 # (a "+driver" suffix allowed), a tracking server, Databricks; "file" (or a bare path) is the file store,
 # which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true (checked in preflight)
@@ -710,6 +719,7 @@ class Params(_Section):
     cap: CapConfig = CapConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     attack: AttackConfig = AttackConfig()
+    report: ReportConfig = ReportConfig()
     lm: LMConfig = LMConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
