@@ -19,14 +19,18 @@ from robustprune.report import (
     fidelity_correlations,
     fidelity_plot,
     fidelity_points,
+    frontier_plot,
+    frontier_points,
+    glance_lines,
     markdown_summary,
     model_rate,
+    per_class_under_attack,
     plot_accuracy,
     plot_rows,
     transfer_plot,
+    transfer_rate,
 )
-from robustprune.stats import rate
-from robustprune.verdicts import compare
+from robustprune.verdicts import compare, transfer_clusters
 from tasks.common import Layout, default_task_runner, load, stage_run
 from tasks.tracking import log_model_runs
 
@@ -55,8 +59,43 @@ def read_outcomes(layout: Layout, attack: list[dict]) -> tuple[dict, list[dict]]
     return outcomes, records
 
 
+def row_labels(evaluation: dict, records: list[dict]) -> dict[int, int]:
+    """Test row -> label: eval.json's labels, or (older runs) the attack CSVs' label column."""
+    if evaluation.get("labels") is not None:
+        return dict(enumerate(int(y) for y in evaluation["labels"]))
+    return {int(r["test_row"]): int(r["label"]) for r in records if r.get("label", "") != ""}
+
+
+def class_balances(models: list[dict], labels: dict[int, int], num_classes: int, min_recall: float) -> dict:
+    """Per model: :class:`ClassBalance` from its predictions (or, for a binary task, its correctness and the
+    labels); empty when the labels do not cover the test set."""
+    from robustprune.degeneracy import class_balance, predictions_from_correct
+
+    out = {}
+    for m in models:
+        n = len(m.get("correct_bits", ""))
+        if not n or any(i not in labels for i in range(n)):
+            continue
+        y = [labels[i] for i in range(n)]
+        if m.get("predictions") is not None:
+            pred = m["predictions"]
+        elif num_classes == 2:
+            pred = predictions_from_correct([c == "1" for c in m["correct_bits"]], y, 2)
+        else:
+            continue
+        out[m["name"]] = class_balance(y, pred, num_classes, min_recall)
+    return out
+
+
 @task(name="report")
-def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed: int = 0) -> dict:
+def build_report(
+    layout: Layout,
+    recipes: list[str],
+    attack_note: str = "",
+    seed: int = 0,
+    near_constant_recall: float = 0.1,
+    min_correlation_models: int = 6,
+) -> dict:
     from robustprune.attacks.examples import examples_markdown, select_examples
 
     r = layout.reports
@@ -64,13 +103,26 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
     attack = _optional(r / "attack.json", [])
     outcomes, records = read_outcomes(layout, attack)
     soup = read_json(r / "soup.json")
+    prepare = read_json(r / "prepare.json")
     models = evaluation["models"]
+    label_names = prepare.get("data", {}).get("label_names") or []
+    labels = row_labels(evaluation, records)
+    balance = class_balances(models, labels, max(len(label_names), 2), near_constant_recall)
     metrics_names = ["clean", *recipes]
     if any("transfer" in m for m in models):
         metrics_names += [f"transfer:{k}" for k in models[0].get("transfer", {})]
     comparisons = compare(
-        models, outcomes, metrics_names, evaluation["reference"], soup.get("best_ingredient")
+        models,
+        outcomes,
+        metrics_names,
+        evaluation["reference"],
+        soup.get("best_ingredient"),
+        balance=balance,
+        transfer=evaluation.get("transfer", []),
     )
+    for c in comparisons:
+        if c.n_a != c.n_b or c.diff.n != min(c.n_a, c.n_b):
+            print(f"pairing {c.a} vs {c.b} on {c.metric}: {c.diff.n} common rows of {c.n_a} and {c.n_b}")
     cap = _optional(r / "cap.json", None)
     cap_md = ""
     if cap:
@@ -78,10 +130,9 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
 
         cap_md = cap_markdown(cap, models)
     reference_records = [x for x in records if x["model"] == evaluation["reference"]] or records
-    label_names = read_json(r / "prepare.json").get("data", {}).get("label_names")
     examples = select_examples(reference_records, EXAMPLES_PER_RECIPE, seed)
     inputs = ReportInputs(
-        prepare=read_json(r / "prepare.json"),
+        prepare=prepare,
         finetune=read_json(r / "finetune.json"),
         soup=soup,
         evaluation=evaluation,
@@ -95,21 +146,13 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
         cap_seconds={k: float(v) for k, v in (cap or {}).get("training_seconds", {}).items()},
         examples_md=examples_markdown(examples, label_names=label_names) if examples else "",
         attack_note=attack_note,
+        balance=balance,
+        row_labels=labels,
+        label_names=label_names,
+        min_correlation_models=min_correlation_models,
     )
-    summary = markdown_summary(inputs)
-    write_text(r / "summary.md", summary)
-    points = plot_rows(models)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["method", "sparsity", "pattern", "accuracy"])
-    w.writeheader()
-    w.writerows(points)
-    write_text(r / "plots" / "accuracy_vs_sparsity.csv", buf.getvalue())
-    plot_accuracy(points, r / "plots" / "accuracy_vs_sparsity.png")
-    attack_plot(attack, r / "plots" / "attack_vs_sparsity.png")
-    transfer_plot(models, evaluation["reference"], r / "plots" / "transfer_vs_sparsity.png")
     fid = fidelity_points(inputs)
-    if fid:
-        fidelity_plot(fid, recipes, r / "plots" / "fidelity_vs_robustness.png")
+    clusters = transfer_clusters(evaluation.get("transfer", []))
     metrics = {
         "models": {
             m["name"]: {
@@ -119,7 +162,16 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
                 "measured_sparsity": m["measured_sparsity"],
                 "accuracy": model_rate(m).to_dict(),
                 **(
-                    {"transfer": {k: rate(v["correct"], v["n"]).to_dict() for k, v in m["transfer"].items()}}
+                    {
+                        "class_balance": balance[m["name"]].to_dict(),
+                        "class_balance_text": balance[m["name"]].describe(label_names),
+                        "near_constant": balance[m["name"]].near_constant,
+                    }
+                    if m["name"] in balance
+                    else {}
+                ),
+                **(
+                    {"transfer": {k: transfer_rate(m, k, clusters).to_dict() for k in m["transfer"]}}
                     if "transfer" in m
                     else {}
                 ),
@@ -132,6 +184,18 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
                 "accuracy_under_attack": attack_rate(outcomes[(a["model"], a["recipe"])]).to_dict()
                 if (a["model"], a["recipe"]) in outcomes
                 else None,
+                **(
+                    {
+                        "per_class": {
+                            str(k): v.to_dict()
+                            for k, v in per_class_under_attack(
+                                outcomes[(a["model"], a["recipe"])], labels
+                            ).items()
+                        }
+                    }
+                    if (a["model"], a["recipe"]) in outcomes and labels
+                    else {}
+                ),
                 **{k: a[k] for k in ("original_accuracy", "attack_success_rate", "avg_queries")},
             }
             for a in attack
@@ -141,9 +205,35 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
             "best_ingredient": soup.get("best_ingredient"),
             "members": soup.get("greedy", {}).get("members"),
         },
+        "report": {
+            "interval": "Tango score interval (paired), Wilson (rates), Rao-Scott for transferred texts",
+            "near_constant_recall": near_constant_recall,
+            "min_correlation_models": min_correlation_models,
+        },
         "comparisons": [c.to_dict() for c in comparisons],
-        "fidelity_correlations": fidelity_correlations(fid, recipes) if fid else [],
+        "fidelity_correlations": [
+            {k: v for k, v in c.items() if k != "values"}
+            for c in fidelity_correlations(fid, recipes, min_correlation_models, seed)
+        ]
+        if fid
+        else [],
     }
+    inputs.glance = glance_lines(metrics)
+    summary = markdown_summary(inputs)
+    write_text(r / "summary.md", summary)
+    points = plot_rows(models)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["method", "sparsity", "pattern", "accuracy"])
+    w.writeheader()
+    w.writerows(points)
+    write_text(r / "plots" / "accuracy_vs_sparsity.csv", buf.getvalue())
+    plot_accuracy(points, r / "plots" / "accuracy_vs_sparsity.png")
+    attack_plot(attack, r / "plots" / "attack_vs_sparsity.png")
+    if outcomes:
+        frontier_plot(frontier_points(inputs), r / "plots" / "robustness_frontier.png")
+    transfer_plot(models, evaluation["reference"], r / "plots" / "transfer_vs_sparsity.png")
+    if fid:
+        fidelity_plot(fid, recipes, r / "plots" / "fidelity_vs_robustness.png", min_correlation_models)
     write_json(r / "metrics.json", metrics)
     return {"summary": summary, "metrics": metrics}
 
@@ -167,7 +257,14 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             + " (attack.models / attack.num_examples / attack.more in the params file; `params-evidence.yaml` "
             "and `params-paper.yaml` attack more)."
         )
-        out = build_report(layout, list(params.attack.recipes), note, params.attack.seed)
+        out = build_report(
+            layout,
+            list(params.attack.recipes),
+            note,
+            params.attack.seed,
+            params.report.near_constant_recall,
+            params.report.min_correlation_models,
+        )
         for f in (
             "summary.md",
             "metrics.json",
@@ -176,11 +273,20 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             "plots/attack_vs_sparsity.png",
             "plots/transfer_vs_sparsity.png",
             "plots/fidelity_vs_robustness.png",
+            "plots/robustness_frontier.png",
         ):
             if (layout.reports / f).exists():
                 mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
         for c in out["metrics"]["comparisons"]:
             mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
+        for name, m in out["metrics"]["models"].items():
+            if "class_balance" in m:
+                b = m["class_balance"]
+                mlflow.log_metrics(
+                    {f"{name}.kappa": b["kappa"], f"{name}.near_constant": float(b["near_constant"])}
+                    | {f"{name}.recall_{k}": r for k, r in enumerate(b["recall"]) if r == r}
+                    | {f"{name}.predicted_share_{k}": v for k, v in enumerate(b["predicted_share"])}
+                )
         log_model_runs(params, layout)  # one MLflow run per model, sparse checkpoints registered
     print(out["summary"])
     return out

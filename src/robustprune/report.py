@@ -9,13 +9,24 @@ only when the interval excludes 0, else "no measurable difference". Nothing here
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustprune.config import parse_sparsity
-from robustprune.stats import BETTER, WORSE, Rate, rate, spearman
-from robustprune.verdicts import RELATIONS, SOUP_VS_BEST, VS_SPARSEGPT, Comparison, attack_flags
+from robustprune.degeneracy import ClassBalance
+from robustprune.stats import BETTER, WORSE, Rate, clustered_rate, rate, rate_of, spearman
+from robustprune.verdicts import (
+    CAP_VS_RAKP,
+    MATCHED,
+    NOT_JUDGED,
+    RELATIONS,
+    SOUP_VS_BEST,
+    VS_SPARSEGPT,
+    Comparison,
+    attack_flags,
+    transfer_clusters,
+)
 
 
 def sparsity_value(label: str) -> float:
@@ -33,6 +44,9 @@ def metric_title(metric: str) -> str:
     """``clean`` -> "clean", ``textfooler`` -> "under TextFooler", ``transfer:all`` -> "transferred (all)"."""
     if metric == "clean":
         return "clean"
+    if metric.startswith("valid:"):
+        r = metric.removeprefix("valid:")
+        return f"under valid {RECIPE_TITLES.get(r, r)}"
     if metric.startswith("transfer:"):
         r = metric.removeprefix("transfer:")
         return f"transferred ({'all recipes' if r == 'all' else RECIPE_TITLES.get(r, r)})"
@@ -58,6 +72,21 @@ class ReportInputs:
     cap_seconds: Mapping[str, float] = field(default_factory=dict)
     examples_md: str = ""
     attack_note: str = ""
+    # per model: does it read its input (robustprune.degeneracy); empty when labels were not recorded
+    balance: Mapping[str, ClassBalance] = field(default_factory=dict)
+    # test row -> label (per-class accuracy under attack)
+    row_labels: Mapping[int, int] = field(default_factory=dict)
+    label_names: Sequence[str] = ()
+    min_correlation_models: int = 6
+    glance: Sequence[str] = ()  # "Verdicts at a glance", generated from metrics.json (glance_lines)
+
+    def near_constant(self, name: str) -> bool:
+        b = self.balance.get(name)
+        return b is not None and b.near_constant
+
+    def mark(self, name: str) -> str:
+        """A model's name, with † when it is near-constant (no robustness verdict)."""
+        return f"{name} †" if self.near_constant(name) else name
 
     @property
     def models(self) -> list[dict]:
@@ -86,15 +115,11 @@ def markdown_summary(x: ReportInputs) -> str:
         f"examples, labels {d.get('label_names')}. Model: `{x.prepare.get('model', {}).get('model')}`. "
         f"Dense reference (the model that is pruned): `{x.reference}`.",
         "",
-        "How to read this report: every accuracy is a percentage with its 95% Wilson interval in brackets; "
-        "every comparison is a **paired** difference on the same examples (A − B in points) with its exact "
-        "95% interval (Clopper-Pearson on the discordant examples) and McNemar's exact p; the verdict is "
-        '"better" or "worse" only when that interval excludes 0, otherwise "no measurable difference". '
-        "`mde` is the smallest difference the run could have declared given how many examples the two models "
-        "disagree on (– : none could).",
+        how_to_read(x),
         "",
     ]
-    lines += headline(x)
+    lines += ["## Verdicts at a glance", "", *(x.glance or headline(x)[2:])]
+    lines += degeneracy_section(x)
     lines += ingredients_section(x)
     lines += clean_section(x)
     lines += sds_table(x.sds, x.models)
@@ -102,7 +127,7 @@ def markdown_summary(x: ReportInputs) -> str:
         lines += ["", x.cap_md.rstrip()]
     lines += attack_section(x)
     lines += transfer_section(x)
-    lines += verdict_section(x.comparisons)
+    lines += verdict_section(x.comparisons, x.mark)
     lines += fidelity_section(x)
     if x.examples_md:
         lines += ["", "## Example perturbations (original → perturbed, changed words in bold)", ""]
@@ -113,8 +138,30 @@ def markdown_summary(x: ReportInputs) -> str:
     return "\n".join(lines)
 
 
+def how_to_read(x: ReportInputs) -> str:
+    """The report's reading guide: which interval, which test, which rule, and the near-constant rule."""
+    text = (
+        "How to read this report: every accuracy is a percentage with its 95% Wilson interval in brackets; "
+        "every comparison is a **paired** difference on the same examples (A − B in points) with Tango's 95% "
+        "score interval for paired proportions (Tango 1998; its exact coverage stays ≥ 0.93 over the grid of "
+        "`benchmarks/results/interval_coverage.json`) and the score test's p (McNemar's statistic, which "
+        'agrees with the interval); the verdict is "better" or "worse" only when that interval excludes 0, '
+        'otherwise "no measurable difference". Transferred adversarial texts come several to a test row: their '
+        "intervals are Rao-Scott adjusted for that clustering. `mde` is the smallest difference the run could "
+        "have declared given how many examples the two models disagree on (– : none could)."
+    )
+    if not x.balance:
+        return text + " (Class balance unavailable: this run's eval.json records no labels.)"
+    thr = next(iter(x.balance.values())).min_recall
+    return text + (
+        f" A model marked † is **near-constant** (recall below {100 * thr:g}% on some class: it barely reads "
+        "its input) and gets no robustness verdict: its accuracy under attack is the share of its one class "
+        "among the rows it happens to get right, not robustness. Its clean-accuracy verdicts stand."
+    )
+
+
 def _verdict_md(c: Comparison) -> str:
-    v = c.diff.verdict
+    v = c.verdict
     return f"**{v}**" if v in (BETTER, WORSE) else v
 
 
@@ -148,6 +195,141 @@ def headline(x: ReportInputs) -> list[str]:
     if len(out) == 2:
         out.append("- (no comparison available: see the sections below)")
     return out
+
+
+_SHORT = {BETTER: "better", WORSE: "worse", NOT_JUDGED: "no verdict", "no measurable difference": "n.s."}
+
+
+def _metric_short(metric: str) -> str:
+    if metric == "clean":
+        return "clean"
+    if metric.startswith("transfer:"):
+        r = metric.removeprefix("transfer:")
+        return "transferred" if r == "all" else f"transferred {RECIPE_TITLES.get(r, r)}"
+    if metric.startswith("valid:"):
+        r = metric.removeprefix("valid:")
+        return f"valid {RECIPE_TITLES.get(r, r)}"
+    return RECIPE_TITLES.get(metric, metric)
+
+
+def _pts_d(c: Mapping) -> str:
+    return f"{100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]"
+
+
+def _glance_metrics(comps: Sequence[Mapping]) -> str:
+    """``clean +10.6 [+5.1, +15.7] better; TextFooler −29.6 [..] no verdict; ...`` (transfer: all only)."""
+    out = []
+    for c in comps:
+        if c["metric"].startswith("transfer:") and c["metric"] != "transfer:all":
+            continue
+        v = _SHORT.get(c["verdict"], c["verdict"])
+        out.append(
+            f"{_metric_short(c['metric'])} {_pts_d(c)} {f'**{v}**' if v in ('better', 'worse') else v}"
+        )
+    return "; ".join(out).removesuffix(".")  # the caller ends the sentence
+
+
+def glance_lines(metrics: Mapping) -> list[str]:
+    """ "Verdicts at a glance", generated from ``metrics.json`` alone (the README's answer is the same list,
+    ``make readme-table``): the near-constant models; the soup against its best ingredient; each method
+    against SparseGPT at the highest sparsity; each attacked method against the baseline of nearest clean
+    accuracy; CAP against RAKP. Every verdict is the paired interval's (or "no verdict" with a near-constant
+    model); "n.s." = no measurable difference."""
+    models = metrics.get("models", {})
+    comps = metrics.get("comparisons", [])
+    out = []
+    near = [n for n, m in models.items() if m.get("near_constant")]
+    if near:
+        out.append(
+            "- Near-constant (barely read their input; no robustness verdict): "
+            + "; ".join(f"`{n}` ({models[n].get('class_balance_text', '')})" for n in near)
+            + "."
+        )
+    elif any("class_balance" in m for m in models.values()):
+        out.append("- No model is near-constant: every model gets its robustness verdicts.")
+
+    def group(relation: str) -> dict[tuple[str, str], list[Mapping]]:
+        g: dict[tuple[str, str], list[Mapping]] = {}
+        for c in comps:
+            if c["relation"] == relation:
+                g.setdefault((c["a"], c["b"]), []).append(c)
+        return g
+
+    def acc(name: str) -> str:
+        a = models.get(name, {}).get("accuracy")
+        return "" if not a else f" ({100 * a['value']:.1f}% clean)"
+
+    def rows(c: Sequence[Mapping]) -> str:
+        attacked = [x for x in c if x["metric"] not in ("clean",) and not x["metric"].startswith("transfer:")]
+        return f", {attacked[0]['n']} attacked rows" if attacked else ""
+
+    for (a, b), c in group(SOUP_VS_BEST).items():
+        out.append(f"- Robust soup `{a}` − its best ingredient `{b}`{rows(c)}: {_glance_metrics(c)}.")
+    tops = [
+        parse_sparsity(m["sparsity"])[0]
+        for m in models.values()
+        if m.get("kind") == "pruned" and ":" not in str(m.get("sparsity"))
+    ]
+    if tops:
+        top = f"{max(tops):g}"
+        for (a, b), c in group(VS_SPARSEGPT).items():
+            if models.get(a, {}).get("sparsity") != top:
+                continue
+            if models.get(a, {}).get("method") in ("magnitude", "wanda"):
+                c = [x for x in c if x["metric"] == "clean"]
+            out.append(f"- `{a}` − `{b}`, same sparsity{rows(c)}: {_glance_metrics(c)}.")
+    under_attack = [x for x in comps if x["metric"] != "clean" and not x["metric"].startswith("transfer:")]
+    attacked_pairs = {(x["a"], x["b"]) for x in under_attack}
+    for (a, b), c in group(MATCHED).items():
+        if (a, b) not in attacked_pairs:
+            continue  # the glance shows matched pairs that were attacked; the rest is in "Paired comparisons"
+        out.append(
+            f"- `{a}`{acc(a)} − `{b}`{acc(b)}, the baseline of nearest clean accuracy{rows(c)}: "
+            f"{_glance_metrics(c)}."
+        )
+    for (a, b), c in group(CAP_VS_RAKP).items():
+        if (a, b) in attacked_pairs:
+            out.append(f"- `{a}` − `{b}`, same sparsity{rows(c)}: {_glance_metrics(c)}.")
+    if not out:
+        out.append("- (no comparison available: see the sections below)")
+    return out
+
+
+def degeneracy_section(x: ReportInputs) -> list[str]:
+    """Per model: recall per class, share of rows predicted as each class, Cohen's κ, near-constant."""
+    if not x.balance:
+        return []
+    k = len(next(iter(x.balance.values())).recall)
+    names = list(x.label_names) + [str(i) for i in range(len(x.label_names), k)]
+    thr = next(iter(x.balance.values())).min_recall
+    lines = [
+        "",
+        "## Does each model read its input? (clean test set)",
+        "",
+        f"Recall per class and the share of test rows predicted as each class; Cohen's κ against the labels "
+        f"(0 = no better than predicting by the class shares). **near-constant** = recall below {100 * thr:g}% "
+        "on some class (`report.near_constant_recall`): such a model gets no robustness verdict anywhere in "
+        "this report.",
+        "",
+        "| model | "
+        + " | ".join(f"recall {n} %" for n in names)
+        + " | "
+        + " | ".join(f"predicted {n} %" for n in names)
+        + " | κ | near-constant |",
+        "|---|" + "---|" * (2 * k + 2),
+    ]
+    for m in x.models:
+        b = x.balance.get(m["name"])
+        if b is None:
+            continue
+        lines.append(
+            f"| {m['name']} | "
+            + " | ".join(_pct(r) for r in b.recall)
+            + " | "
+            + " | ".join(_pct(r) for r in b.predicted_share)
+            + f" | {b.kappa:.2f} | {'**yes** †' if b.near_constant else 'no'} |"
+        )
+    return lines
 
 
 def ingredients_section(x: ReportInputs) -> list[str]:
@@ -228,13 +410,23 @@ def clean_section(x: ReportInputs) -> list[str]:
         "## Clean test accuracy (%, 95% CI)",
         "",
         f"Dense reference `{x.reference}`: {model_rate(ref).pct(2) if ref else '–'} on {ref['total'] if ref else '?'} "
-        "test examples.",
+        "test examples (every cell below: n = the same test rows)."
+        + (
+            " † near-constant (no robustness verdict)."
+            if any(x.near_constant(m["name"]) for m in models)
+            else ""
+        ),
         "",
         "| method | " + " | ".join(sparsities) + " |",
         "|---|" + "---|" * len(sparsities),
     ]
     for method in methods:
-        cells = [model_rate(by[(method, s)]).pct(1) if (method, s) in by else "–" for s in sparsities]
+        cells = [
+            model_rate(by[(method, s)]).pct(1) + (" †" if x.near_constant(by[(method, s)]["name"]) else "")
+            if (method, s) in by
+            else "–"
+            for s in sparsities
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -248,7 +440,7 @@ def clean_section(x: ReportInputs) -> list[str]:
             "prune_seconds", x.cap_seconds.get(m["name"])
         )
         lines.append(
-            f"| {m['name']} | {m['method']} | {m['sparsity']} | {_pct(m['measured_sparsity'])} | "
+            f"| {x.mark(m['name'])} | {m['method']} | {m['sparsity']} | {_pct(m['measured_sparsity'])} | "
             f"{model_rate(m).pct(2)} | {'–' if secs is None else f'{secs:.1f}'} |"
         )
     if x.cap_seconds:
@@ -260,6 +452,16 @@ def clean_section(x: ReportInputs) -> list[str]:
         ]
     lines += ["", "![accuracy vs sparsity](plots/accuracy_vs_sparsity.png)"]
     return lines
+
+
+def per_class_under_attack(outcomes: Mapping[int, str], row_labels: Mapping[int, int]) -> dict[int, Rate]:
+    """Accuracy under attack among the attacked rows of each true class."""
+    f = attack_flags(outcomes)
+    out: dict[int, list[bool]] = {}
+    for row, ok in f.items():
+        if row in row_labels:
+            out.setdefault(row_labels[row], []).append(ok)
+    return {k: rate_of(v) for k, v in sorted(out.items())}
 
 
 def attack_section(x: ReportInputs) -> list[str]:
@@ -288,15 +490,15 @@ def attack_section(x: ReportInputs) -> list[str]:
         "",
         f"{rows_text} Cell: **accuracy under attack [CI]** "
         "(= failed attacks / N) · attack success rate % · mean queries. textattack's definitions; inputs with no "
-        "word to perturb are left out. A model that (nearly) ignores its input cannot be attacked: its accuracy "
-        "under attack approaches its clean accuracy on the class it predicts, so read it beside clean "
-        "accuracy and the success rate."
+        "word to perturb are left out; n = the model's attacked rows (column 2). A model that (nearly) ignores "
+        "its input cannot be attacked: its accuracy under attack approaches its clean accuracy on the class it "
+        "predicts; such models are marked † and get no robustness verdict."
         + (f" TextFooler's part-of-speech check: {', '.join(taggers)}." if taggers else ""),
         "",
-        "| model | method | sparsity | clean on attacked set % | "
+        "| model | n | method | sparsity | clean on attacked rows % | "
         + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes)
         + " |",
-        "|---|---|---|---|" + "---|" * len(recipes),
+        "|---|---|---|---|---|" + "---|" * len(recipes),
     ]
     for m in models:
         first = next(r for r in x.attack if r["model"] == m)
@@ -311,14 +513,49 @@ def attack_section(x: ReportInputs) -> list[str]:
                 f"**{attack_rate(o).pct(1)}** · {_pct(r['attack_success_rate'])} · {r['avg_queries']:.0f}"
             )
         lines.append(
-            f"| {m} | {first['method']} | {first['sparsity']} | {_pct(first['original_accuracy'])} | "
-            + " | ".join(cells)
-            + " |"
+            f"| {x.mark(m)} | {first.get('num_examples', '?')} | {first['method']} | {first['sparsity']} | "
+            f"{_pct(first['original_accuracy'])} | " + " | ".join(cells) + " |"
         )
+    if x.row_labels:
+        names = list(x.label_names)
+        lines += [
+            "",
+            "Accuracy under attack per true class (%, 95% CI; the rows of that class among the model's attacked "
+            "rows). A model whose robustness sits in one class is predicting that class, not resisting:",
+            "",
+            "| model | recipe | " + " | ".join(f"class {n}" for n in names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for m in models:
+            for rec in recipes:
+                o = x.outcomes.get((m, rec))
+                if o is None:
+                    continue
+                pc = per_class_under_attack(o, x.row_labels)
+                cells = [f"{pc[k].pct(1)} (n = {pc[k].n})" if k in pc else "–" for k in range(len(names))]
+                lines.append(f"| {x.mark(m)} | {RECIPE_TITLES.get(rec, rec)} | " + " | ".join(cells) + " |")
     if x.attack_note:
         lines += ["", x.attack_note]
-    lines += ["", "![accuracy under attack vs sparsity](plots/attack_vs_sparsity.png)"]
+    lines += [
+        "",
+        "![accuracy under attack vs sparsity](plots/attack_vs_sparsity.png)",
+        "",
+        "Accuracy under attack against clean accuracy (each model a point with its intervals, one line per "
+        "method; hollow markers: near-constant) — robustness compared at matched accuracy, not only at matched "
+        "sparsity:",
+        "",
+        "![robustness-accuracy frontier](plots/robustness_frontier.png)",
+    ]
     return lines
+
+
+def transfer_rate(model: Mapping, key: str, clusters: Mapping[str, list[int]]) -> Rate:
+    """Transferred accuracy with a Rao-Scott interval over source rows (a plain Wilson one without them)."""
+    t = model["transfer"][key]
+    source = clusters.get(key)
+    if source is None or len(source) != t["n"] or "bits" not in t:
+        return rate(t["correct"], t["n"])
+    return clustered_rate([c == "1" for c in t["bits"]], source)
 
 
 def transfer_section(x: ReportInputs) -> list[str]:
@@ -342,31 +579,38 @@ def transfer_section(x: ReportInputs) -> list[str]:
         "figure. The reference scores 0 by construction. Caution: a model that no longer behaves like the "
         "reference scores high here for that reason alone (a constant predictor scores its class's share); "
         "the last column conditions on the clean original being classified correctly by the model itself "
-        "(kept / clean-correct), which is not paired across models and gets no verdict.",
+        "(kept / clean-correct), which is not paired across models and gets no verdict. The texts come "
+        f"from {len({t['test_row'] for t in x.evaluation.get('transfer', [])})} source rows (up to one per "
+        "recipe): the intervals resample source rows (Rao-Scott design effect), not texts.",
         "",
         "| model | method | sparsity | "
         + " | ".join(RECIPE_TITLES.get(k, "all recipes" if k == "all" else k) for k in keys)
         + " | all, given clean correct |",
         "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
+    clusters = transfer_clusters(x.evaluation.get("transfer", []))
     for m in models:
-        cells = [rate(m["transfer"][k]["correct"], m["transfer"][k]["n"]).pct(1) for k in keys]
+        cells = [transfer_rate(m, k, clusters).pct(1) for k in keys]
         t = m["transfer"]["all"]
         cells.append(rate(t["kept"], t["clean_correct"]).pct(1) if "kept" in t else "–")
-        lines.append(f"| {m['name']} | {m['method']} | {m['sparsity']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {x.mark(m['name'])} | {m['method']} | {m['sparsity']} | " + " | ".join(cells) + " |")
     lines += ["", "![transferred accuracy vs sparsity](plots/transfer_vs_sparsity.png)"]
     return lines
 
 
-def verdict_section(comparisons: Sequence[Comparison]) -> list[str]:
+def verdict_section(comparisons: Sequence[Comparison], mark: Callable[[str], str] = str) -> list[str]:
     if not comparisons:
         return []
     lines = [
         "",
         "## Paired comparisons",
         "",
-        "A − B on the same examples; interval: exact 95% (conditional on the discordant examples); verdict from "
-        "that interval only.",
+        "A − B on the rows both models were measured on (n; each model's own row count in brackets when they "
+        "differ); interval: Tango's 95% score interval (Rao-Scott adjusted for transferred texts, `deff` = "
+        "the design effect); verdict from that interval only, or *no verdict* under attack / on transferred "
+        "texts when a model is near-constant (†). Under attack, `ASR both-right` is the attack success rate "
+        "difference (A − B, points) on the rows both models classified correctly before the attack: lower "
+        "means A resisted more of the attacks both faced.",
     ]
     for relation in RELATIONS:
         rows = [c for c in comparisons if c.relation == relation]
@@ -376,20 +620,27 @@ def verdict_section(comparisons: Sequence[Comparison]) -> list[str]:
             "",
             f"### {relation[0].upper() + relation[1:]}",
             "",
-            "| A | B | metric | n | A % [CI] | B % [CI] | A − B pts [CI] | A-only / B-only | p | mde pts | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| A | B | metric | n | A % [CI] | B % [CI] | A − B pts [CI] | A-only / B-only | p | mde pts "
+            "| ASR both-right pts [CI] (n) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for c in rows:
             d = c.diff
             mde = "–" if d.mde is None else f"{100 * d.mde:.1f}"
+            n = f"{d.n}" if c.n_a == c.n_b == d.n else f"{d.n} ({c.n_a}/{c.n_b})"
+            if d.deff > 1:
+                n += f", deff {d.deff:.2f}"
+            both = "–"
+            if c.both_correct is not None:
+                both = f"{c.both_correct.pts(1).removesuffix(' pts')} ({c.both_correct.n})"
             lines.append(
-                f"| {c.a} | {c.b} | {metric_title(c.metric)} | {d.n} | {c.a_rate.pct(1)} | {c.b_rate.pct(1)} | "
-                f"{d.pts(1).removesuffix(' pts')} | {d.a_only} / {d.b_only} | {d.p_value:.3g} | {mde} | "
-                f"{_verdict_md(c)} |"
+                f"| {mark(c.a)} | {mark(c.b)} | {metric_title(c.metric)} | {n} | {c.a_rate.pct(1)} | "
+                f"{c.b_rate.pct(1)} | {d.pts(1).removesuffix(' pts')} | {d.a_only} / {d.b_only} | "
+                f"{d.p_value:.3g} | {mde} | {both} | {_verdict_md(c)} |"
             )
-    tally = {}
+    tally: dict[str, int] = {}
     for c in comparisons:
-        tally[c.diff.verdict] = tally.get(c.diff.verdict, 0) + 1
+        tally[c.verdict] = tally.get(c.verdict, 0) + 1
     mdes = [c.diff.mde for c in comparisons if c.diff.mde is not None]
     lines += [
         "",
@@ -402,16 +653,17 @@ def verdict_section(comparisons: Sequence[Comparison]) -> list[str]:
             if mdes
             else "None had enough disagreeing examples to detect any difference"
         )
-        + "; with n examples no difference below 6/n can ever be declared (six disagreements all one way).",
+        + "; with n examples no difference below 4/n can ever be declared (four disagreements all one way).",
     ]
     return lines
 
 
 def fidelity_points(x: ReportInputs) -> list[dict]:
-    """One point per model (the reference excluded): fidelity, transferred accuracy, accuracy under attack."""
+    """One point per model that reads its input (the reference and near-constant models excluded):
+    fidelity, transferred accuracy, and per recipe the per-row outcomes under attack."""
     pts = []
     for m in x.models:
-        if m["name"] == x.reference or "fidelity" not in m:
+        if m["name"] == x.reference or "fidelity" not in m or x.near_constant(m["name"]):
             continue
         p = {
             "name": m["name"],
@@ -428,20 +680,41 @@ def fidelity_points(x: ReportInputs) -> list[dict]:
             p[f"adv_similarity:{rec}"] = sim["mean"]
         for (name, rec), o in x.outcomes.items():
             if name == m["name"]:
+                p[f"rows:{rec}"] = attack_flags(o)
                 p[f"attack:{rec}"] = attack_rate(o).value
         pts.append(p)
     return pts
 
 
-def fidelity_correlations(points: Sequence[dict], recipes: Sequence[str]) -> list[dict]:
-    """Spearman's rho (with its interval) between fidelity and each robustness measure, across models."""
+def fidelity_correlations(
+    points: Sequence[dict], recipes: Sequence[str], min_models: int = 6, seed: int = 0
+) -> list[dict]:
+    """Spearman's ρ between fidelity and each robustness measure across models, with a permutation p.
+
+    Accuracy under attack is recomputed on the rows *every* model in the set was attacked on (one common
+    row set); a correlation over fewer than ``min_models`` models is not computed (reason given)."""
     out = []
-    pairs = [("fidelity", "transfer")] + [("fidelity", f"attack:{r}") for r in recipes]
-    pairs += [(f"adv_similarity:{r}", f"attack:{r}") for r in recipes]
-    for xk, yk in pairs:
-        sel = [p for p in points if xk in p and yk in p and not math.isnan(p[xk]) and not math.isnan(p[yk])]
-        c = spearman([p[xk] for p in sel], [p[yk] for p in sel])
-        out.append({"x": xk, "y": yk, **c.to_dict()})
+    for key in ["transfer", *[f"attack:{r}" for r in recipes]]:
+        if key == "transfer":
+            sel = [p for p in points if "transfer" in p and not math.isnan(p["transfer"])]
+            ys, rows = [p["transfer"] for p in sel], None
+        else:
+            rec = key.removeprefix("attack:")
+            sel = [p for p in points if f"rows:{rec}" in p]
+            common = set.intersection(*(set(p[f"rows:{rec}"]) for p in sel)) if sel else set()
+            ys = [sum(p[f"rows:{rec}"][r] for r in common) / len(common) if common else math.nan for p in sel]
+            rows = len(common)
+        entry = {"x": "fidelity", "y": key, "n": len(sel), "rows": rows, "models": [p["name"] for p in sel]}
+        if len(sel) < min_models or (rows is not None and rows == 0):
+            entry["skipped"] = (
+                f"{len(sel)} non-degenerate model(s) measured (needs at least {min_models}, report.min_correlation_models)"
+                if len(sel) < min_models
+                else "no row common to every model"
+            )
+            out.append(entry)
+            continue
+        c = spearman([p["fidelity"] for p in sel], ys, seed=seed)
+        out.append({**entry, **c.to_dict(), "words": c.words(), "values": ys})
     return out
 
 
@@ -452,15 +725,16 @@ def fidelity_section(x: ReportInputs) -> list[str]:
     recipes = list(x.recipes)
     lines = [
         "",
-        "## RAKP's mechanism: representation fidelity vs robustness",
+        "## Representation fidelity and robustness: a correlation across models",
         "",
         f"Fidelity = mean cosine similarity of each model's mean-pooled representations to `{x.reference}`'s on "
         "the clean test texts, averaged over the embedding output and every block (last block alone in "
         "brackets). Adversarial similarity = its own cosine between each attacked text and the attack's final "
-        "text (mean over layers).",
+        "text (mean over layers). Near-constant models and the reference are left out. A rank correlation "
+        "across a handful of models describes these models; it does not show a mechanism.",
         "",
         "| model | fidelity (last) | transferred acc % | "
-        + " | ".join(f"{RECIPE_TITLES.get(r, r)}: under attack % / adv. similarity" for r in recipes)
+        + " | ".join(f"{RECIPE_TITLES.get(r, r)}: under attack % (n) / adv. similarity" for r in recipes)
         + " |",
         "|---|---|---|" + "---|" * len(recipes),
     ]
@@ -468,19 +742,30 @@ def fidelity_section(x: ReportInputs) -> list[str]:
         cells = []
         for r in recipes:
             a, s = p.get(f"attack:{r}"), p.get(f"adv_similarity:{r}")
-            cells.append("–" if a is None else f"{_pct(a)} / {s:.3f}" if s is not None else _pct(a))
+            n = len(p.get(f"rows:{r}", {}))
+            cells.append("–" if a is None else f"{_pct(a)} ({n})" + (f" / {s:.3f}" if s is not None else ""))
         lines.append(
             f"| {p['name']} | {p['fidelity']:.4f} ({p['fidelity_last']:.4f}) | {_pct(p.get('transfer'))} | "
             + " | ".join(cells)
             + " |"
         )
-    lines += ["", "Spearman's ρ across models (95% CI, Fisher z):", ""]
-    for c in fidelity_correlations(pts, recipes):
-        if c["n"] < 3:
-            continue
-        ci = "" if math.isnan(c["low"]) else f" [{c['low']:.2f}, {c['high']:.2f}]"
-        rho = "undefined (constant values)" if math.isnan(c["rho"]) else f"{c['rho']:+.2f}{ci}"
-        lines.append(f"- {c['x']} vs {c['y']}: ρ = {rho} over {c['n']} models")
+    lines += [
+        "",
+        "Spearman's ρ between fidelity and robustness across models (two-sided permutation p; under attack "
+        "on the rows every model in the set was attacked on):",
+        "",
+    ]
+    for c in fidelity_correlations(pts, recipes, x.min_correlation_models):
+        what = (
+            "transferred accuracy"
+            if c["y"] == "transfer"
+            else f"accuracy under {metric_title(c['y'].removeprefix('attack:')).removeprefix('under ')}"
+        )
+        where = "" if c["rows"] is None else f" on {c['rows']} common rows"
+        if "skipped" in c:
+            lines.append(f"- fidelity vs {what}: not computed — {c['skipped']}.")
+        else:
+            lines.append(f"- fidelity vs {what}{where}: {c['words']}.")
     lines += ["", "![fidelity vs robustness](plots/fidelity_vs_robustness.png)"]
     return lines
 
@@ -669,31 +954,113 @@ def transfer_plot(models: Sequence[dict], reference: str, dest: Path) -> Path:
     return _save(fig, dest)
 
 
-def fidelity_plot(points: Sequence[dict], recipes: Sequence[str], dest: Path) -> Path:
-    """Scatter of fidelity against transferred accuracy and against accuracy under each attack."""
+def fidelity_plot(points: Sequence[dict], recipes: Sequence[str], dest: Path, min_models: int = 6) -> Path:
+    """Scatter of fidelity against transferred accuracy and against accuracy under each attack (on the rows
+    every plotted model was attacked on), with the rank correlation and its permutation p in each title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    corr = {c["y"]: c for c in fidelity_correlations(points, recipes, min_models)}
     ys = [("transfer", "transferred accuracy (%)")] + [
         (f"attack:{r}", f"accuracy under {RECIPE_TITLES.get(r, r)} (%)") for r in recipes
     ]
-    ys = [(k, t) for k, t in ys if any(k in p for p in points)]
+    ys = [(k, t) for k, t in ys if k in corr and corr[k]["n"]]
     fig, axes = plt.subplots(1, max(len(ys), 1), figsize=(4.2 * max(len(ys), 1), 3.6), dpi=120, squeeze=False)
     kinds = sorted({p["kind"] for p in points})
+    by_name = {p["name"]: p for p in points}
     for ax, (key, title) in zip(axes[0], ys, strict=False):
+        c = corr[key]
+        values = c.get("values") or [by_name[n].get(key, math.nan) for n in c["models"]]
         for i, kind in enumerate(kinds):
-            sel = [p for p in points if p["kind"] == kind and key in p]
-            ax.scatter(
-                [p["fidelity"] for p in sel], [100 * p[key] for p in sel], color=f"C{i}", label=kind, s=18
+            sel = [
+                (by_name[n]["fidelity"], v)
+                for n, v in zip(c["models"], values, strict=True)
+                if by_name[n]["kind"] == kind
+            ]
+            ax.scatter([a for a, _ in sel], [100 * v for _, v in sel], color=f"C{i}", label=kind, s=18)
+        if "skipped" in c:
+            ax.set_title(f"{c['n']} models: too few for a correlation", fontsize=8)
+        else:
+            rows = "" if c["rows"] is None else f", {c['rows']} rows"
+            ax.set_title(
+                f"ρ = {c['rho']:+.2f}, perm. p = {c['p_value']:.2g} ({c['n']} models{rows})", fontsize=8
             )
-        c = spearman([p["fidelity"] for p in points if key in p], [p[key] for p in points if key in p])
-        ax.set_title(f"Spearman ρ = {c.rho:+.2f} (n = {c.n})" if not math.isnan(c.rho) else f"n = {c.n}")
         ax.set_xlabel("fidelity to the dense model (mean cosine)")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    return _save(fig, dest)
+
+
+def frontier_points(x: ReportInputs) -> list[dict]:
+    """Per attacked model: clean accuracy (whole test set) and accuracy under each attack, with intervals."""
+    by = {m["name"]: m for m in x.models}
+    pts = []
+    for (name, rec), o in x.outcomes.items():
+        m = by.get(name)
+        if m is None:
+            continue
+        pts.append(
+            {
+                "name": name,
+                "kind": m["kind"],
+                "method": m["method"],
+                "sparsity": m["sparsity"],
+                "recipe": rec,
+                "clean": model_rate(m),
+                "under_attack": attack_rate(o),
+                "near_constant": x.near_constant(name),
+            }
+        )
+    return pts
+
+
+def frontier_plot(points: Sequence[dict], dest: Path) -> Path:
+    """Accuracy under attack against clean accuracy, one panel per recipe: each model a point with both
+    95% intervals, one line per method through its sparsities; near-constant models hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(dict.fromkeys(p["recipe"] for p in points)) or ["none"]
+    fig, axes = plt.subplots(1, len(recipes), figsize=(4.4 * len(recipes), 3.8), dpi=120, squeeze=False)
+    methods = sorted({p["method"] for p in points})
+    for ax, rec in zip(axes[0], recipes, strict=True):
+        for i, method in enumerate(methods):
+            sel = sorted(
+                (p for p in points if p["recipe"] == rec and p["method"] == method),
+                key=lambda p: p["clean"].value,
+            )
+            if not sel:
+                continue
+            xs = [100 * p["clean"].value for p in sel]
+            ys = [100 * p["under_attack"].value for p in sel]
+            line = [(xv, yv) for p, xv, yv in zip(sel, xs, ys, strict=True) if not p["near_constant"]]
+            if len(line) > 1:  # a near-constant model is shown, not joined to its method's frontier
+                ax.plot([a for a, _ in line], [b for _, b in line], "-", color=f"C{i}", lw=1, alpha=0.6)
+            for p, xv, yv in zip(sel, xs, ys, strict=True):
+                c, u = p["clean"], p["under_attack"]
+                ax.errorbar(
+                    [xv],
+                    [yv],
+                    xerr=[[100 * (c.value - c.low)], [100 * (c.high - c.value)]],
+                    yerr=[[100 * (u.value - u.low)], [100 * (u.high - u.value)]],
+                    fmt="o",
+                    color=f"C{i}",
+                    mfc="none" if p["near_constant"] else f"C{i}",
+                    capsize=2,
+                    lw=0.8,
+                )
+                ax.annotate(p["name"] + (" †" if p["near_constant"] else ""), (xv, yv), fontsize=5, alpha=0.8)
+            ax.plot([], [], "o-", color=f"C{i}", label=method)
+        ax.set_title(f"{RECIPE_TITLES.get(rec, rec)}", fontsize=9)
+        ax.set_xlabel("clean test accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy under attack (%)")
+    axes[0][-1].legend(fontsize=6)
     return _save(fig, dest)
 
 

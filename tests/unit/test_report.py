@@ -162,3 +162,96 @@ def test_two_of_25_is_no_measurable_difference_in_the_report():
     mixed = "\n".join(attack_section(dataclasses.replace(inputs, attack=fewer)))
     assert "25 for soup-greedy, sparsegpt_0.875; 10 for rakp_0.875." in mixed
     assert "The same" not in mixed
+
+
+def _balance(names_near: set[str], models) -> dict:
+    from robustprune.degeneracy import class_balance
+
+    out = {}
+    for m in models:
+        labels = [0, 1] * 12 + [0]
+        preds = [1] * 25 if m["name"] in names_near else labels
+        out[m["name"]] = class_balance(labels, preds, 2)
+    return out
+
+
+def test_a_near_constant_model_gets_no_robustness_verdict_but_keeps_its_clean_one():
+    from robustprune.verdicts import NOT_JUDGED
+
+    models = _models()
+    outcomes = {
+        ("rakp_0.875", "textfooler"): {i: "failed" if i < 2 else "succeeded" for i in range(25)},
+        ("sparsegpt_0.875", "textfooler"): {i: "failed" if i < 20 else "succeeded" for i in range(25)},
+    }
+    comps = compare(
+        models,
+        outcomes,
+        ["clean", "textfooler"],
+        "soup-greedy",
+        "v1",
+        balance=_balance({"sparsegpt_0.875"}, models),
+    )
+    under = next(c for c in comps if (c.a, c.b, c.metric) == ("rakp_0.875", "sparsegpt_0.875", "textfooler"))
+    assert under.diff.verdict == "worse" and under.verdict == NOT_JUDGED  # 18 one-way pairs: excluded anyway
+    clean = next(c for c in comps if (c.a, c.b, c.metric) == ("rakp_0.875", "sparsegpt_0.875", "clean"))
+    assert clean.verdict == clean.diff.verdict
+    # without the guard the same pair is judged
+    plain = compare(models, outcomes, ["textfooler"], "soup-greedy", "v1")
+    assert next(c for c in plain if c.a == "rakp_0.875" and c.b == "sparsegpt_0.875").verdict == "worse"
+
+
+def test_matched_accuracy_pairs_a_method_with_the_nearest_non_degenerate_attacked_baseline():
+    from robustprune.verdicts import MATCHED
+
+    models = _models() + [
+        _model(
+            "sparsegpt_0.75", "pruned", "sparsegpt", "0.75", "1" * 18 + "0" * 7
+        ),  # = rakp_0.875's accuracy
+        _model("magnitude_0.75", "pruned", "magnitude", "0.75", "1" * 19 + "0" * 6),
+    ]
+    outcomes = {
+        (n, "textfooler"): {i: "failed" if i < 3 else "succeeded" for i in range(25)}
+        for n in ("rakp_0.875", "sparsegpt_0.75", "sparsegpt_0.875")
+    }
+    comps = compare(models, outcomes, ["clean", "textfooler"], "soup-greedy", "v1")
+    matched = {(c.a, c.b, c.metric) for c in comps if c.relation == MATCHED}
+    assert ("rakp_0.875", "sparsegpt_0.75", "textfooler") in matched
+    assert ("rakp_0.875", "sparsegpt_0.75", "clean") in matched  # the attacked pair keeps its baseline
+    assert not any(
+        a.startswith(("sparsegpt", "magnitude")) for a, _, _ in matched
+    )  # baselines are not matched
+    # the near-constant baseline is never the match, even when it is nearer
+    bal = _balance({"sparsegpt_0.75"}, models)
+    comps = compare(models, outcomes, ["clean", "textfooler"], "soup-greedy", "v1", balance=bal)
+    assert ("rakp_0.875", "sparsegpt_0.875", "textfooler") in {
+        (c.a, c.b, c.metric) for c in comps if c.relation == MATCHED
+    }
+
+
+def test_pairings_record_row_counts_and_the_success_rate_on_rows_both_got_right():
+    models = _models()
+    outcomes = {
+        # rakp attacked on 25 rows, sparsegpt on the first 10 only; both right before the attack on rows 0-7
+        ("rakp_0.875", "textfooler"): {
+            i: ("failed" if i < 4 else "succeeded") if i < 20 else "skipped" for i in range(25)
+        },
+        ("sparsegpt_0.875", "textfooler"): {i: ("succeeded" if i < 8 else "skipped") for i in range(10)},
+    }
+    c = next(
+        c
+        for c in compare(models, outcomes, ["textfooler"], "soup-greedy")
+        if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875")
+    )
+    assert (c.n_a, c.n_b, c.diff.n) == (25, 10, 10)
+    assert c.both_correct.n == 8 and c.both_correct.diff == pytest.approx(-4 / 8)  # ASR 50% vs 100%
+
+
+def test_transferred_texts_from_one_row_widen_the_interval():
+    models = _models()
+    # 10 texts, two per source row: the clustered interval must be wider than the plain one
+    transfer = [{"recipe": "textfooler", "test_row": i // 2, "label": 0, "text": "x"} for i in range(10)]
+    plain = compare(models, {}, ["transfer:all"], "soup-greedy")
+    clustered = compare(models, {}, ["transfer:all"], "soup-greedy", transfer=transfer)
+    p = next(c for c in plain if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875"))
+    q = next(c for c in clustered if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875"))
+    assert q.diff.deff > 1 and q.diff.high - q.diff.low > p.diff.high - p.diff.low
