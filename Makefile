@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run run-lm run-paper run-evidence test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
+.PHONY: help setup run run-lm run-paper run-evidence report-evidence test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -48,9 +48,12 @@ run-evidence: setup  ## the `evidence` profile (params-evidence.yaml): 500 attac
 	$(BIN)/python -m flows.pipeline --params params-evidence.yaml
 	@mkdir -p reports/evidence/plots
 	cp reports/summary.md reports/metrics.json reports/attack.json reports/eval.json reports/evidence/
-	cp reports/plots/accuracy_vs_sparsity.png reports/plots/attack_vs_sparsity.png reports/plots/transfer_vs_sparsity.png reports/plots/fidelity_vs_robustness.png reports/evidence/plots/
+	cp reports/plots/accuracy_vs_sparsity.png reports/plots/attack_vs_sparsity.png reports/plots/transfer_vs_sparsity.png reports/plots/fidelity_vs_robustness.png reports/plots/robustness_frontier.png reports/evidence/plots/
 	rm -rf reports/evidence/attacks && cp -r reports/attacks reports/evidence/attacks
 	@echo "evidence report: reports/evidence/summary.md (reports/ now holds the evidence run; make run restores the default)"
+
+report-evidence: $(STAMP)-$(REQ_HASH)  ## re-render reports/evidence/ with today's report code (no model loaded)
+	$(BIN)/python -m flows.rerender_report reports/evidence
 
 repro: setup  ## the same pipeline stage by stage through `dvc repro`
 	$(BIN)/dvc repro

@@ -154,3 +154,20 @@ def test_every_cited_results_file_exists():
         if not (ROOT / "benchmarks/results" / m).is_file()
     )
     assert not missing, f"cited results files that are not in benchmarks/results/: {missing}"
+
+
+def test_readme_answer_is_generated_from_the_committed_metrics():
+    """README's "What the runs answer" is the report's glance for the evidence run (or the default run):
+    every verdict in it, near-constant caveats included, comes from the committed metrics.json."""
+    from robustprune.readme_table import ANSWER_END, ANSWER_SOURCES, ANSWER_START, answer_block
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    source = next(s for s in ANSWER_SOURCES if (ROOT / s).is_file())
+    metrics = json.loads((ROOT / source).read_text(encoding="utf-8"))
+    block = read_block(readme, ANSWER_START, ANSWER_END)
+    assert block == answer_block(metrics, source), "README's answer is stale: run `make readme-table`"
+    near = [n for n, m in metrics["models"].items() if m.get("near_constant")]
+    assert all(f"`{n}`" in block for n in near)
+    for c in metrics["comparisons"]:  # a near-constant model never carries a robustness verdict
+        if c["metric"] != "clean" and ({c["a"], c["b"]} & set(near)):
+            assert c["verdict"] not in ("better", "worse"), c
