@@ -128,7 +128,7 @@ def build_report(
     if cap:
         from robustprune.cap.report import cap_markdown
 
-        cap_md = cap_markdown(cap, models)
+        cap_md = cap_markdown(cap, models, [n for n, b in balance.items() if b.near_constant])
     reference_records = [x for x in records if x["model"] == evaluation["reference"]] or records
     examples = select_examples(reference_records, EXAMPLES_PER_RECIPE, seed)
     inputs = ReportInputs(

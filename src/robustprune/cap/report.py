@@ -144,9 +144,29 @@ def _eval_rate(row: dict | None) -> dict | None:
     return rate(int(row["correct"]), int(row["total"])).to_dict()
 
 
-def cap_markdown(cap: dict, eval_rows: Sequence[dict] = ()) -> str:
-    """The report's CAP section (Markdown) from ``reports/cap.json`` and the evaluate stage's rows."""
+def _bits(row: dict | None) -> list[bool] | None:
+    return [c == "1" for c in row["correct_bits"]] if row and row.get("correct_bits") else None
+
+
+def _paired(by_name: dict[str, dict], a: str, b: str) -> dict | None:
+    """A − B on the test rows from the evaluate stage's per-row correctness (today's interval), or None.
+    The dense model may be named by its soup kind (cap.json's ``dense.name``: ``greedy``)."""
+    if b not in by_name and f"soup-{b}" in by_name:
+        b = f"soup-{b}"
+    xa, xb = _bits(by_name.get(a)), _bits(by_name.get(b))
+    if xa is None or xb is None or len(xa) != len(xb):
+        return None
+    return paired_difference(xa, xb).to_dict()
+
+
+def cap_markdown(cap: dict, eval_rows: Sequence[dict] = (), near_constant: Sequence[str] = ()) -> str:
+    """The report's CAP section (Markdown) from ``reports/cap.json`` and the evaluate stage's rows.
+
+    Paired differences are recomputed from the evaluate stage's per-row correctness when it has them (so they
+    use the report's interval); ``near_constant``: models that ignore their input (no "contrastive terms
+    add" verdict for a pair that involves one)."""
     by_name = {r["name"]: r for r in eval_rows}
+    near = set(near_constant)
     s = cap["settings"]
     lines = [
         "## CAP: contrastive pruning during fine-tuning",
@@ -176,8 +196,13 @@ def cap_markdown(cap: dict, eval_rows: Sequence[dict] = ()) -> str:
     if cap["ablation"]:
         lines += ["", "**What the contrastive terms add** (paired, same test examples; A − B in points):", ""]
         lines += ["| A | B | A − B [95%] | verdict |", "|---|---|---|---|"]
-        for d in cap["ablation"]:
-            lines.append(f"| {d['a']} | {d['b']} | {_pts(d)} | {d['verdict']} |")
+        for row in cap["ablation"]:
+            a, b = row["a"], row["b"]
+            d = _paired(by_name, a, b) or row
+            verdict = d["verdict"]
+            if near & {a, b}:  # a collapse, not the terms: issue #26
+                verdict = f"no verdict: {', '.join(sorted(near & {a, b}))} predicts (nearly) one class"
+            lines.append(f"| {a} | {b} | {_pts(d)} | {verdict} |")
     st = cap.get("structured")
     if st:
         f = st["final"]
@@ -188,6 +213,8 @@ def cap_markdown(cap: dict, eval_rows: Sequence[dict] = ()) -> str:
             f"{100 * f['encoder_parameters_removed']:.1f}% of the encoder's parameters.",
         ]
         if "vs_dense" in st:
+            vs = _paired(by_name, f["name"], cap["dense"]["name"]) if cap.get("dense") else None
+            st = {**st, "vs_dense": vs or st["vs_dense"]}
             lines.append(
                 f"Against the dense soup: {_pts(st['vs_dense'])} points ({st['vs_dense']['verdict']})."
             )
@@ -232,15 +259,33 @@ def _targets(cap: dict, by_name: dict[str, dict]) -> list[str]:
             f"target CAP ≥ RAKP: {status}."
         )
     r90 = main.get(0.9)
+    dense_name = (cap.get("dense") or {}).get("name")
     if r90 and cap.get("dense"):
         ret = r90["accuracy"]["value"] / cap["dense"]["accuracy"]["value"]
-        out.append(
-            f"- CAP 90% keeps {100 * ret:.1f}% of the soup's accuracy (target ≥ 90%): {'met' if ret >= 0.9 else 'not met'}."
-        )
+        d = _paired(by_name, r90["name"], dense_name) if dense_name else None
+        if d is None:
+            out.append(
+                f"- CAP 90% keeps {100 * ret:.1f}% of the soup's accuracy (target ≥ 90%): not judged (no per-row data)."
+            )
+        else:
+            # keeping >= 90% of the soup's accuracy = losing at most 10% of it; judged by the paired interval
+            allowed = -0.1 * cap["dense"]["accuracy"]["value"]
+            status = (
+                "met"
+                if d["low"] >= allowed
+                else "not met"
+                if d["high"] < allowed
+                else "not shown (the interval straddles the bound)"
+            )
+            out.append(
+                f"- CAP 90% keeps {100 * ret:.1f}% of the soup's accuracy; paired difference {_pts(d)} points against "
+                f"the allowed loss {100 * allowed:+.1f}: target ≥ 90% {status}."
+            )
     st = cap.get("structured")
     if st and st.get("latency"):
         sp = {int(k): v["speedup"] for k, v in st["latency"]["batches"].items()}
-        loss = -st["vs_dense"]["diff"] if "vs_dense" in st else None
+        vs = (_paired(by_name, st["final"]["name"], dense_name) if dense_name else None) or st.get("vs_dense")
+        loss = -vs["diff"] if vs else None
         parts = []
         if 32 in sp:
             parts.append(f"batch 32 {sp[32]:.2f}× (≥ 1.5×: {'met' if sp[32] >= 1.5 else 'not met'})")
@@ -248,6 +293,7 @@ def _targets(cap: dict, by_name: dict[str, dict]) -> list[str]:
             parts.append(f"batch 1 {sp[1]:.2f}× (≥ 1.3×: {'met' if sp[1] >= 1.3 else 'not met'})")
         if loss is not None:
             what = f"{100 * loss:.1f} points lost" if loss > 0 else f"{-100 * loss:.1f} points gained"
-            parts.append(f"{what} (≤ 3 lost: {'met' if loss <= 0.03 else 'not met'})")
+            ok = "met" if vs["low"] >= -0.03 else "not met" if vs["high"] < -0.03 else "not shown"
+            parts.append(f"{what}, paired {_pts(vs)} (≤ 3 lost, judged by the interval: {ok})")
         out.append("- CAP-f: " + "; ".join(parts) + ".")
     return out if len(out) > 1 else []
