@@ -256,6 +256,13 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             )
             + " (attack.models / attack.num_examples / attack.more in the params file; `params-evidence.yaml` "
             "and `params-paper.yaml` attack more)."
+            + (
+                ""
+                if params.attack.num_examples >= 500
+                else " SparseGPT and RAKP at 75% (the matched-accuracy pair of RAKP 87.5%) are attacked on 500 rows "
+                "in the evidence profile, which the 40-minute default cannot pay for: `make run-evidence`, "
+                "report in `reports/evidence/summary.md`."
+            )
         )
         out = build_report(
             layout,

@@ -114,9 +114,12 @@ def attack_table(metrics: Mapping) -> list[str]:
     models = _models(metrics)
     attack = metrics.get("attack") or {}
     by: dict[str, dict[str, Mapping | None]] = {}
+    clean_attacked: dict[str, float] = {}
     for key, a in attack.items():
         model, recipe = key.rsplit(".", 1)
         by.setdefault(model, {})[recipe] = a.get("accuracy_under_attack")
+        if a.get("original_accuracy") is not None:
+            clean_attacked.setdefault(model, a["original_accuracy"])
     if not by:
         return []
     recipes = sorted({r for v in by.values() for r in v}, key=lambda r: _rank(r, RECIPE_ORDER))
@@ -133,16 +136,26 @@ def attack_table(metrics: Mapping) -> list[str]:
         )
 
     sizes = sorted({d["n"] for v in by.values() for d in v.values() if d})
+    near = {n for n, m in models.items() if m.get("near_constant")}
     lines = [
-        f"| accuracy under attack % [95% CI], the same n = {'/'.join(map(str, sizes))} seeded test rows | clean | "
-        + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes)
-        + " |",
-        "|---|---|" + "---|" * len(recipes),
+        f"| accuracy under attack % [95% CI], n = {'/'.join(map(str, sizes))} seeded test rows | n | "
+        "clean on those rows % | " + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes) + " |",
+        "|---|---|---|" + "---|" * len(recipes),
     ]
     for name in sorted(by, key=key):
         label = f"{name} (best ingredient)" if name == best else name
-        clean = _rate(models.get(name, {}).get("accuracy"))
-        lines.append(f"| {label} | {clean} | " + " | ".join(_rate(by[name].get(r)) for r in recipes) + " |")
+        label += " †" if name in near else ""
+        n = max((d["n"] for d in by[name].values() if d), default=0)
+        clean = clean_attacked.get(name)
+        clean_text = "–" if clean is None else f"{100 * clean:.1f}"
+        lines.append(
+            f"| {label} | {n} | {clean_text} | " + " | ".join(_rate(by[name].get(r)) for r in recipes) + " |"
+        )
+    if near & set(by):
+        lines += [
+            "",
+            "† near-constant (predicts nearly one class): its accuracy under attack is not robustness.",
+        ]
     return lines
 
 
