@@ -29,19 +29,22 @@ from tests.conftest import ROOT, synthetic_reviews, tiny_bert, tiny_tokenizer
 
 pytestmark = pytest.mark.integration
 
+# a user's fresh process: transformers loads each shipped directory; the logits of the test texts, batched as the
+# pipeline's evaluation batches them (robustprune.fidelity.forward_with_representations)
 RELOAD = """
 import json, sys
 import numpy as np, pandas as pd, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from robustprune.fidelity import forward_with_representations
-out, test, max_length, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-kwargs = {"dtype": torch.float32}
-model = AutoModelForSequenceClassification.from_pretrained(out, **kwargs)
-tok = AutoTokenizer.from_pretrained(out)
-texts = pd.read_parquet(test)["text"].tolist()
-logits, _ = forward_with_representations(model, tok, texts, batch_size=batch_size, max_length=max_length)
-np.save(sys.argv[5], logits)
-print(json.dumps({"id2label": {str(k): v for k, v in model.config.id2label.items()}}))
+info = {}
+for out, test, max_length, batch_size, dest in json.loads(sys.argv[1]):
+    model = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(out)
+    texts = pd.read_parquet(test)["text"].tolist()
+    logits, _ = forward_with_representations(model, tok, texts, batch_size=batch_size, max_length=max_length)
+    np.save(dest, logits)
+    info[out] = {str(k): v for k, v in model.config.id2label.items()}
+print(json.dumps(info))
 """
 
 
@@ -113,15 +116,22 @@ def pruned_runs(pipeline_run, own_classifier, tmp_path_factory, prefect_api_url)
         os.chdir(cwd)
 
 
-def reload_in_fresh_process(out: Path, wd: Path, tmp_path: Path) -> tuple[np.ndarray, dict]:
-    params = read_json(out / "robustprune.json")
+@pytest.fixture(scope="module")
+def reloaded(pruned_runs, tmp_path_factory) -> dict:
+    """Both shipped directories loaded in one fresh process: logits and id2label per sparsity."""
     import yaml
 
-    p = yaml.safe_load((wd / "params.yaml").read_text())
-    dest = tmp_path / "logits.npy"
+    tmp = tmp_path_factory.mktemp("reload")
+    jobs = []
+    for sparsity, run in pruned_runs.items():
+        p = yaml.safe_load((run["workdir"] / "params.yaml").read_text())
+        test = run["workdir"] / "data" / "prepared" / "test.parquet"
+        dest = tmp / f"{sparsity.replace(':', '-')}.npy"
+        jobs.append(
+            [str(run["out"]), str(test), p["data"]["max_length"], p["evaluate"]["batch_size"], str(dest)]
+        )
     res = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(out), str(wd / "data" / "prepared" / "test.parquet")]
-        + [str(p["data"]["max_length"]), str(p["evaluate"]["batch_size"]), str(dest)],
+        [sys.executable, "-c", RELOAD, json.dumps(jobs)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -129,12 +139,12 @@ def reload_in_fresh_process(out: Path, wd: Path, tmp_path: Path) -> tuple[np.nda
         env={**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"},
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert params["weights"]["bytes"] > 0
-    return np.load(dest), json.loads(res.stdout.strip().splitlines()[-1])
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    return {s: (np.load(job[4]), info[job[0]]) for s, job in zip(pruned_runs, jobs, strict=True)}
 
 
 @pytest.mark.parametrize("sparsity", ["0.875", "2:4"])
-def test_prune_ships_a_checkpoint_that_reloads_with_the_evaluated_logits(pruned_runs, sparsity, tmp_path):
+def test_prune_ships_a_checkpoint_that_reloads_with_the_evaluated_logits(pruned_runs, reloaded, sparsity):
     from robustprune.fidelity import forward_with_representations
     from robustprune.modeling import load_classifier, load_tokenizer, prunable_linears
 
@@ -147,14 +157,15 @@ def test_prune_ships_a_checkpoint_that_reloads_with_the_evaluated_logits(pruned_
     for lname, lin in prunable_linears(shipped).items():
         w = lin.weight.detach()
         if sparsity == "0.875":
-            assert ((w == 0).sum(1) == round(0.875 * w.shape[1])).all(), lname  # every row exactly
+            assert int((w == 0).sum()) == round(0.875 * w.numel()), lname  # every Linear exactly
         else:
             assert ((w.view(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), lname  # at most 2 of every 4
     assert record["measured_sparsity"]["overall"] == pytest.approx(0.875 if sparsity == "0.875" else 0.5)
     assert set(record["measured_sparsity"]["layers"]) == set(prunable_linears(shipped))
     if sparsity == "0.875":
-        masks = load_masks(out / "masks.safetensors")
-        assert all(int(m.sum(1).max()) == m.shape[1] - round(0.875 * m.shape[1]) for m in masks.values())
+        masks = load_masks(out / "masks.safetensors")  # shipped beside the weights: the kept positions
+        for lname, lin in prunable_linears(shipped).items():
+            assert torch.equal(masks[lname.removeprefix("bert.encoder.layer.")], lin.weight != 0), lname
         assert record["weights"]["format"] == "safetensors"
     else:
         cfg = json.loads((out / "config.json").read_text())["quantization_config"]["sparsity_config"]
@@ -163,12 +174,8 @@ def test_prune_ships_a_checkpoint_that_reloads_with_the_evaluated_logits(pruned_
             and record["weights"]["bytes"] < record["weights"]["dense_bytes"]
         )
     # a fresh process loads it with transformers: the data's labels, the pipeline's evaluation logits
-    logits, info = reload_in_fresh_process(out, wd, tmp_path)
-    assert (
-        info["id2label"]
-        == {"0": "neg", "1": "pos"}
-        == {str(k): v for k, v in shipped.config.id2label.items()}
-    )
+    logits, id2label = reloaded[sparsity]
+    assert id2label == {"0": "neg", "1": "pos"} == {str(k): v for k, v in shipped.config.id2label.items()}
     import pandas as pd
 
     test = pd.read_parquet(wd / "data" / "prepared" / "test.parquet")
