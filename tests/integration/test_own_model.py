@@ -238,3 +238,48 @@ def test_attack_command_gives_the_attack_stage_outcomes_for_the_same_model(
         ("finetuned", "textfooler"),
         ("finetuned", "textbugger"),
     ]
+
+
+def test_a_causal_lm_given_to_prune_goes_through_the_lm_track(tmp_path, prefect_api_url, monkeypatch):
+    """`robustprune prune` on a saved LlamaForCausalLM: the causal-LM flow (perplexity, no attack), shipped."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from flows.cli import main
+    from robustprune.modeling import prunable_linears
+    from tests.conftest import FILLER, NEGATIVE, POSITIVE, tiny_llama
+
+    model_dir = tmp_path / "my-lm"
+    tiny_llama().save_pretrained(model_dir)
+    tiny_tokenizer(model_dir).save_pretrained(model_dir)
+    rng = random.Random(0)
+    text = tmp_path / "docs.txt"
+    text.write_text(
+        "\n\n".join(" ".join(rng.choice(POSITIVE + NEGATIVE + FILLER) for _ in range(60)) for _ in range(40))
+    )
+    base = tmp_path / "base-lm.yaml"
+    base.write_text(
+        "lm: {eval_tokens: 256, window: 32, calib_chunks: 8, calib_len: 32, block_size: 16}\n"
+        "runtime: {progress: false, device: cpu}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    out, wd = tmp_path / "shipped", tmp_path / "work"
+    argv = ["prune", str(model_dir), "--data", str(text), "--params", str(base), "--workdir", str(wd)]
+    assert main([*argv, "--method", "sparsegpt", "--sparsity", "2:4", "--out", str(out)]) == 0
+    rows = read_json(wd / "reports" / "lm.json")
+    assert [(r["method"], r["sparsity"], r.get("stage")) for r in rows] == [
+        ("dense", "0", None),
+        ("sparsegpt", "2:4", "prune"),
+    ]
+    assert not (wd / "reports" / "attack.json").exists()  # a causal LM is not attacked
+    record = read_json(out / "robustprune.json")
+    assert record["perplexity"] == {
+        "pruned": rows[1]["ppl"],
+        "dense": rows[0]["ppl"],
+        "tokens": rows[1]["tokens"],
+    }
+    shipped = AutoModelForCausalLM.from_pretrained(out)
+    for name, lin in prunable_linears(shipped).items():
+        assert ((lin.weight.view(lin.weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), name
+    assert record["measured_sparsity"]["overall"] == pytest.approx(0.5)

@@ -40,6 +40,11 @@ def test_compressed_tensors_decompress_to_the_identical_weights(tmp_path: Path, 
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert cfg["quant_method"] == "compressed-tensors" and cfg["sparsity_config"]["format"] == fmt
     assert cfg["sparsity_config"]["targets"] == targets
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert all(f"{t}.compressed" in keys and f"{t}.weight" not in keys for t in targets)  # every target
     stored = export.decompress(out)
     ref = model.state_dict()
     assert set(stored) == set(ref)
