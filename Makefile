@@ -21,6 +21,9 @@ export NLTK_DATA := $(CURDIR)/nltk_data
 .PHONY: help setup run run-lm run-paper run-evidence report-evidence test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  your own fine-tuned classifier (after make setup; docs/own-model.md):"
+	@echo "    .venv/bin/robustprune prune MODEL_DIR --data FILE --method rakp --sparsity 0.875 --out DIR"
+	@echo "    .venv/bin/robustprune attack|report|run ... --help"
 
 $(STAMP)-$(REQ_HASH):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -198,7 +198,7 @@ def early_validate() -> None:
     if sys.argv[:1] != ["-m"] or "-m" not in argv:
         return
     module = argv[argv.index("-m") + 1] if argv.index("-m") + 1 < len(argv) else ""
-    if not module.startswith("flows.") or module.count(".") != 1 or module == "flows._cli":
+    if not module.startswith("flows.") or module.count(".") != 1 or module in ("flows._cli", "flows.cli"):
         return
     stage = module.split(".", 1)[1]
     try:  # quietly: --help and usage errors are main()'s to print, once

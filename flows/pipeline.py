@@ -193,9 +193,16 @@ def shared_runner(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 @flow(name="pipeline", log_prints=True, task_runner=default_task_runner())
-def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = False) -> dict:
+def pipeline(
+    params_path: str = "params.yaml", root: str = ".", force: bool = False, stages: list[str] | None = None
+) -> dict:
+    """Every stage in order; ``stages`` (names of STAGES) runs only those, in the same order (the
+    ``robustprune`` command: ``attack`` needs no pruning, ``prune`` no SDS or CAP)."""
     logger = get_run_logger()
     params, layout = load(params_path, root)
+    unknown = sorted(set(stages or ()) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
     repo = _dvc_repo(layout.root)
     # A profile (params-evidence.yaml, ...) is not the params.yaml that dvc.yaml tracks: its stages are not
     # recorded in dvc.lock (that stays the default run's), but a stage is still skipped when dvc status finds
@@ -230,6 +237,7 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
             {
                 "seed": params.seed,
                 "params_path": params_path,
+                **({"stages": ",".join(stages)} if stages is not None else {}),
                 **{f"prune.{k}": str(v) for k, v in section(params, "prune")["prune"].items()},
             }
         )
@@ -244,6 +252,8 @@ def pipeline(params_path: str = "params.yaml", root: str = ".", force: bool = Fa
         try:
             with shared_runner(runner_settings(params)) as runner:
                 for stage, fn in STAGES.items():
+                    if stages is not None and stage not in stages:
+                        continue
                     if repo is not None and not force and stage_is_fresh(repo, stage):
                         keys = stage_params(layout.root / "dvc.yaml", stage) if alternate else []
                         if alternate is None or same_stage_params(alternate["root"], alternate["this"], keys):

@@ -1,5 +1,6 @@
 """soup: the greedy soup, ranked by robustness (RAKP's robust dense start) or accuracy, and the uniform soup
-(``python -m flows.soup``).
+(``python -m flows.soup``). The ingredients are ``finetune.variants`` or, when given, ``soup.ingredients``;
+with ``model.finetuned`` there is no soup and the stage only records that (``models/soup/skipped.json``).
 
 With ``soup.criterion: robustness`` every ingredient and every candidate soup is attacked with
 ``soup.attack.recipe`` on the same seeded validation rows (the attack stage's resources, wrapper and cached
@@ -16,7 +17,15 @@ import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.soup import SoupScore, greedy_select
 from tasks.common import default_task_runner, load, section, stage_run
-from tasks.soup import ingredient, robustness, save_soups, score_of, soup_candidate, validation_rows
+from tasks.soup import (
+    ingredient,
+    record_no_soup,
+    robustness,
+    save_soups,
+    score_of,
+    soup_candidate,
+    validation_rows,
+)
 
 
 @flow(name="soup", log_prints=True, task_runner=default_task_runner())
@@ -24,16 +33,22 @@ def soup_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
     logger = get_run_logger()
     params, layout = load(params_path, root)
     robust = params.soup.criterion == "robustness"
-    logged = section(params, "soup", "finetune.variants", "evaluate", "data.max_length")
+    logged = section(params, "soup", "finetune.variants", "model.finetuned", "evaluate", "data.max_length")
     with stage_run("soup", params, layout.root, logged):
+        if params.dense_source == "finetuned":  # the given classifier is the dense reference: no soup
+            out = record_no_soup(params, layout)
+            logger.info("no soup: model.finetuned = %s is the dense reference", params.model.finetuned)
+            mlflow.set_tag("skipped", out["skipped"])
+            write_json(layout.reports / "soup.json", out)
+            return out
         rows = validation_rows(params, layout) if robust else []
         ingredients: dict[str, dict] = {}
-        for v in params.finetune.variants:
-            entry = ingredient(layout, v.name)
+        for name in params.ingredient_names():
+            entry = ingredient(layout, name)
             if robust:
                 entry.update(robustness(params, layout, entry, rows))
-            ingredients[v.name] = entry
-            logger.info("ingredient %s: %s", v.name, _fmt(entry))
+            ingredients[name] = entry
+            logger.info("ingredient %s: %s", name, _fmt(entry))
         candidates: list[dict] = []
 
         def evaluate(members) -> SoupScore:  # noqa: ANN001 - a list of ingredient names

@@ -25,10 +25,10 @@ from robustprune.attacks.lookalike import lookalike_table
 from robustprune.attacks.mlm import train_mlm_head
 from robustprune.attacks.stopwords import default_stopwords
 from robustprune.attacks.wordnet import load_lexicon, pos_table
-from robustprune.checkpoints import atomic_dir
+from robustprune.checkpoints import atomic_dir, read_json, write_json
 from robustprune.config import Params
 from robustprune.data import load_splits
-from tasks.common import Layout
+from tasks.common import Layout, code_digest, sha256_files
 
 
 def attack_dir(layout: Layout) -> Path:
@@ -68,10 +68,55 @@ def _add_tagger(name: str | None, layout: Layout, target: Path, logger) -> dict:
     }
 
 
+def bundle_key(params: Params, layout: Layout) -> str:
+    """What the bundle depends on: its params, the training split (the masked-LM head), the registered
+    resources it unpacks and the code that builds it."""
+    import hashlib
+    import json
+
+    cfg = params.attack.resources
+    h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), params.data.max_length]).encode())
+    if cfg.mlm == "train":
+        h.update(sha256_files(layout.data / "train.parquet").encode())
+    for name in ("glove50", "wordnet", "minilm", *([cfg.pos_tagger] if cfg.pos_tagger else [])):
+        entry = resources.get_resource(name)
+        h.update(json.dumps([entry.requirement, sorted((entry.sha256 or {}).items())]).encode())
+    h.update(code_digest("robustprune.attacks", "robustprune.resources", "tasks.attack_resources").encode())
+    return h.hexdigest()[:24]
+
+
+def _record(layout: Layout) -> Path:
+    """Where the key of the bundle in models/attack is kept (outside it: the bundle's bytes stay the same)."""
+    return layout.root / ".cache" / "attack-resources.json"
+
+
+def cached_bundle(params: Params, layout: Layout) -> dict | None:
+    """The info of models/attack when it was built with the same key and is unchanged since, else None."""
+    record = _record(layout)
+    info = attack_dir(layout) / "info.json"
+    if not record.is_file() or not info.is_file():
+        return None
+    saved = read_json(record)
+    if saved.get("key") != bundle_key(params, layout) or saved.get("files") != sha256_files(
+        attack_dir(layout)
+    ):
+        return None
+    return read_json(info)
+
+
 @task(name="attack-resources", tags=["cpu"])
 def build_attack_resources(params: Params, layout: Layout) -> dict:
-    """Build models/attack/ (see robustprune.attacks.bundle for its layout); returns its info."""
+    """Build models/attack/ (see robustprune.attacks.bundle for its layout); returns its info.
+
+    A bundle built with the same params, training split, resources and code, unchanged since, is kept
+    (``.cache/attack-resources.json`` holds its key): a second run of the stage in a project without DVC's
+    bookkeeping (``robustprune prune`` in its work directory) does not rebuild it.
+    """
     logger = get_run_logger()
+    cached = cached_bundle(params, layout)
+    if cached is not None:
+        logger.info("cache hit: %s was built with the same settings and is unchanged", attack_dir(layout))
+        return cached
     cfg = params.attack.resources
     info: dict = {"vocab_size": cfg.vocab_size, "neighbours": cfg.neighbours, "seed": cfg.seed}
     for name in ("glove50", "wordnet", "minilm"):
@@ -127,6 +172,9 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
             lookalikes=lookalike_table(),
             info=_without_timings(info),  # byte-identical on a rebuild: wall times go to MLflow only
         )
+    write_json(
+        _record(layout), {"key": bundle_key(params, layout), "files": sha256_files(attack_dir(layout))}
+    )
     return info
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robustprune.config import Params, combo_label, load_params, sparsity_label
+from robustprune.config import FINETUNED_NAME, Params, combo_label, load_params, sparsity_label
 
 log = logging.getLogger("robustprune")
 
@@ -78,18 +78,21 @@ class Layout:
 def all_models(params: Params, layout: Layout) -> list[dict]:
     """Every model the pipeline produces, in report order: the one list evaluate, attack and report share.
 
-    Each entry: ``name`` (as in the report and ``attack.models``), ``kind`` (variant | soup | pruned | sds |
-    cap), ``method`` (``dense`` for variants and soups), ``sparsity`` (a label: ``0``, ``0.875``, ``2:4``) and
+    Each entry: ``name`` (as in the report and ``attack.models``), ``kind`` (finetuned | variant | soup | pruned |
+    sds | cap; ``finetuned`` is the classifier ``model.finetuned`` gave), ``method`` (``dense`` for variants and soups), ``sparsity`` (a label: ``0``, ``0.875``, ``2:4``) and
     ``path`` (a saved Hugging Face directory).
     """
 
     def entry(name: str, kind: str, method: str, sparsity: str, path: Path) -> dict:
         return {"name": name, "kind": kind, "method": method, "sparsity": sparsity, "path": str(path)}
 
-    out = [
-        entry(v.name, "variant", "dense", "0", layout.finetuned / v.name) for v in params.finetune.variants
+    out = []
+    if params.dense_source == "finetuned":  # the classifier you gave, materialised by the finetune stage
+        out.append(entry(FINETUNED_NAME, "finetuned", "dense", "0", layout.finetuned / FINETUNED_NAME))
+    out += [entry(n, "variant", "dense", "0", layout.finetuned / n) for n in params.ingredient_names()]
+    out += [
+        entry(n, "soup", "dense", "0", layout.soup / n.removeprefix("soup-")) for n in params.soup_names()
     ]
-    out += [entry(f"soup-{k}", "soup", "dense", "0", layout.soup / k) for k in ("greedy", "uniform")]
     out += [
         entry(combo_name(m, s), "pruned", m, s, layout.pruned_model(m, s)) for m, s in params.prune.combos
     ]
@@ -113,6 +116,15 @@ def all_models(params: Params, layout: Layout) -> list[dict]:
         s = sparsity_label(cap.structured.sparsities[-1])
         out.append(entry(f"cap-f_{s}", "cap", "cap-f", s, layout.cap / f"cap-f_{s}"))
     return out
+
+
+def label_names(layout: Layout) -> list[str]:
+    """The data's label names in id order (``data/prepared/labels.json``, written by the prepare stage)."""
+    import json
+
+    from robustprune.data import LABELS_FILE
+
+    return [str(n) for n in json.loads((layout.data / LABELS_FILE).read_text())["label_names"]]
 
 
 def best_ingredient(layout: Layout) -> str | None:

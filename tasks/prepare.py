@@ -43,16 +43,28 @@ def prepare_data(params: Params, layout: Layout) -> dict:
     return {**counts, "num_labels": len(names), "label_names": list(names)}
 
 
+def base_source(params: Params) -> tuple[str, str]:
+    """(name or directory, kind) of what models/base holds: ``model.name``, or, when the dense models are
+    given (``model.finetuned`` / ``soup.ingredients``), the encoder and tokenizer of the (first) given
+    checkpoint, so that calibration tokenises with the model's own tokenizer (and CAP's pre-trained reference
+    is that encoder)."""
+    if params.dense_source == "finetuned":
+        return str(params.model.finetuned), "finetuned"
+    if params.dense_source == "ingredients":
+        return params.soup.ingredient_entries[0][1], "ingredients"
+    return params.model.name, params.model.kind
+
+
 @task(name="prepare-model", tags=["cpu"])
 def prepare_model(params: Params, layout: Layout) -> dict:
     """Materialise the pre-trained encoder as a local Hugging Face directory under models/base."""
-    cfg = params.model
-    if cfg.kind == "builtin":
-        resources.extract(cfg.name, layout.base_model)
+    name, kind = base_source(params)
+    if kind == "builtin":
+        resources.extract(name, layout.base_model)
     else:
         from transformers import AutoModel, AutoTokenizer
 
         with atomic_dir(layout.base_model) as tmp:
-            AutoTokenizer.from_pretrained(cfg.name).save_pretrained(tmp)
-            AutoModel.from_pretrained(cfg.name).save_pretrained(tmp, safe_serialization=True)
-    return {"model": cfg.name, "kind": cfg.kind}
+            AutoTokenizer.from_pretrained(name).save_pretrained(tmp)
+            AutoModel.from_pretrained(name).save_pretrained(tmp, safe_serialization=True)
+    return {"model": name, "kind": kind}

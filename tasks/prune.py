@@ -45,7 +45,7 @@ from robustprune.checkpoints import (
     save_tensors,
     write_json,
 )
-from robustprune.config import Params
+from robustprune.config import FINETUNED_NAME, Params
 from robustprune.modeling import (
     find_blocks,
     linear_groups,
@@ -55,6 +55,7 @@ from robustprune.modeling import (
     resolve_device,
 )
 from robustprune.options import prune_options
+from robustprune.own_model import set_label_names
 from robustprune.pruning.sequential import (
     BlockInputs,
     BlockReport,
@@ -66,7 +67,7 @@ from robustprune.pruning.sequential import (
     prune_block,
 )
 from robustprune.pruning.streams import flatten_extras, unflatten_extras
-from tasks.common import Layout, code_digest, combo_name, model_digest, sha256_files
+from tasks.common import Layout, code_digest, combo_name, label_names, model_digest, sha256_files
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -98,14 +99,17 @@ class Source:
 
 
 def source_model(params: Params, layout: Layout) -> Path:
-    """The dense model that gets pruned: the greedy soup by default."""
+    """The dense model that gets pruned: the greedy soup by default; with ``model.finetuned`` that classifier
+    (as the finetune stage materialised it under ``models/finetuned/finetuned``)."""
+    if params.dense_source == "finetuned":
+        return layout.finetuned / FINETUNED_NAME
     src = params.soup.prune_source
     if src == "best":
         best = max(
-            params.finetune.variants,
-            key=lambda v: read_json(layout.finetuned / v.name / "metrics.json")["validation_accuracy"],
+            params.ingredient_names(),
+            key=lambda n: read_json(layout.finetuned / n / "metrics.json")["validation_accuracy"],
         )
-        return layout.finetuned / best.name
+        return layout.finetuned / best
     return layout.soup / src
 
 
@@ -347,6 +351,7 @@ def prune_finalize(
         {k: r.get(k) for k in ("index", "seconds", "output_error", "alpha", "alpha_errors")} for r in reports
     ]
     metrics["blocks"] = blocks
+    set_label_names(model, label_names(layout))  # every saved classifier carries the data's label mapping
     with atomic_dir(layout.pruned_model(method, sparsity)) as tmp:
         model.cpu().save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(src).save_pretrained(tmp)

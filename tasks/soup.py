@@ -14,11 +14,12 @@ from pathlib import Path
 
 from prefect import task
 
-from robustprune.checkpoints import load_tensors, read_json, save_pretrained_atomic
+from robustprune.checkpoints import atomic_dir, load_tensors, read_json, save_pretrained_atomic, write_json
 from robustprune.config import Params
 from robustprune.data import load_splits
 from robustprune.metrics import evaluate_accuracy
 from robustprune.modeling import load_classifier, load_tokenizer, resolve_device
+from robustprune.own_model import set_label_names
 from robustprune.soup import GreedyResult, SoupScore, average_state_dicts
 from tasks.attack import attack_shard, seeded_prefix, shards
 from tasks.common import Layout, model_digest
@@ -80,9 +81,11 @@ def soup_candidate(params: Params, layout: Layout, members: list[str]) -> dict:
     if done.is_file() and (path / "model.safetensors").is_file():
         return read_json(done)
     model, tok = _average(layout, members)
-    val = load_splits(layout.data).validation
+    splits = load_splits(layout.data)
+    val = splits.validation
     acc = evaluate_accuracy(model, tok, val["text"].tolist(), val["label"].tolist(), **_eval_kwargs(params))
     out = {"name": "+".join(members), "path": str(path), "members": members, "accuracy": acc.accuracy}
+    set_label_names(model, splits.label_names)
     save_pretrained_atomic(model, tok, path, extra={"metrics.json": out})
     return out
 
@@ -117,6 +120,26 @@ def score_of(entry: dict) -> SoupScore:
     return SoupScore(entry["accuracy"], entry.get("robustness"))
 
 
+@task(name="soup-skip", tags=["cpu"])
+def record_no_soup(params: Params, layout: Layout) -> dict:
+    """``model.finetuned``: no soup. ``models/soup/`` holds only this record (the stage's DVC output); the
+    dense reference is ``models/finetuned/finetuned``, where the finetune stage put the given classifier."""
+    from robustprune.config import FINETUNED_NAME
+
+    out = {
+        "skipped": "model.finetuned is set: the given classifier is the dense reference, no soup is made",
+        "dense": {"name": FINETUNED_NAME, "source": params.model.finetuned},
+        "criterion": None,
+        "ranking": [],
+        "best_ingredient": None,
+        "ingredients": {},
+        "candidates": [],
+    }
+    with atomic_dir(layout.soup) as tmp:
+        write_json(tmp / "skipped.json", out)
+    return out
+
+
 @task(name="soup-save", tags=["cpu"])
 def save_soups(
     params: Params, layout: Layout, greedy: GreedyResult, ingredients: dict[str, dict], candidates: list[dict]
@@ -124,7 +147,7 @@ def save_soups(
     """Write models/soup/{greedy,uniform} with their clean validation and test accuracy and the history."""
     splits = load_splits(layout.data)
     ev = _eval_kwargs(params)
-    names = [v.name for v in params.finetune.variants]
+    names = params.ingredient_names()
     out: dict = {
         "criterion": params.soup.criterion,
         "max_accuracy_drop": params.soup.max_accuracy_drop,
@@ -150,6 +173,7 @@ def save_soups(
         }
         if kind == "greedy":
             metrics["validation_robustness"] = greedy.score.robustness
+        set_label_names(model, splits.label_names)
         save_pretrained_atomic(model, tok, layout.soup / kind, extra={"metrics.json": metrics})
         out[kind] = metrics
     return out

@@ -35,7 +35,14 @@ from robustprune.config import Params, parse_sparsity
 from robustprune.stats import rate
 from tasks.common import Layout, all_models, flatten, model_digest, section
 
-STAGE_OF = {"variant": "finetune", "soup": "soup", "pruned": "prune", "sds": "sds", "cap": "cap"}
+STAGE_OF = {
+    "finetuned": "finetune",
+    "variant": "finetune",
+    "soup": "soup",
+    "pruned": "prune",
+    "sds": "sds",
+    "cap": "cap",
+}
 REGISTERED_KINDS = ("pruned", "sds", "cap")
 MODEL_TAG = "robustprune.model"
 
@@ -107,12 +114,17 @@ def model_params(params: Params, model: Mapping, prune: Mapping, soup: Mapping) 
     kind, name = model["kind"], model["name"]
     recipe: dict[str, Any] = {}
     source = ""
-    if kind == "variant":
+    given = dict(params.soup.ingredient_entries)
+    if kind == "finetuned":  # model.finetuned: the classifier as given
+        source = str(params.model.finetuned)
+    elif kind == "variant" and name in given:  # soup.ingredients: a checkpoint as given, no recipe here
+        source = given[name]
+    elif kind == "variant":
         source = params.model.name
         recipe = next(v.model_dump(mode="json") for v in params.finetune.variants if v.name == name)
     elif kind == "soup":
         which = name.removeprefix("soup-")
-        members = soup.get(which, {}).get("members") or [v.name for v in params.finetune.variants]
+        members = soup.get(which, {}).get("members") or params.ingredient_names()
         source = ",".join(members)
         recipe = {"criterion": soup.get("criterion", params.soup.criterion)} if which == "greedy" else {}
     elif kind == "pruned":

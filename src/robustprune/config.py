@@ -66,10 +66,33 @@ class DataConfig(_Section):
         return self
 
 
+#: the name of the dense reference when ``model.finetuned`` is set (models/finetuned/<it>, reports, attack.models)
+FINETUNED_NAME = "finetuned"
+
+
+def _looks_local(v: str) -> bool:
+    """A value meant as a local path (it exists, or starts like one) rather than a hub name."""
+    return v.startswith((".", "/", "~")) or Path(v).expanduser().exists()
+
+
+def _saved_dir_problem(v: str) -> str | None:
+    """Why a value that looks like a local directory cannot be a saved Hugging Face model (cheap checks)."""
+    p = Path(v).expanduser()
+    if not p.exists():
+        return f"no such directory {v!r} (a hub name, or a directory saved by save_pretrained)"
+    if not (p / "config.json").is_file():
+        return f"directory {v!r} has no config.json (use a directory saved by save_pretrained)"
+    return None
+
+
 class ModelConfig(_Section):
-    """The pre-trained encoder: the embedded offline default, a hub name or a local directory."""
+    """The pre-trained encoder (the embedded offline default, a hub name or a local directory), or a
+    classifier fine-tuned elsewhere (``finetuned``) that is pruned as it is."""
 
     name: str = "minilm"
+    # a sequence classifier you already fine-tuned (local directory or hub name): the dense reference that is
+    # pruned, evaluated and attacked; no fine-tuning, no soup (docs/own-model.md)
+    finetuned: str | None = None
 
     @property
     def kind(self) -> Literal["builtin", "local", "hub"]:
@@ -86,6 +109,15 @@ class ModelConfig(_Section):
                 f"model directory {v!r} has no config.json (use {list(BUILTIN_MODELS)}, a hub name "
                 "or a directory saved by save_pretrained)"
             )
+        return v
+
+    @field_validator("finetuned")
+    @classmethod
+    def _finetuned_dir(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("an empty name; use null to fine-tune model.name into the soup's ingredients")
+        if v is not None and _looks_local(v) and (problem := _saved_dir_problem(v)):
+            raise ValueError(problem)
         return v
 
 
@@ -146,15 +178,64 @@ class SoupAttackConfig(_Section):
     query_budget: Annotated[int, Field(gt=0)] | None = None
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class SoupIngredient(_Section):
+    """A checkpoint you already have, as a soup ingredient: its name in reports and where it is."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    path: str
+
+
+def ingredient_name(path: str, index: int) -> str:
+    """The report name of an ingredient given by path: its last path component, made file-name safe."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path.rstrip("/")).name).strip("-.")
+    return base or f"ingredient-{index}"
+
+
 class SoupConfig(_Section):
     """Greedy soup (RAKP Sec. 4.1): rank ingredients by the criterion, keep one only if the soup's criterion
     does not drop; with robustness, an ingredient or soup more than max_accuracy_drop below the best
-    ingredient's clean validation accuracy is never a member."""
+    ingredient's clean validation accuracy is never a member.
+
+    ``ingredients``: checkpoints you already fine-tuned (directories or hub names, or ``{name, path}``) are
+    the ingredients instead of ``finetune.variants`` (nothing is fine-tuned)."""
 
     prune_source: Literal["greedy", "uniform", "best"] = "greedy"
     criterion: Literal["accuracy", "robustness"] = "robustness"
     max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.02
     attack: SoupAttackConfig = SoupAttackConfig()
+    ingredients: list[str | SoupIngredient] = []
+
+    @field_validator("ingredients")
+    @classmethod
+    def _ingredients(cls, v: list[str | SoupIngredient]) -> list[str | SoupIngredient]:
+        problems = []
+        for i, entry in enumerate(v):
+            path = entry if isinstance(entry, str) else entry.path
+            if not path.strip():
+                problems.append(f"entry {i} is an empty path")
+            elif _looks_local(path) and (problem := _saved_dir_problem(path)):
+                problems.append(f"entry {i}: {problem}")
+        names = [ingredient_name(e, i) if isinstance(e, str) else e.name for i, e in enumerate(v)]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            problems.append(
+                f"ingredient names repeated: {dup} (a name is the directory's last component; give "
+                "{name: ..., path: ...} entries to tell them apart)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @property
+    def ingredient_entries(self) -> list[tuple[str, str]]:
+        """(name, path) of every given ingredient, in params order."""
+        return [
+            (ingredient_name(e, i), e) if isinstance(e, str) else (e.name, e.path)
+            for i, e in enumerate(self.ingredients)
+        ]
 
 
 class CalibrateConfig(_Section):
@@ -734,11 +815,21 @@ class Params(_Section):
                 f"prune.methods x prune.sparsities gives {[f'{m}@{s}' for m, s in self.prune.combos]}; "
                 "sds.methods: [] skips SDS)"
             )
+        if self.model.finetuned is not None and self.soup.ingredients:
+            problems.append(
+                f"model.finetuned = {self.model.finetuned!r} and soup.ingredients (a list of "
+                f"{len(self.soup.ingredients)}) exclude each other: prune the one model, or build a soup from "
+                "the ingredients; set the other to null / []"
+            )
         known = set(self.model_names())
         if "models" not in self.attack.model_fields_set:
             # the default list names SparseGPT and RAKP at 87.5%: a file that prunes to other sparsities and
-            # leaves attack.models out attacks the default models it builds (an explicit list must all exist)
-            kept = [m for m in self.attack.models if m in known or m in ATTACK_MODEL_GROUPS]
+            # leaves attack.models out attacks the default models it builds (an explicit list must all exist);
+            # with model.finetuned the dense reference is that model, not the greedy soup
+            wanted = self.attack.models
+            if self.model.finetuned is not None:
+                wanted = [FINETUNED_NAME if m == "soup-greedy" else m for m in wanted]
+            kept = [m for m in wanted if m in known or m in ATTACK_MODEL_GROUPS]
             object.__setattr__(self, "attack", self.attack.model_copy(update={"models": kept}))
         unknown = [
             m
@@ -754,9 +845,31 @@ class Params(_Section):
             raise ValueError("\n".join(problems))
         return self
 
+    @property
+    def dense_source(self) -> Literal["finetune", "finetuned", "ingredients"]:
+        """Where the dense models come from: fine-tuned here from ``model.name`` (``finetune.variants``), one
+        classifier you give (``model.finetuned``), or checkpoints you give as soup ingredients."""
+        if self.model.finetuned is not None:
+            return "finetuned"
+        return "ingredients" if self.soup.ingredients else "finetune"
+
+    def ingredient_names(self) -> list[str]:
+        """The soup's ingredients by name: ``finetune.variants``, or ``soup.ingredients``; none with
+        ``model.finetuned`` (nothing is fine-tuned and there is no soup)."""
+        source = self.dense_source
+        if source == "finetuned":
+            return []
+        if source == "ingredients":
+            return [name for name, _ in self.soup.ingredient_entries]
+        return [v.name for v in self.finetune.variants]
+
+    def soup_names(self) -> list[str]:
+        return [] if self.dense_source == "finetuned" else ["soup-greedy", "soup-uniform"]
+
     def model_names(self) -> list[str]:
         """Every model the pipeline produces, by the name the report and the attack stage use."""
-        names = [v.name for v in self.finetune.variants] + ["soup-greedy", "soup-uniform"]
+        names = [FINETUNED_NAME] if self.dense_source == "finetuned" else []
+        names += self.ingredient_names() + self.soup_names()
         names += [combo_label(m, s) for m, s in self.prune.combos]
         names += [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos]
         names += self.cap.model_names()
@@ -780,8 +893,8 @@ class Params(_Section):
         groups = {
             "best-ingredient": [best_ingredient] if best_ingredient else [],
             "all": names,
-            "variants": [v.name for v in self.finetune.variants],
-            "soups": ["soup-greedy", "soup-uniform"],
+            "variants": self.ingredient_names(),
+            "soups": self.soup_names(),
             "pruned": [combo_label(m, s) for m, s in self.prune.combos],
             "sds": [f"sds-{combo_label(m, s)}" for m, s in self.sds.combos],
             "cap": self.cap.model_names(),

@@ -11,6 +11,8 @@ What is checked (docs/reliability.md has the table):
   (:func:`robustprune.data.check_classification_target`) and the splits must fit;
 - model / attack MLM / LM directories: ``config.json`` is a JSON object with a ``model_type``, a weights
   file with a readable header and tokenizer files are there;
+- ``model.finetuned`` / ``soup.ingredients`` (local directories): the same, and a sequence classifier with the
+  data's number of labels and label names, every ingredient of one architecture (robustprune.own_model);
 - ``runtime.device: cuda``: a CUDA device is visible here;
 - ``runtime.mlflow_uri``: the file store (a path or ``file:``) only with ``MLFLOW_ALLOW_FILE_STORE=true``
   (MLflow 3 refuses it otherwise), a sqlite database's directory exists;
@@ -91,8 +93,10 @@ def preflight(
         checks.append(lambda: _check_device(params))
     if stage in ("pipeline", "prepare"):
         checks += [lambda: _check_data(params), lambda: _check_builtins(params)]
-        if params.model.kind == "local":
+        if params.model.kind == "local" and params.dense_source == "finetune":
             checks.append(lambda: check_model_dir(Path(params.model.name), "model.name"))
+    if stage in ("pipeline", "prepare", "finetune") and params.dense_source != "finetune":
+        checks.append(lambda: _check_given_models(params, root))
     if stage in ("pipeline", "attack_resources"):
         mlm = params.attack.resources.mlm
         if mlm != "train" and (mlm.startswith((".", "/", "~")) or Path(mlm).exists()):
@@ -140,7 +144,8 @@ def _check_data(params: Params) -> list[str]:
 
 def _check_builtins(params: Params) -> list[str]:
     names = {params.data.source if params.data.kind == "builtin" else None}
-    names.add(params.model.name if params.model.kind == "builtin" else None)
+    if params.dense_source == "finetune":  # model.name is not read when the dense models are given
+        names.add(params.model.name if params.model.kind == "builtin" else None)
     names.discard(None)
     if not names:
         return []
@@ -178,6 +183,53 @@ def check_model_dir(directory: Path, key: str) -> list[str]:
         problems.append(f"{where}: {weights[0].name} is unreadable: {err}")
     if not any((directory / f).is_file() for f in TOKENIZER_FILES):
         problems.append(f"{where}: no tokenizer files (one of {list(TOKENIZER_FILES)})")
+    return problems
+
+
+def data_label_names(params: Params, root: Path) -> list[str] | None:
+    """The data's label names as the prepare stage will number them, or None when not known before it runs
+    (a hub data set offline, or a table the data check refuses)."""
+    from robustprune import data as rp_data
+
+    cfg = params.data
+    if cfg.kind == "builtin":
+        return list(rp_data.ROTTEN_TOMATOES_LABELS)
+    if cfg.kind == "file":
+        try:
+            return list(rp_data.load_table(Path(cfg.source), cfg.text_column, cfg.label_column)[1])
+        except (rp_data.DataError, rp_data.LabelError, OSError):
+            return None  # _check_data says why
+    labels = root / "data" / "prepared" / rp_data.LABELS_FILE
+    try:
+        return [str(n) for n in json.loads(labels.read_text(encoding="utf-8"))["label_names"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_given_models(params: Params, root: Path) -> list[str]:
+    """model.finetuned / soup.ingredients: saved classifiers with weights, the data's labels, one architecture."""
+    from robustprune.own_model import classifier_problems, read_config, same_architecture_problems
+
+    if params.model.finetuned is not None:
+        given = [("model.finetuned", params.model.finetuned)]
+    else:
+        given = [
+            (f"soup.ingredients.{i}", path) for i, (_, path) in enumerate(params.soup.ingredient_entries)
+        ]
+    local = [(key, Path(v).expanduser()) for key, v in given if Path(v).expanduser().exists()]
+    problems = [p for key, d in local for p in check_model_dir(d, key)]
+    if problems:
+        return problems
+    labels = data_label_names(params, root)
+    for key, d in local:
+        try:
+            config = read_config(d)
+        except (OSError, ValueError) as e:
+            problems.append(f"{key} = {str(d)!r}: config.json cannot be read ({e})")
+            continue
+        problems += classifier_problems(config, labels, f"{key} = {str(d)!r}")
+    if not problems:
+        problems += same_architecture_problems(local)
     return problems
 
 

@@ -332,8 +332,31 @@ def degeneracy_section(x: ReportInputs) -> list[str]:
     return lines
 
 
+def given_section(x: ReportInputs) -> list[str]:
+    """``model.finetuned``: no ingredients and no soup, the given classifier is the dense reference."""
+    by_eval = {m["name"]: m for m in x.models}
+    lines = [
+        "",
+        "## Dense model",
+        "",
+        "The classifier given as `model.finetuned` is pruned as it is: nothing was fine-tuned, no soup was made.",
+        "",
+        "| model | source | validation acc % | test acc % [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for name, m in x.finetune.items():
+        ev = by_eval.get(name)
+        lines.append(
+            f"| {name} | `{m.get('source')}` | {_pct(m['validation_accuracy'])} | "
+            f"{model_rate(ev).pct(2) if ev else _pct(m['test_accuracy'])} |"
+        )
+    return lines
+
+
 def ingredients_section(x: ReportInputs) -> list[str]:
     soup = x.soup
+    if soup.get("skipped"):
+        return given_section(x)
     by_eval = {m["name"]: m for m in x.models}
     ing = soup.get("ingredients", {})
     robust = soup.get("criterion") == "robustness"
@@ -358,9 +381,11 @@ def ingredients_section(x: ReportInputs) -> list[str]:
     ]
     for name, m in x.finetune.items():
         adv = m.get("adversarial")
-        recipe = (
-            f"{m.get('optimizer', 'adamw')} lr {m['learning_rate']:g}, {m['epochs']:g} ep, seed {m['seed']}"
-        )
+        if m.get("given"):  # soup.ingredients: a checkpoint fine-tuned elsewhere, no recipe or time here
+            recipe, train = f"given: `{m.get('source')}`", "–"
+        else:
+            recipe = f"{m.get('optimizer', 'adamw')} lr {m['learning_rate']:g}, {m['epochs']:g} ep, seed {m['seed']}"
+            train = f"{m['train_seconds']:.0f} ({m.get('seconds_per_step', float('nan')):.2f})"
         if m.get("weight_decay") is not None:
             recipe += f", wd {m['weight_decay']:g}"
         if adv:
@@ -369,8 +394,7 @@ def ingredients_section(x: ReportInputs) -> list[str]:
         ev = by_eval.get(name)
         lines.append(
             f"| {name} | {recipe} | {_pct(m['validation_accuracy'])} | {_pct(rob)} | "
-            f"{model_rate(ev).pct(2) if ev else _pct(m['test_accuracy'])} | "
-            f"{m['train_seconds']:.0f} ({m.get('seconds_per_step', float('nan')):.2f}) |"
+            f"{model_rate(ev).pct(2) if ev else _pct(m['test_accuracy'])} | {train} |"
         )
     for kind in ("greedy", "uniform"):
         s = soup.get(kind)
@@ -839,7 +863,7 @@ def block_table(prune: dict) -> list[str]:
 
 def plot_rows(rows: Sequence[dict]) -> list[dict]:
     """Rows of the DVC plot: one point per (method, sparsity), dense soup at sparsity 0 for every method."""
-    soup = next((r for r in rows if r["name"] == "soup-greedy"), None)
+    soup = next((r for r in rows if r["name"] == "soup-greedy" or r["kind"] == "finetuned"), None)
     methods = sorted({r["method"] for r in rows if r["kind"] == "pruned"})
     pts = [
         {"method": m, "sparsity": 0.0, "pattern": "dense", "accuracy": soup["accuracy"]}
@@ -1080,7 +1104,7 @@ def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
     fig, axes = plt.subplots(1, len(recipes), figsize=(4.2 * len(recipes), 3.6), dpi=120, squeeze=False)
     for ax, rec in zip(axes[0], recipes, strict=True):
         sub = [r for r in rows if r["recipe"] == rec]
-        dense = next((r for r in sub if r["model"] == "soup-greedy"), None)
+        dense = next((r for r in sub if r["model"] == "soup-greedy" or r["kind"] == "finetuned"), None)
         methods = sorted({r["method"] for r in sub if r["kind"] in ("pruned", "sds")})
         for i, method in enumerate(methods):
             pts = [r for r in sub if r["method"] == method]

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import synthetic_reviews, tiny_bert, tiny_tokenizer
+from tests.conftest import synthetic_reviews, tiny_bert, tiny_llama, tiny_tokenizer
 
 Builder = Callable[[Path, dict[str, Any]], "bytes | dict[str, Any] | None"]
 
@@ -131,6 +131,53 @@ def model_dir(mutate: Callable[[Path], None], key: str = "model") -> Builder:
         return p
 
     return build
+
+
+def classifier_dir(
+    d: Path, name: str, *, num_labels: int = 2, intermediate: int = 40, labels: list[str] | None = None
+) -> Path:
+    """A tiny BERT classifier fine-tuned "elsewhere": saved with save_pretrained, with its tokenizer."""
+    out = d / name
+    model = tiny_bert(num_labels=num_labels, intermediate=intermediate)
+    if labels is not None:
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {n: i for i, n in enumerate(labels)}
+    model.save_pretrained(out)
+    tiny_tokenizer(out).save_pretrained(out)
+    return out
+
+
+def finetuned(mutate: Callable[[Path], None] | None = None, **kwargs: Any) -> Builder:
+    """model.finetuned = a tiny classifier (``kwargs``: classifier_dir's), broken by ``mutate``."""
+
+    def build(d: Path, p: dict[str, Any]) -> dict[str, Any]:
+        path = classifier_dir(d, "my-classifier", **kwargs)
+        if mutate is not None:
+            mutate(path)
+        p["model"]["finetuned"] = str(path)
+        return p
+
+    return build
+
+
+def ingredients(*specs: dict[str, Any], mutate: Callable[[Path], None] | None = None) -> Builder:
+    """soup.ingredients = tiny classifiers, one per spec (classifier_dir's kwargs); ``mutate`` breaks the first."""
+
+    def build(d: Path, p: dict[str, Any]) -> dict[str, Any]:
+        paths = [classifier_dir(d, f"run-{i}", **spec) for i, spec in enumerate(specs)]
+        if mutate is not None:
+            mutate(paths[0])
+        p["soup"] = {"ingredients": [str(x) for x in paths]}
+        return p
+
+    return build
+
+
+def _lm_dir(d: Path) -> None:
+    """Replace a classifier directory's model by a tiny causal LM (its config says LlamaForCausalLM)."""
+    for f in ("model.safetensors", "config.json"):
+        (d / f).unlink()
+    tiny_llama().save_pretrained(d)
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -369,6 +416,54 @@ CASES: list[Case] = [
         "model-no-tokenizer",
         model_dir(lambda d: [(d / f).unlink() for f in ("vocab.txt", "tokenizer.json") if (d / f).exists()]),
         ("model.name", "no tokenizer files"),
+    ),
+    # a classifier you fine-tuned (model.finetuned) or your own soup ingredients (soup.ingredients)
+    Case(
+        "finetuned-wrong-label-count",
+        finetuned(num_labels=3),
+        ("model.finetuned", "num_labels is 3", "the data has 2 labels"),
+    ),
+    Case(
+        "finetuned-no-weights",
+        finetuned(lambda d: (d / "model.safetensors").unlink()),
+        ("model.finetuned", "no weights file"),
+    ),
+    Case(
+        "finetuned-label-names-differ",
+        finetuned(labels=["pos", "neg"]),
+        ("model.finetuned", "id2label ['pos', 'neg']", "['neg', 'pos']"),
+    ),
+    Case("finetuned-causal-lm", finetuned(_lm_dir), ("model.finetuned", "a causal LM")),
+    Case(
+        "finetuned-bare-encoder",
+        lambda d, p: {**p, "model": {**p["model"], "finetuned": p["model"]["name"]}},
+        ("model.finetuned", "no sequence-classification head"),
+    ),
+    Case(
+        "ingredients-architectures-differ",
+        ingredients({}, {"intermediate": 48}),
+        ("soup.ingredients.1", "not the architecture of soup.ingredients.0", "intermediate_size 48 vs 40"),
+    ),
+    Case(
+        "ingredients-no-weights",
+        ingredients({}, {}, mutate=lambda d: (d / "model.safetensors").unlink()),
+        ("soup.ingredients.0", "no weights file"),
+    ),
+    Case(
+        "ingredients-wrong-label-count",
+        ingredients({"num_labels": 3}, {"num_labels": 3}),
+        ("soup.ingredients.0", "num_labels is 3"),
+    ),
+    Case(
+        "finetuned-and-ingredients",
+        lambda d, p: {**finetuned()(d, p), "soup": {"ingredients": [str(classifier_dir(d, "other"))]}},
+        ("model.finetuned", "soup.ingredients", "exclude each other"),
+    ),
+    Case(
+        "finetuned-wrong-label-count-stage",
+        finetuned(num_labels=3),
+        ("model.finetuned", "num_labels is 3"),
+        stage="finetune",
     ),
     # attack resources
     Case(

@@ -539,3 +539,33 @@ def test_download_sdist_asks_pip_for_source(tmp_path: Path, monkeypatch: pytest.
     (tmp_path / "w" / "toy_pkg-3.0-py3-none-any.whl").write_bytes(b"")  # a wheel is not the sdist
     (tmp_path / "w" / "toy_pkg-3.01.tar.gz").write_bytes(b"")  # nor another version
     assert resources._candidate_wheels(RESOURCES["toy_src"], tmp_path / "w") == [path]
+
+
+def test_a_bundle_built_with_the_same_key_and_unchanged_is_kept(tmp_path: Path) -> None:
+    """tasks.attack_resources: the record beside the bundle (.cache/attack-resources.json) makes a rerun a
+    cache hit only while the settings, the training split and the bundle's files are those it was built from."""
+    import pandas as pd
+
+    from robustprune.checkpoints import write_json
+    from robustprune.config import parse_params
+    from tasks.attack_resources import _record, attack_dir, bundle_key, cached_bundle
+    from tasks.common import Layout, sha256_files
+
+    layout = Layout(tmp_path)
+    layout.data.mkdir(parents=True)
+    pd.DataFrame({"text": ["a good film"], "label": [1]}).to_parquet(layout.data / "train.parquet")
+    bundle = attack_dir(layout)
+    bundle.mkdir(parents=True)
+    write_json(bundle / "info.json", {"vocab_size": 3000})
+    (bundle / "vectors.npz").write_bytes(b"vectors")
+    params = parse_params({"attack": {"resources": {"vocab_size": 3000}}})
+    assert cached_bundle(params, layout) is None  # never recorded: built
+    write_json(_record(layout), {"key": bundle_key(params, layout), "files": sha256_files(bundle)})
+    assert cached_bundle(params, layout) == {"vocab_size": 3000}
+    other = parse_params({"attack": {"resources": {"vocab_size": 4000}}})
+    assert cached_bundle(other, layout) is None  # other settings
+    (bundle / "vectors.npz").write_bytes(b"edited")
+    assert cached_bundle(params, layout) is None  # the bundle changed since
+    (bundle / "vectors.npz").write_bytes(b"vectors")
+    pd.DataFrame({"text": ["a dull film"], "label": [0]}).to_parquet(layout.data / "train.parquet")
+    assert cached_bundle(params, layout) is None  # the masked-LM head is trained on the training split
