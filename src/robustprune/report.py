@@ -134,8 +134,30 @@ def markdown_summary(x: ReportInputs) -> str:
         lines += [x.examples_md.rstrip()]
     lines += attack_cost_table(x.attack)
     lines += block_table(x.prune)
+    lines += plots_section()
     lines.append("")
     return "\n".join(lines)
+
+
+#: every plot the report stage writes to reports/plots/, and how to read it
+PLOTS = {
+    "accuracy_vs_sparsity.png": "clean test accuracy against sparsity, one line per one-shot method, the dense "
+    "soup at 0; hollow squares are N:M patterns (their data: accuracy_vs_sparsity.csv)",
+    "attack_vs_sparsity.png": "accuracy under each attack against sparsity, with 95% intervals, one panel per "
+    "recipe; the dotted line is the dense soup",
+    "robustness_frontier.png": "accuracy under each attack against clean accuracy, each attacked model a point "
+    "with both intervals, one line per method; hollow points are near-constant models (no robustness verdict). "
+    "Read robustness at matched clean accuracy here, not at matched sparsity",
+    "transfer_vs_sparsity.png": "accuracy on the adversarial texts that fooled the dense reference, re-scored "
+    "by every pruned model, against sparsity (intervals resample source rows)",
+    "fidelity_vs_robustness.png": "each model's representation fidelity to the dense model against its "
+    "transferred accuracy and accuracy under each attack, with Spearman's ρ and its permutation p in the titles",
+}
+
+
+def plots_section() -> list[str]:
+    """The report's last section: what each file in reports/plots/ shows."""
+    return ["", "## Plots (reports/plots/)", ""] + [f"- `{name}`: {text}." for name, text in PLOTS.items()]
 
 
 def how_to_read(x: ReportInputs) -> str:
