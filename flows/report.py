@@ -55,21 +55,42 @@ def read_outcomes(layout: Layout, attack: list[dict]) -> tuple[dict, list[dict]]
     return outcomes, records
 
 
+def validity_audit(
+    layout: Layout, outcomes: dict, records: list[dict], options: dict | None
+) -> tuple[dict, list]:
+    """Issue #28: (model, ``valid:<recipe>``) -> outcomes with label-changing successes counted as failed, and
+    the audit of every (model, recipe) (robustprune.attacks.validity; ``options``: ``attack.validity``)."""
+    from robustprune.attacks.validity import ValidityRule, audit_all, judge_records, valid_attack_outcomes
+    from robustprune.config import AttackValidityConfig
+    from tasks.attack_resources import polarity_lexicons
+
+    if not outcomes:
+        return {}, []
+    cfg = AttackValidityConfig(**(options or {}))
+    rule = ValidityRule(cfg.vader_threshold, cfg.afinn_threshold, cfg.compound_threshold, tuple(cfg.rule))
+    flags = judge_records(records, polarity_lexicons(layout), rule)
+    return valid_attack_outcomes(outcomes, flags), audit_all(outcomes, flags, rule, cfg.examples)
+
+
 @task(name="report")
-def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed: int = 0) -> dict:
+def build_report(
+    layout: Layout, recipes: list[str], attack_note: str = "", seed: int = 0, validity: dict | None = None
+) -> dict:
     from robustprune.attacks.examples import examples_markdown, select_examples
 
     r = layout.reports
     evaluation = read_json(r / "eval.json")
     attack = _optional(r / "attack.json", [])
     outcomes, records = read_outcomes(layout, attack)
+    valid, audits = validity_audit(layout, outcomes, records, validity)
     soup = read_json(r / "soup.json")
     models = evaluation["models"]
     metrics_names = ["clean", *recipes]
     if any("transfer" in m for m in models):
         metrics_names += [f"transfer:{k}" for k in models[0].get("transfer", {})]
+    metrics_names += [f"valid:{rec}" for rec in recipes if valid]
     comparisons = compare(
-        models, outcomes, metrics_names, evaluation["reference"], soup.get("best_ingredient")
+        models, {**outcomes, **valid}, metrics_names, evaluation["reference"], soup.get("best_ingredient")
     )
     cap = _optional(r / "cap.json", None)
     cap_md = ""
@@ -95,6 +116,7 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
         cap_seconds={k: float(v) for k, v in (cap or {}).get("training_seconds", {}).items()},
         examples_md=examples_markdown(examples, label_names=label_names) if examples else "",
         attack_note=attack_note,
+        validity=[a.to_dict() for a in audits],
     )
     summary = markdown_summary(inputs)
     write_text(r / "summary.md", summary)
@@ -141,6 +163,7 @@ def build_report(layout: Layout, recipes: list[str], attack_note: str = "", seed
             "best_ingredient": soup.get("best_ingredient"),
             "members": soup.get("greedy", {}).get("members"),
         },
+        "validity": {f"{a.model}.{a.recipe}": a.to_dict() for a in audits},
         "comparisons": [c.to_dict() for c in comparisons],
         "fidelity_correlations": fidelity_correlations(fid, recipes) if fid else [],
     }
@@ -167,7 +190,9 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             + " (attack.models / attack.num_examples / attack.more in the params file; `params-evidence.yaml` "
             "and `params-paper.yaml` attack more)."
         )
-        out = build_report(layout, list(params.attack.recipes), note, params.attack.seed)
+        out = build_report(
+            layout, list(params.attack.recipes), note, params.attack.seed, params.attack.validity.model_dump()
+        )
         for f in (
             "summary.md",
             "metrics.json",
@@ -179,6 +204,12 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
         ):
             if (layout.reports / f).exists():
                 mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
+        for key, a in out["metrics"]["validity"].items():  # issue #28: label-changing shares, valid accuracy
+            for check, share in a["shares"].items():
+                if share["n"]:
+                    mlflow.log_metric(f"validity.{key}.{check}", share["value"])
+            if a["accuracy_under_valid_attack"]["n"]:
+                mlflow.log_metric(f"valid.{key}.accuracy_under_attack", a["accuracy_under_valid_attack"]["value"])
         for c in out["metrics"]["comparisons"]:
             mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
         log_model_runs(params, layout)  # one MLflow run per model, sparse checkpoints registered

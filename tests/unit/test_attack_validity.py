@@ -257,3 +257,29 @@ def test_polarity_constraint_reads_split_words(ta) -> None:
     assert len(split.words) == 4 and c._check_constraint(split, original)  # "terr ible" is no lexicon word
     original, swapped = _swap(ta, "a terrible film", 1, "nice")
     assert not c._check_constraint(swapped, original)
+
+
+def test_report_stage_audits_with_the_bundled_lexicons(ta, tmp_path: Path) -> None:
+    from flows.report import validity_audit
+    from tasks.common import Layout
+
+    (tmp_path / "vader.txt").write_text("good\t1.9\t0.9\t[2]\nbad\t-2.5\t0.7\t[-2]\nfine\t0.8\t0.5\t[1]\n")
+    (tmp_path / "afinn.txt").write_text("good\t3\nbad\t-3\n")
+    bundle = tmp_path / "project" / "models" / "attack" / "polarity"
+    v.save_polarity(
+        bundle, tmp_path / "vader.txt", tmp_path / "afinn.txt", load_lexicon(_write_wordnet(tmp_path / "wn"))
+    )
+    records = [{**r, "model": "m", "recipe": "textfooler"} for r in RECORDS]
+    valid, audits = validity_audit(
+        Layout(tmp_path / "project"), {("m", "textfooler"): OUTCOMES}, records, None
+    )
+    # good/bad: VADER, AFINN and WordNet; love/hate: the toy WordNet's antonyms only
+    assert valid[("m", "valid:textfooler")] == {**OUTCOMES, 0: "failed", 3: "failed"}
+    (a,) = audits
+    assert a.successes == 3 and a.shares["vader"].k == 1 and a.shares["wordnet"].k == 2
+    assert a.examples["vader"] == ("good→bad",)
+    only_compound = validity_audit(
+        Layout(tmp_path / "project"), {("m", "textfooler"): OUTCOMES}, records, {"rule": ["compound"]}
+    )
+    assert only_compound[1][0].rule == ("compound",)
+    assert validity_audit(Layout(tmp_path / "project"), {}, [], None) == ({}, [])
