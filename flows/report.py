@@ -209,7 +209,9 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                 if share["n"]:
                     mlflow.log_metric(f"validity.{key}.{check}", share["value"])
             if a["accuracy_under_valid_attack"]["n"]:
-                mlflow.log_metric(f"valid.{key}.accuracy_under_attack", a["accuracy_under_valid_attack"]["value"])
+                mlflow.log_metric(
+                    f"valid.{key}.accuracy_under_attack", a["accuracy_under_valid_attack"]["value"]
+                )
         for c in out["metrics"]["comparisons"]:
             mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
         log_model_runs(params, layout)  # one MLflow run per model, sparse checkpoints registered
