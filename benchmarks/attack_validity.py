@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--examples", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--markdown", type=Path, default=None, help="only print the docs' tables of a results file"
+    )
     return p.parse_args(argv)
 
 
@@ -209,7 +212,9 @@ def csv_audit(args: argparse.Namespace) -> dict:
             f"{want['vader']:>6} / {got['vader']:<6} {want.get('acc', '–')!s:>5} / {got['acc']:<5} "
             f"{want.get('valid_acc', '–')!s:>8} / {got['valid_acc']:<8}"
         )
+    comparisons = paired_verdicts(args.csv_dir.parent, outcomes, flags)
     return {
+        "comparisons": comparisons,
         "source": str(args.csv_dir.relative_to(ROOT) if args.csv_dir.is_relative_to(ROOT) else args.csv_dir),
         "rule": list(rule.rule),
         "thresholds": {
@@ -221,6 +226,38 @@ def csv_audit(args: argparse.Namespace) -> dict:
         "rows": rows,
         "issue_check": check,
     }
+
+
+def paired_verdicts(run_dir: Path, outcomes: dict, flags: dict) -> list[dict]:
+    """The report's paired comparisons (robustprune.verdicts.compare) under each recipe and under its valid
+    attacks, from the run's eval.json (models, reference) and metrics.json (best ingredient)."""
+    from robustprune.attacks.validity import valid_attack_outcomes
+    from robustprune.verdicts import compare
+
+    if not (run_dir / "eval.json").is_file():
+        return []
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    metrics = (
+        json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    )
+    recipes = list(dict.fromkeys(r for _, r in outcomes))
+    names = [*recipes, *(f"valid:{r}" for r in recipes)]
+    comps = compare(
+        evaluation["models"],
+        {**outcomes, **valid_attack_outcomes(outcomes, flags)},
+        names,
+        evaluation["reference"],
+        metrics.get("soup", {}).get("best_ingredient"),
+    )
+    print()
+    print(f"{'A':<16} {'B':<16} {'metric':<24} {'A %':>6} {'B %':>6} {'A - B pts [95%]':>22}  verdict")
+    for c in comps:
+        d = c.diff
+        print(
+            f"{c.a:<16} {c.b:<16} {c.metric:<24} {100 * c.a_rate.value:6.1f} {100 * c.b_rate.value:6.1f} "
+            f"{f'{100 * d.diff:+.1f} [{100 * d.low:+.1f}, {100 * d.high:+.1f}]':>22}  {d.verdict}"
+        )
+    return [c.to_dict() for c in comps]
 
 
 # ------------------------------------------------------------------------------------------ --constraint
@@ -621,8 +658,110 @@ def opposite_vec(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     return ((a >= t) & (b <= -t)) | ((a <= -t) & (b >= t))
 
 
+def pct_md(r: dict) -> str:
+    return "–" if not r["n"] else f"{100 * r['value']:.1f} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def markdown(report: dict) -> str:
+    """The tables of docs/attacks.md section 7 from a results file (``--markdown``)."""
+    checks = ("vader", "afinn", "wordnet", "compound", "rule")
+    out = []
+    if "csv_audit" in report:
+        out += [
+            "| model | recipe | rows | successes | "
+            + " | ".join(f"{CHECK_TITLES[c]} % [95%]" for c in checks)
+            + " | acc. under attack % | under valid attacks (any) % | (VADER only) % |",
+            "|---|---|---|---|" + "---|" * (len(checks) + 3),
+        ]
+        for a in report["csv_audit"]["rows"]:
+            out.append(
+                f"| {a['model']} | {TITLES[a['recipe']]} | {a['rows']} | {a['successes']} | "
+                + " | ".join(f"{a['shares'][c]['k']}: {pct_md(a['shares'][c])}" for c in checks)
+                + f" | {pct_md(a['accuracy_under_attack'])} | **{pct_md(a['accuracy_under_valid_attack'])}** | "
+                f"{pct_md(a['accuracy_under_valid_attack_by_check']['vader'])} |"
+            )
+    if report.get("csv_audit", {}).get("comparisons"):
+        out += [
+            "",
+            "| A | B | relation | metric | n | A % [95%] | B % [95%] | A − B pts [95%] | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in report["csv_audit"]["comparisons"]:
+            metric = c["metric"]
+            title = (
+                f"{TITLES[metric.removeprefix('valid:')]}, valid attacks"
+                if metric.startswith("valid:")
+                else TITLES[metric]
+            )
+            out.append(
+                f"| {c['a']} | {c['b']} | {c['relation']} | {title} | {c['n']} | {pct_md(c['a_rate'])} | "
+                f"{pct_md(c['b_rate'])} | {100 * c['diff']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] | "
+                f"{c['verdict']} |"
+            )
+    if "constraint" in report:
+        out += [
+            "",
+            "| recipe | variant | acc. under attack % [95%] | vs as run, pts [95%] | successes | VADER flip % | "
+            "label-changing (any) % | under valid attacks % | queries | CPU s / attacked ex. (× as run) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["constraint"]["runs"]:
+            d = r.get("vs_as_run")
+            diff = (
+                "–"
+                if not d
+                else f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] ({d['verdict']})"
+            )
+            out.append(
+                f"| {TITLES[r['recipe']]} | {r['variant']} | {pct_md(r['accuracy_under_attack'])} | {diff} | "
+                f"{r['successes']} | {pct_md(r['shares']['vader'])} | {pct_md(r['shares']['rule'])} | "
+                f"{pct_md(r['accuracy_under_valid_attack'])} | {r['avg_queries']:.1f} | "
+                f"{r['cpu_seconds_per_attacked']:.2f} ({r['cost_ratio']:.2f}) |"
+            )
+    if "mlm" in report:
+        out += [
+            "",
+            "| sampled test words | candidate source | candidates | label-changing % [95%] | VADER % | AFINN % | "
+            "WordNet % | words with one % |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in report["mlm"]["samples"].items():
+            for src, key, words in (
+                ("masked-LM stand-in, top-48", "mlm", s["words"]),
+                ("counter-fitted, top-50 cos ≥ 0.5", "vectors", s["vectors_words"]),
+            ):
+                sh = s[f"{key}_share_of_candidates"]
+                out.append(
+                    f"| {name} ({words}) | {src} | {s[f'{key}_candidates']} | {pct_md(sh['any'])} | "
+                    f"{pct_md(sh['vader'])} | {pct_md(sh['afinn'])} | {pct_md(sh['wordnet'])} | "
+                    f"{pct_md(s[f'{key}_words_with_one'])} |"
+                )
+    if "vectors" in report:
+        out += [
+            "",
+            "| neighbours | plain GloVe: label-changing % [95%] | words with one % | counter-fitted: label-changing % | "
+            "words with one % |",
+            "|---|---|---|---|---|",
+        ]
+        spaces = report["vectors"]["spaces"]
+        for key, cell in spaces["plain GloVe"].items():
+            fitted = spaces["counter-fitted"][key]
+            one = [
+                pct_md(c["any"]["words_with_one"]) if "words_with_one" in c["any"] else "–"
+                for c in (cell, fitted)
+            ]
+            out.append(
+                f"| {key} | {pct_md(cell['any']['share_of_neighbours'])} | {one[0]} | "
+                f"{pct_md(fitted['any']['share_of_neighbours'])} | {one[1]} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
     if args.csv:
         write_part(args.out, "csv_audit", csv_audit(args))
     if args.vectors:
