@@ -739,21 +739,21 @@ def markdown(report: dict) -> str:
     if "vectors" in report:
         out += [
             "",
-            "| neighbours | plain GloVe: label-changing % [95%] | words with one % | counter-fitted: label-changing % | "
-            "words with one % |",
-            "|---|---|---|---|---|",
+            "| neighbours | vectors | VADER flip % | AFINN flip % | WordNet antonym % | any % [95%] | words with one % |",
+            "|---|---|---|---|---|---|---|",
         ]
         spaces = report["vectors"]["spaces"]
-        for key, cell in spaces["plain GloVe"].items():
-            fitted = spaces["counter-fitted"][key]
-            one = [
-                pct_md(c["any"]["words_with_one"]) if "words_with_one" in c["any"] else "–"
-                for c in (cell, fitted)
-            ]
-            out.append(
-                f"| {key} | {pct_md(cell['any']['share_of_neighbours'])} | {one[0]} | "
-                f"{pct_md(fitted['any']['share_of_neighbours'])} | {one[1]} |"
-            )
+        for key in spaces["plain GloVe"]:
+            for space in ("plain GloVe", "counter-fitted"):
+                cell = spaces[space][key]
+                parts = [
+                    f"{100 * cell[c]['share_of_neighbours']['value']:.2f}" if c in cell else "–"
+                    for c in ("vader", "afinn", "wordnet")
+                ]
+                one = pct_md(cell["any"]["words_with_one"]) if "words_with_one" in cell["any"] else "–"
+                out.append(
+                    f"| {key} | {space} | {' | '.join(parts)} | {pct_md(cell['any']['share_of_neighbours'])} | {one} |"
+                )
     return "\n".join(out) + "\n"
 
 
