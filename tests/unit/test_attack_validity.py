@@ -283,3 +283,24 @@ def test_report_stage_audits_with_the_bundled_lexicons(ta, tmp_path: Path) -> No
     )
     assert only_compound[1][0].rule == ("compound",)
     assert validity_audit(Layout(tmp_path / "project"), {}, [], None) == ({}, [])
+
+
+def test_recipe_options_carry_the_constraint_only_when_on() -> None:
+    from robustprune.config import ConfigError, parse_params
+    from tasks.attack import recipe_options
+
+    off = parse_params({})
+    assert (
+        "polarity_constraint" not in recipe_options(off, "bert-attack")
+        and recipe_options(off, "textbugger") == {}
+    )
+    assert recipe_options(off, "textfooler")["adjusted"] is False
+    on = parse_params({"attack": {"validity": {"constraint": True, "constraint_checks": ["wordnet"]}}})
+    for recipe in ("textfooler", "bert-attack", "textbugger"):
+        assert recipe_options(on, recipe)["polarity_constraint"] == {
+            "checks": ["wordnet"],
+            "vader_threshold": 0.5,
+            "afinn_threshold": 1,
+        }
+    with pytest.raises(ConfigError, match="attack.validity.rule"):
+        parse_params({"attack": {"validity": {"rule": ["sentiwordnet"]}}})
