@@ -34,7 +34,7 @@ $(STAMP)-$(REQ_HASH):
 	@rm -f $(STAMP)-*; touch $@
 
 setup: $(STAMP)-$(REQ_HASH)  ## create .venv, install pins, fetch the offline default resources (idempotent)
-	@$(BIN)/python -m robustprune.resources fetch minilm rotten_tomatoes political_speeches glove50 wordnet
+	@$(BIN)/python -m robustprune.resources fetch minilm rotten_tomatoes political_speeches glove50 wordnet vader afinn
 	@test -d .dvc || $(BIN)/dvc init -q
 
 run: setup  ## run the default pipeline (Prefect flow; DVC-cached stages skipped) and print the report

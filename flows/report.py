@@ -87,6 +87,23 @@ def class_balances(models: list[dict], labels: dict[int, int], num_classes: int,
     return out
 
 
+def validity_audit(
+    layout: Layout, outcomes: dict, records: list[dict], options: dict | None
+) -> tuple[dict, list]:
+    """Issue #28: (model, ``valid:<recipe>``) -> outcomes with label-changing successes counted as failed, and
+    the audit of every (model, recipe) (robustprune.attacks.validity; ``options``: ``attack.validity``)."""
+    from robustprune.attacks.validity import ValidityRule, audit_all, judge_records, valid_attack_outcomes
+    from robustprune.config import AttackValidityConfig
+    from tasks.attack_resources import polarity_lexicons
+
+    if not outcomes:
+        return {}, []
+    cfg = AttackValidityConfig(**(options or {}))
+    rule = ValidityRule(cfg.vader_threshold, cfg.afinn_threshold, cfg.compound_threshold, tuple(cfg.rule))
+    flags = judge_records(records, polarity_lexicons(layout), rule)
+    return valid_attack_outcomes(outcomes, flags), audit_all(outcomes, flags, rule, cfg.examples)
+
+
 @task(name="report")
 def build_report(
     layout: Layout,
@@ -95,6 +112,7 @@ def build_report(
     seed: int = 0,
     near_constant_recall: float = 0.1,
     min_correlation_models: int = 6,
+    validity: dict | None = None,
 ) -> dict:
     from robustprune.attacks.examples import examples_markdown, select_examples
 
@@ -102,6 +120,7 @@ def build_report(
     evaluation = read_json(r / "eval.json")
     attack = _optional(r / "attack.json", [])
     outcomes, records = read_outcomes(layout, attack)
+    valid, audits = validity_audit(layout, outcomes, records, validity)
     soup = read_json(r / "soup.json")
     prepare = read_json(r / "prepare.json")
     models = evaluation["models"]
@@ -111,9 +130,10 @@ def build_report(
     metrics_names = ["clean", *recipes]
     if any("transfer" in m for m in models):
         metrics_names += [f"transfer:{k}" for k in models[0].get("transfer", {})]
+    metrics_names += [f"valid:{rec}" for rec in recipes if valid]
     comparisons = compare(
         models,
-        outcomes,
+        {**outcomes, **valid},
         metrics_names,
         evaluation["reference"],
         soup.get("best_ingredient"),
@@ -150,6 +170,7 @@ def build_report(
         row_labels=labels,
         label_names=label_names,
         min_correlation_models=min_correlation_models,
+        validity=[a.to_dict() for a in audits],
     )
     fid = fidelity_points(inputs)
     clusters = transfer_clusters(evaluation.get("transfer", []))
@@ -210,6 +231,7 @@ def build_report(
             "near_constant_recall": near_constant_recall,
             "min_correlation_models": min_correlation_models,
         },
+        "validity": {f"{a.model}.{a.recipe}": a.to_dict() for a in audits},
         "comparisons": [c.to_dict() for c in comparisons],
         "fidelity_correlations": [
             {k: v for k, v in c.items() if k != "values"}
@@ -271,6 +293,7 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             params.attack.seed,
             params.report.near_constant_recall,
             params.report.min_correlation_models,
+            params.attack.validity.model_dump(),
         )
         for f in (
             "summary.md",
@@ -284,6 +307,14 @@ def report_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
         ):
             if (layout.reports / f).exists():
                 mlflow.log_artifact(str(layout.reports / f), artifact_path="report")
+        for key, a in out["metrics"]["validity"].items():  # issue #28: label-changing shares, valid accuracy
+            for check, share in a["shares"].items():
+                if share["n"]:
+                    mlflow.log_metric(f"validity.{key}.{check}", share["value"])
+            if a["accuracy_under_valid_attack"]["n"]:
+                mlflow.log_metric(
+                    f"valid.{key}.accuracy_under_attack", a["accuracy_under_valid_attack"]["value"]
+                )
         for c in out["metrics"]["comparisons"]:
             mlflow.log_metric(f"diff.{c['a']}.vs.{c['b']}.{c['metric']}".replace(":", "-"), c["diff"])
         for name, m in out["metrics"]["models"].items():

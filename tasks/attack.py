@@ -58,7 +58,8 @@ def _code_digest() -> str:
 @functools.cache
 def _resources_digest(directory: str) -> str:
     d = Path(directory)
-    return sha256_files(*(p for p in (d / "vectors.npz", d / "info.json", d / "pos.json") if p.exists()))[:16]
+    files = (d / "vectors.npz", d / "info.json", d / "pos.json", d / "polarity" / "antonyms.json")
+    return sha256_files(*(p for p in files if p.exists()))[:16]
 
 
 def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
@@ -87,10 +88,19 @@ def _budget(params: Params, query_budget: int | None | str) -> int | None:
 
 
 def recipe_options(params: Params, recipe: str) -> dict:
-    """The params-level options of ``recipe`` (passed to its ``build``; part of the shard's cache key)."""
-    if recipe == "textfooler":
-        return params.attack.textfooler.model_dump()
-    return {}
+    """The params-level options of ``recipe`` (passed to its ``build``; part of the shard's cache key).
+
+    ``polarity_constraint`` only when ``attack.validity.constraint`` is on (issue #28).
+    """
+    options = params.attack.textfooler.model_dump() if recipe == "textfooler" else {}
+    v = params.attack.validity
+    if v.constraint:
+        options["polarity_constraint"] = {
+            "checks": list(v.constraint_checks),
+            "vader_threshold": v.vader_threshold,
+            "afinn_threshold": v.afinn_threshold,
+        }
+    return options
 
 
 def _options_digest(options: dict) -> str:

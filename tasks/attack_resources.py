@@ -5,7 +5,8 @@ nearest-neighbour table, WordNet parts of speech, stop words, a look-alike chara
 sentence encoder, a masked-LM head for BERT-Attack trained on the training split and the spaCy pipeline
 of TextFooler's contextual part-of-speech check (sha256-checked from its wheel; when it cannot be had,
 the bundle has none and TextFooler falls back to WordNet's lexical categories, which info.json and the
-attack report record). Everything lands in ``models/attack/`` in one atomic directory swap (a killed
+attack report record), and the polarity lexicons of the validity audit and constraint (VADER, AFINN,
+WordNet antonyms: ``polarity/``). Everything lands in ``models/attack/`` in one atomic directory swap (a killed
 build leaves the old bundle intact).
 """
 
@@ -24,7 +25,15 @@ from robustprune.attacks.embeddings import build_word_vectors
 from robustprune.attacks.lookalike import lookalike_table
 from robustprune.attacks.mlm import train_mlm_head
 from robustprune.attacks.stopwords import default_stopwords
-from robustprune.attacks.wordnet import load_lexicon, pos_table
+from robustprune.attacks.validity import (
+    Polarity,
+    antonym_lexicon,
+    load_polarity,
+    read_afinn,
+    read_vader,
+    save_polarity,
+)
+from robustprune.attacks.wordnet import Lexicon, load_lexicon, pos_table
 from robustprune.checkpoints import atomic_dir, read_json, write_json
 from robustprune.config import Params
 from robustprune.data import load_splits
@@ -68,6 +77,9 @@ def _add_tagger(name: str | None, layout: Layout, target: Path, logger) -> dict:
     }
 
 
+POLARITY_RESOURCES = ("vader", "afinn")
+
+
 def bundle_key(params: Params, layout: Layout) -> str:
     """What the bundle depends on: its params, the training split (the masked-LM head), the registered
     resources it unpacks and the code that builds it."""
@@ -78,7 +90,14 @@ def bundle_key(params: Params, layout: Layout) -> str:
     h = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), params.data.max_length]).encode())
     if cfg.mlm == "train":
         h.update(sha256_files(layout.data / "train.parquet").encode())
-    for name in ("glove50", "wordnet", "minilm", *([cfg.pos_tagger] if cfg.pos_tagger else [])):
+    names = (
+        "glove50",
+        "wordnet",
+        "minilm",
+        *POLARITY_RESOURCES,
+        *([cfg.pos_tagger] if cfg.pos_tagger else []),
+    )
+    for name in names:
         entry = resources.get_resource(name)
         h.update(json.dumps([entry.requirement, sorted((entry.sha256 or {}).items())]).encode())
     h.update(code_digest("robustprune.attacks", "robustprune.resources", "tasks.attack_resources").encode())
@@ -102,6 +121,40 @@ def cached_bundle(params: Params, layout: Layout) -> dict | None:
     ):
         return None
     return read_json(info)
+
+
+def _polarity_files(layout: Layout) -> tuple[Path, Path]:
+    """VADER's and AFINN's lexicon files, extracted (sha256-checked) from their cached packages."""
+    for name in POLARITY_RESOURCES:
+        resources.download(name)
+    vader = resources.extract("vader", layout.resources / "vader") / "vader_lexicon.txt"
+    afinn = resources.extract("afinn", layout.resources / "afinn") / "AFINN-en-165.txt"
+    return vader, afinn
+
+
+def _add_polarity(layout: Layout, lexicon: Lexicon, target: Path) -> dict:
+    """Write the polarity lexicons into ``target`` (the bundle's polarity/); their sizes."""
+    vader, afinn = _polarity_files(layout)
+    save_polarity(target, vader, afinn, lexicon)
+    loaded = load_polarity(target)
+    return {
+        "vader_tokens": len(loaded.vader),
+        "afinn_words": len(loaded.afinn),
+        "antonym_words": len(loaded.wordnet.antonyms),
+        "requirements": [resources.get_resource(n).requirement for n in POLARITY_RESOURCES],
+    }
+
+
+def polarity_lexicons(layout: Layout) -> Polarity:
+    """The validity audit's lexicons: the bundle's polarity/ when it has one, else built from the packages
+    (a bundle from before issue #28)."""
+    bundled = attack_dir(layout) / "polarity"
+    if (bundled / "antonyms.json").is_file():
+        return load_polarity(bundled)
+    resources.download("wordnet")
+    wordnet = resources.extract("wordnet", layout.resources / "wordnet")
+    vader, afinn = _polarity_files(layout)
+    return Polarity(read_vader(vader), read_afinn(afinn), antonym_lexicon(load_lexicon(wordnet)))
 
 
 @task(name="attack-resources", tags=["cpu"])
@@ -164,6 +217,7 @@ def build_attack_resources(params: Params, layout: Layout) -> dict:
             info["mlm"] = {"name": cfg.mlm}
             info["mlm_name"] = cfg.mlm
         info["tagger"] = _add_tagger(cfg.pos_tagger, layout, tmp / "tagger", logger)
+        info["polarity"] = _add_polarity(layout, lexicon, tmp / "polarity")
         save_bundle(
             tmp,
             vectors=vectors,

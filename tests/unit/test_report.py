@@ -255,3 +255,44 @@ def test_transferred_texts_from_one_row_widen_the_interval():
     p = next(c for c in plain if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875"))
     q = next(c for c in clustered if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875"))
     assert q.diff.deff > 1 and q.diff.high - q.diff.low > p.diff.high - p.diff.low
+
+
+def test_validity_section_shows_shares_and_both_accuracies():
+    from types import MappingProxyType
+
+    from robustprune.attacks.validity import RecordFlags, ValidityRule, audit
+    from robustprune.report import metric_title, validity_section
+
+    assert metric_title("valid:bert-attack") == "under BERT-Attack, valid attacks only"
+    assert metric_title("bert-attack") == "under BERT-Attack"
+
+    def flags(row, vader):
+        checks = {"vader": vader, "afinn": False, "wordnet": False, "compound": False}
+        pairs = (("interesting", "boring"),) if vader else (("film", "movie"),)
+        flagged = {"vader": pairs if vader else (), "afinn": (), "wordnet": ()}
+        return RecordFlags(
+            row, pairs, MappingProxyType(flagged), (0.6, -0.6), MappingProxyType(checks), vader
+        )
+
+    outcomes = {0: "succeeded", 1: "succeeded", 2: "failed", 3: "succeeded"}
+    a = audit(
+        "soup-greedy",
+        "bert-attack",
+        outcomes,
+        {0: flags(0, True), 1: flags(1, False), 3: flags(3, True)},
+        ValidityRule(),
+    )
+    x = ReportInputs(
+        prepare={},
+        finetune={},
+        soup={},
+        evaluation={"reference": "soup-greedy"},
+        prune={},
+        validity=[a.to_dict()],
+    )
+    text = "\n".join(validity_section(x))
+    # 2 of 3 successes flip VADER; under attack 1/4 = 25%, under valid attacks 3/4 = 75%
+    assert "| soup-greedy | BERT-Attack | 3 | 66.7 [20.8, 93.9] | 0.0 [0.0, 56.1] |" in text
+    assert "| 25.0 [4.6, 69.9] | **75.0 [30.1, 95.4]** |" in text
+    assert "interesting→boring; interesting→boring" in text
+    assert validity_section(dataclasses.replace(x, validity=())) == []

@@ -43,6 +43,7 @@ import torch
 from robustprune.attacks.components import (
     LowercaseStopwordModification,
     is_one_word,
+    polarity_constraints,
     sentence_encoder,
     untargeted_goal,
 )
@@ -176,11 +177,14 @@ def build(
     masked_lm=None,
     encoder: MeanPooledEncoder | None = None,
     query_budget: int | None = None,
+    polarity_constraint: dict | None = None,
 ):
     """A ``textattack.Attack`` implementing BERT-Attack.
 
     ``masked_lm``: an ``(AutoModelForMaskedLM, tokenizer)`` pair to use instead of loading
-    ``resources.mlm_dir`` (required when the resources have none).
+    ``resources.mlm_dir`` (required when the resources have none). ``polarity_constraint``: reject
+    label-changing swaps (:func:`~robustprune.attacks.components.polarity_constraints`; issue #28, off by
+    default).
     """
     if masked_lm is None:
         if resources.mlm_dir is None:
@@ -193,6 +197,7 @@ def build(
     constraints = [
         _ta.constraints.pre_transformation.RepeatModification(),
         LowercaseStopwordModification(resources.stopwords),
+        *polarity_constraints(resources, polarity_constraint),
         _ta.constraints.overlap.MaxWordsPerturbed(max_percent=max_percent),
         EncoderSimilarity(
             sentence_encoder(resources, encoder),

@@ -10,6 +10,8 @@ Layout of ``models/attack/``::
     mlm/               masked LM (HF directory) for BERT-Attack (absent when it is a hub name: see info.json)
     tagger/            spaCy pipeline (en_core_web_sm) for TextFooler's contextual part of speech (absent:
                        the recipes fall back to pos.json, WordNet's lexical categories)
+    polarity/          VADER's and AFINN's lexicons and WordNet antonyms (robustprune.attacks.validity): the
+                       validity audit and the polarity constraint (absent in bundles built before issue #28)
     info.json          how it was built (sizes, neighbour samples, which MLM; wall times go to MLflow only)
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from robustprune.attacks.embeddings import load_word_vectors, save_word_vectors
 from robustprune.attacks.types import AttackResources, WordVectors
+from robustprune.attacks.validity import ANTONYMS_FILE, load_polarity
 from robustprune.checkpoints import read_json, write_json, write_text
 
 
@@ -58,6 +61,7 @@ def load_bundle(directory: Path) -> AttackResources:
     info = read_json(directory / "info.json") if (directory / "info.json").exists() else {}
     mlm = directory / "mlm" if (directory / "mlm" / "config.json").exists() else info.get("mlm_name")
     tagger = directory / "tagger" if (directory / "tagger" / "config.cfg").is_file() else None
+    polarity = directory / "polarity"
     return AttackResources(
         vectors=load_word_vectors(directory / "vectors.npz"),
         pos={w: frozenset(p) for w, p in read_json(directory / "pos.json").items()},
@@ -69,6 +73,7 @@ def load_bundle(directory: Path) -> AttackResources:
         else None,  # a hub name travels as a Path; from_pretrained(str(...)) takes it
         tagger_dir=tagger,
         extra={"mlm_name": str(mlm)} if mlm else {},
+        polarity=load_polarity(polarity) if (polarity / ANTONYMS_FILE).is_file() else None,
     )
 
 

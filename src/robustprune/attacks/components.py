@@ -14,6 +14,9 @@ Each one replaces a stock component that downloads something or crashes offline
   (:mod:`robustprune.attacks.tagger`) in place of NLTK's perceptron tagger, whose model is
   unavailable offline; :class:`LexicalPartOfSpeech` (WordNet's lexical categories) is the fallback
   when the tagger is absent, and :func:`part_of_speech` picks between them;
+* :class:`PolarityConstraint` (issue #28, off by default) rejects a swap whose two words have opposite
+  polarity in VADER's or AFINN's lexicon or are WordNet antonyms (:mod:`robustprune.attacks.validity`);
+  :func:`polarity_constraints` builds it from a recipe's ``polarity_constraint`` option;
 * :func:`sentence_encoder` loads the shared mean-pooled encoder, :func:`untargeted_goal` the goal.
 """
 
@@ -27,6 +30,7 @@ from robustprune.attacks.similarity import MeanPooledEncoder
 from robustprune.attacks.tagger import ContextTagger
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources, WordVectors
+from robustprune.attacks.validity import WORD_CHECKS, Polarity, ValidityRule, word_checks
 
 _ta = import_textattack()
 WordEmbedding = _ta.shared.WordEmbedding
@@ -281,6 +285,80 @@ def pos_label(attack) -> str | None:
         if isinstance(c, LexicalPartOfSpeech):
             return LEXICAL_POS
     return None
+
+
+class PolarityConstraint(Constraint):
+    """Reject a word swap that changes the label: the replaced and the replacement word have opposite
+    polarity in VADER's or AFINN's lexicon, or are WordNet antonyms (each of ``checks``, with the
+    thresholds of ``rule``; :func:`robustprune.attacks.validity.word_checks`, the audit's word checks).
+
+    Morris et al. 2020 (Findings of EMNLP, Sec. 3-4) show that synonym-swap attacks, TextFooler among
+    them, often change the meaning; this constraint removes the lexically detectable part of it during the
+    search. The word replaced at a newly modified index is read from the text being transformed
+    (``compare_against_original=False``; with ``RepeatModification`` it is the original word); a word split
+    in two (TextBugger's space) is compared as the space-joined pieces. Verdicts are memoised per pair.
+    """
+
+    def __init__(
+        self, polarity: Polarity, rule: ValidityRule | None = None, checks: Sequence[str] = WORD_CHECKS
+    ):
+        super().__init__(compare_against_original=False)
+        unknown = sorted(set(checks) - set(WORD_CHECKS))
+        if unknown or not checks:
+            raise ValueError(
+                f"polarity constraint checks {list(checks)!r}: a non-empty subset of {WORD_CHECKS}"
+            )
+        self.polarity = polarity
+        self.rule = rule or ValidityRule()
+        self.checks = tuple(checks)
+        self._memo: dict[tuple[str, str], bool] = {}
+
+    def label_changing(self, old: str, new: str) -> bool:
+        """Whether swapping ``old`` for ``new`` is flagged by any of the checks (case-insensitive)."""
+        key = (old.lower(), new.lower())
+        if key not in self._memo:
+            self._memo[key] = any(word_checks(*key, self.polarity, self.rule, self.checks).values())
+        return self._memo[key]
+
+    def _check_constraint(self, transformed_text, reference_text) -> bool:
+        """No newly modified word is a label-changing replacement of the word it replaced."""
+        ref, new = reference_text.words, transformed_text.words
+        extra = len(new) - len(ref)
+        for i in transformed_text.attack_attrs["newly_modified_indices"]:
+            if i >= len(ref) or i >= len(new):
+                continue  # nothing replaced at i (an appended word): not a swap
+            replacement = " ".join(new[i : i + extra + 1]) if extra > 0 else new[i]
+            if self.label_changing(ref[i], replacement):
+                return False
+        return True
+
+    def check_compatibility(self, transformation) -> bool:
+        """Meaningful for word swaps only."""
+        return transformation_consists_of_word_swaps(transformation)
+
+    def extra_repr_keys(self) -> list[str]:
+        """Shown in ``print(attack)``."""
+        return ["checks", *super().extra_repr_keys()]
+
+
+def polarity_constraints(resources: AttackResources, options: Mapping | None) -> list[Constraint]:
+    """``[PolarityConstraint]`` for a recipe's ``polarity_constraint`` option, ``[]`` when it is None.
+
+    ``options``: ``{"checks": [...], "vader_threshold": t, "afinn_threshold": t}`` (``attack.validity``);
+    the lexicons come from ``resources.polarity`` (the bundle's ``polarity/``).
+    """
+    if options is None:
+        return []
+    if resources.polarity is None:
+        raise ValueError(
+            "the polarity constraint needs the attack bundle's polarity/ lexicons: rebuild models/attack "
+            "(the attack_resources stage)"
+        )
+    rule = ValidityRule(
+        vader_threshold=float(options.get("vader_threshold", 0.5)),
+        afinn_threshold=int(options.get("afinn_threshold", 1)),
+    )
+    return [PolarityConstraint(resources.polarity, rule, tuple(options.get("checks", WORD_CHECKS)))]
 
 
 def sentence_encoder(

@@ -41,6 +41,7 @@ from robustprune.attacks.components import (
     LowercaseStopwordModification,
     OneWordEmbeddingSwap,
     is_one_word,
+    polarity_constraints,
     sentence_encoder,
     untargeted_goal,
     word_embedding,
@@ -124,8 +125,13 @@ def build(
     seed: int = 0,
     encoder: MeanPooledEncoder | None = None,
     query_budget: int | None = None,
+    polarity_constraint: dict | None = None,
 ):
-    """A ``textattack.Attack`` implementing TextBugger (black-box, word level)."""
+    """A ``textattack.Attack`` implementing TextBugger (black-box, word level).
+
+    ``polarity_constraint``: reject label-changing swaps
+    (:func:`~robustprune.attacks.components.polarity_constraints`; issue #28, off by default).
+    """
     bugs = [CharBugSwap(kind, seed=seed) for kind in CHAR_BUGS]
     if resources.lookalikes:
         bugs.append(CharBugSwap("sub_c", lookalikes=resources.lookalikes))
@@ -142,6 +148,7 @@ def build(
     constraints = [
         _ta.constraints.pre_transformation.RepeatModification(),
         LowercaseStopwordModification(resources.stopwords),
+        *polarity_constraints(resources, polarity_constraint),
         EncoderSimilarity(
             sentence_encoder(resources, encoder),
             threshold=sim_threshold,

@@ -40,6 +40,17 @@ Without a tagger (spaCy missing, or a bundle built without it) and with ``pos="l
 WordNet check :class:`~robustprune.attacks.components.LexicalPartOfSpeech` runs instead; which one
 ran is :func:`~robustprune.attacks.components.pos_label` of the attack.
 
+Options beyond the paper (issue #28; both off by default, so the recipe stays the papers'):
+
+* ``adjusted=True``: Morris et al. 2020's adjusted TextFooler ("Reevaluating Adversarial Examples in
+  Natural Language", Findings of EMNLP 2020, Table 6; textattack's ``Jin2019TextFoolerAdjusted``): word
+  cosine >= 0.9 (``ADJUSTED_MIN_COS_SIM``), sentence-encoder *cosine* >= 0.98 (``ADJUSTED_SIM_THRESHOLD``)
+  on the 15-word window, short texts compared whole at the same bar (``short_text="strict"``, their
+  ``skip_text_shorter_than_window=False``). Their third constraint, no new LanguageTool grammar error,
+  needs a LanguageTool server (Java, downloaded at run time) and is left out.
+* ``polarity_constraint``: reject swaps with opposite lexicon polarity or WordNet antonyms
+  (:class:`~robustprune.attacks.components.PolarityConstraint`), checked before the costly constraints.
+
 Deviations from the paper (all forced by the offline setting):
 
 * Word vectors: ``AttackResources.vectors`` (counter-fitted GloVe, Mrksic et al. 2016, built
@@ -59,6 +70,7 @@ from robustprune.attacks.components import (
     LowercaseStopwordModification,
     OneWordEmbeddingSwap,
     part_of_speech,
+    polarity_constraints,
     sentence_encoder,
     untargeted_goal,
     word_embedding,
@@ -73,6 +85,8 @@ from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
 
 NAME = "textfooler"
+ADJUSTED_MIN_COS_SIM = 0.9  # Morris et al. 2020, adjusted TextFooler: word-embedding cosine
+ADJUSTED_SIM_THRESHOLD = 0.98  # ... and sentence-encoder cosine
 
 
 def build(
@@ -91,13 +105,25 @@ def build(
     encoder: MeanPooledEncoder | None = None,
     tagger: ContextTagger | None = None,
     query_budget: int | None = None,
+    adjusted: bool = False,
+    polarity_constraint: dict | None = None,
 ):
     """A ``textattack.Attack`` implementing TextFooler (see the module docstring for every option).
 
     ``pos``: "tagger" (contextual; falls back to "lexical" without a tagger) or "lexical";
     ``short_text``: "released", "strict" or "skip"; ``tagger``: a shared
     :class:`~robustprune.attacks.tagger.ContextTagger` (default: loaded from ``resources``).
+    ``adjusted``: Morris et al.'s thresholds, overriding ``min_cos_sim``, ``sim_threshold``,
+    ``sim_metric`` and ``short_text``; ``polarity_constraint``: the options of
+    :func:`~robustprune.attacks.components.polarity_constraints` (None: no such constraint).
     """
+    if adjusted:
+        min_cos_sim, sim_threshold, sim_metric, short_text = (
+            ADJUSTED_MIN_COS_SIM,
+            ADJUSTED_SIM_THRESHOLD,
+            "cosine",
+            "strict",
+        )
     ta = import_textattack()
     embedding = word_embedding(resources.vectors)
     pos_constraint, _ = part_of_speech(
@@ -109,6 +135,7 @@ def build(
     constraints = [
         ta.constraints.pre_transformation.RepeatModification(),
         LowercaseStopwordModification(resources.stopwords),
+        *polarity_constraints(resources, polarity_constraint),
         ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=min_cos_sim),
         pos_constraint,
         EncoderSimilarity(

@@ -44,6 +44,8 @@ class AttackResources:
     ``mlm_dir``: masked-LM directory (``AutoModelForMaskedLM`` loads it) for BERT-Attack.
     ``tagger_dir``: spaCy pipeline directory for the contextual part-of-speech check (TextFooler);
     ``None``: the WordNet lexical check (``pos``) is used instead.
+    ``polarity``: VADER, AFINN and WordNet antonyms (:class:`robustprune.attacks.validity.Polarity`) for
+    the polarity constraint; ``None`` when the bundle has no ``polarity/``.
     """
 
     vectors: WordVectors
@@ -54,3 +56,5 @@ class AttackResources:
     mlm_dir: Path | None = None
     tagger_dir: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # robustprune.attacks.validity.Polarity (the bundle's polarity/): the polarity constraint's lexicons
+    polarity: object | None = None
