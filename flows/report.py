@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -30,10 +31,12 @@ from robustprune.report import (
     transfer_plot,
     transfer_rate,
 )
-from robustprune.verdicts import compare, transfer_clusters
+from robustprune.verdicts import compare, is_robustness_metric, transfer_clusters
 from tasks.common import Layout, default_task_runner, load, stage_run
 from tasks.tracking import log_model_runs
 
+#: the verdict under attack when the run recorded no labels (no degeneracy check possible)
+UNKNOWN_BALANCE = "no verdict (class balance unknown: re-run evaluate)"
 #: how many example perturbations per recipe the report shows
 EXAMPLES_PER_RECIPE = 30
 
@@ -140,6 +143,12 @@ def build_report(
         balance=balance,
         transfer=evaluation.get("transfer", []),
     )
+    if not balance:  # no labels in eval.json (a run before issue #23): whether a model reads its input is
+        # unknown, so no robustness verdict at all rather than one that may rest on a constant predictor
+        comparisons = [
+            dataclasses.replace(c, verdict=UNKNOWN_BALANCE) if is_robustness_metric(c.metric) else c
+            for c in comparisons
+        ]
     for c in comparisons:
         if c.n_a != c.n_b or c.diff.n != min(c.n_a, c.n_b):
             print(f"pairing {c.a} vs {c.b} on {c.metric}: {c.diff.n} common rows of {c.n_a} and {c.n_b}")

@@ -225,6 +225,7 @@ def headline(x: ReportInputs) -> list[str]:
 
 
 _SHORT = {BETTER: "better", WORSE: "worse", NOT_JUDGED: "no verdict", "no measurable difference": "n.s."}
+_SHORT["no verdict (class balance unknown: re-run evaluate)"] = "no verdict (class balance unknown)"
 
 
 def _metric_short(metric: str) -> str:
