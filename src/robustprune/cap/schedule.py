@@ -68,3 +68,36 @@ def stages(
         out.append(Stage(i, prev, float(s), warmup if i == 0 else 0, ramps[i], holds[i]))
         prev = float(s)
     return out
+
+
+def separate(
+    sparsities: Sequence[float], warmup: int, ramp: int | Sequence[int], hold: int | Sequence[int]
+) -> list[Stage]:
+    """One independent run per sparsity (the reference: one run to one target): every stage starts dense,
+    with the warm-up, and ramps from 0 to its own target."""
+    staged = stages(sparsities, warmup, ramp, hold)
+    return [Stage(st.index, 0.0, st.final, warmup, st.ramp, st.hold) for st in staged]
+
+
+def schedule(
+    sparsities: Sequence[float],
+    warmup: int,
+    ramp: int | Sequence[int],
+    hold: int | Sequence[int],
+    *,
+    path: str = "staged",
+    unit: int = 1,
+) -> list[Stage]:
+    """The stages of ``cap.path`` (``staged`` | ``separate``) with lengths counted in units of ``unit`` steps
+    (1: ``cap.length_unit: steps``; the steps of one epoch: ``epochs``)."""
+    if unit < 1:
+        raise ValueError(f"a length unit is at least one step, got {unit}")
+
+    def times(v: int | Sequence[int]) -> int | list[int]:
+        return v * unit if isinstance(v, int) else [x * unit for x in v]
+
+    if path == "staged":
+        return stages(sparsities, warmup * unit, times(ramp), times(hold))
+    if path == "separate":
+        return separate(sparsities, warmup * unit, times(ramp), times(hold))
+    raise ValueError(f"cap.path {path!r} is not one of ['staged', 'separate']")
