@@ -25,7 +25,7 @@ from prefect.logging import get_run_logger
 
 from robustprune.cap import masks as cap_masks
 from robustprune.cap import structured as cap_structured
-from robustprune.cap.banks import Encoded, encode, stack
+from robustprune.cap.banks import build_banks, encode, stack
 from robustprune.cap.examples import Examples
 from robustprune.cap.latency import measure
 from robustprune.cap.loss import LossWeights, cap_loss, forward_student
@@ -228,6 +228,13 @@ def _exported(dest: Path, key: str) -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- banks
+def bank_models(params: Params, layout: Layout) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the pre-trained encoder: PrC, the fine-tuned dense model: FiC and the KD teacher's logits)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(layout.base_model)), load_classifier(source_model(params, layout))
+
+
 @task(name="cap-banks", tags=["gpu"])
 def cap_banks(params: Params, layout: Layout) -> dict:
     """PrC bank (pre-trained encoder), FiC bank and the teacher's logits (dense soup), no gradient."""
@@ -249,19 +256,16 @@ def cap_banks(params: Params, layout: Layout) -> dict:
     if (work / "metrics.json").is_file():
         logger.info("cache hit: CAP banks for the same models, examples and representation")
         return read_json(work / "metrics.json")
-    from transformers import AutoModel
-
     device = resolve_device(params.runtime.device)
     tok = load_tokenizer(teacher_dir)
     examples, rows = _examples(params, layout, tok)
     t0 = time.perf_counter()
-    kw = {"batch_size": cap.bank_batch_size, "device": device, "progress": params.runtime.progress}
-    prc = encode(
-        AutoModel.from_pretrained(str(layout.base_model)), examples, cap.representation, desc="PrC", **kw
-    )
-    fic: Encoded = encode(load_classifier(teacher_dir), examples, cap.representation, desc="FiC", **kw)
+    pretrained, finetuned = bank_models(params, layout)
+    tensors = build_banks(
+        pretrained, finetuned, examples, cap.representation,
+        batch_size=cap.bank_batch_size, device=device, progress=params.runtime.progress,
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
-    assert fic.logits is not None
     dense_correct, dense_pred = _test_outcomes(params, layout, load_classifier(teacher_dir), tok)
     metrics = {
         "key": key,
@@ -274,16 +278,7 @@ def cap_banks(params: Params, layout: Layout) -> dict:
         "test_labels": [int(y) for y in load_splits(layout.data).test["label"]],
     }
     with atomic_dir(work) as tmp:
-        save_tensors(
-            tmp / "banks.safetensors",
-            {
-                "prc": prc.vectors,
-                "fic": fic.vectors,
-                "teacher_logits": fic.logits,
-                "labels": examples.labels,
-                "rows": torch.as_tensor(rows, dtype=torch.long),
-            },
-        )
+        save_tensors(tmp / "banks.safetensors", {**tensors, "rows": torch.as_tensor(rows, dtype=torch.long)})
         write_json(tmp / "metrics.json", metrics)
     return metrics
 

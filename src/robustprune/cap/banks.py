@@ -77,6 +77,21 @@ def encode(
     return Encoded(vectors=vectors, logits=logits)
 
 
+def build_banks(
+    pretrained: nn.Module, finetuned: nn.Module, examples: Examples, how: str, **kw: object
+) -> dict[str, torch.Tensor]:
+    """The fixed banks (eval mode, no gradient): ``prc`` from the pre-trained encoder, ``fic`` and the KD
+    teacher's ``teacher_logits`` from the fine-tuned dense classifier (one pass), and the ``labels``.
+    ``kw``: :func:`encode`'s batch_size / device / progress."""
+    prc = encode(pretrained, examples, how, desc="PrC", **kw)  # type: ignore[arg-type]
+    fic = encode(finetuned, examples, how, desc="FiC", **kw)  # type: ignore[arg-type]
+    if fic.logits is None:
+        raise ValueError(
+            "the FiC bank's model must be the fine-tuned classifier (it also gives the KD logits)"
+        )
+    return {"prc": prc.vectors, "fic": fic.vectors, "teacher_logits": fic.logits, "labels": examples.labels}
+
+
 def stack(snapshots: list[torch.Tensor]) -> torch.Tensor:
     """(N, H) vectors of R snapshots -> one bank (N, R, H)."""
     if not snapshots:
