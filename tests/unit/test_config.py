@@ -357,12 +357,7 @@ def test_evidence_profile_is_params_yaml_with_more_attacks():
     evidence = _leaves(yaml.safe_load((ROOT / "params-evidence.yaml").read_text()))
     changed = {k for k in default.keys() | evidence.keys() if default.get(k) != evidence.get(k)}
     assert {"attack.num_examples", "attack.more.models"} <= changed
-    assert changed <= {
-        "attack.num_examples",
-        "attack.models",
-        "attack.more.models",
-        "attack.more.num_examples",
-    }
+    assert changed <= {"attack.num_examples", "attack.models", "attack.more.models", "attack.more.num_examples"}
     p = load_params(ROOT / "params-evidence.yaml")
     assert p.attack.num_examples > default["attack.num_examples"] and p.attack.more.num_examples >= 100
     assert len(p.more_attacked_models()) == len(p.attack.more.models)  # each one a model the run builds
