@@ -37,6 +37,20 @@ from pathlib import Path
 import _common  # noqa: F401  (paths and offline settings first)
 from _common import RESULTS, ROOT, provenance
 
+SDS_LAYER_TESTS = [
+    "test_quadratic_stats_objective_matches_token_loss",
+    "test_lipschitz_is_an_upper_bound_close_to_lambda_max",
+    "test_unregularised_reactivation_converges_to_least_squares",
+    "test_unregularised_reactivation_reproduces_dense_outputs_on_dense_inputs",
+    "test_adam_decreases_the_objective",
+    "test_large_penalty_keeps_pruned_positions_at_zero",
+    "test_penalty_is_only_on_previously_pruned_positions",
+    "test_dense_init_starts_from_the_dense_weight",
+    "test_adjust_layer_keeps_the_mask_and_improves",
+    "test_options_are_validated",
+    "test_lr_is_validated_per_optimiser",
+    "test_only_the_proximal_optimisers_make_exact_zeros",
+]
 # group -> (files to mutate, unit test files that are about them)
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "stats": (["src/robustprune/stats.py"], ["tests/unit/test_stats.py"]),
@@ -48,7 +62,10 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["src/robustprune/pruning/*.py"],
         ["tests/unit/test_pruning_kernels.py", "tests/unit/test_sequential.py"],
     ),
-    "sds_layer": (["src/robustprune/sds_layer.py"], ["tests/unit/test_sds.py"]),
+    "sds_layer": (  # the layer-level tests (test_sds.py's model-level ones exercise the driver, sds.py)
+        ["src/robustprune/sds_layer.py"],
+        ["tests/unit/test_sds_layer.py"] + [f"tests/unit/test_sds.py::{t}" for t in SDS_LAYER_TESTS],
+    ),
     "cap": (
         [
             "src/robustprune/cap/loss.py",
@@ -70,6 +87,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 # lines never mutated: an error's wording and progress display are not the maths (the condition that raises
 # the error still is mutated, and so is everything it guards)
 NOT_MUTATED = [r"raise \w+\(", r'^\s+f"', r"set_postfix\(", r"tqdm\(", r"logger\.\w+\("]
+ALSO_COPY = ("tasks", "flows")
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 KILLED = {"killed", "timeout"}
 
@@ -88,20 +106,22 @@ def _mutmut_config(files: list[str], tests: list[str]) -> str:
             ["-p", "no:cacheprovider", "-m", "not slow and not integration and not reliability and not gpu"]
         )
         + "\n"
+        f"also_copy = {arr([d + '/' for d in ALSO_COPY])}\n"
         'on_dependency_change = "ignore"\n'
         f"do_not_mutate_patterns = {arr(NOT_MUTATED)}\n"
     )
 
 
 def _prepare(group: str, files: list[str], tests: list[str]) -> Path:
-    """A fresh scratch copy with only what the unit tests import: src/, tests/, pyproject.toml."""
+    """A fresh scratch copy with only what the unit tests import: src/, tests/, tasks/, flows/, pyproject.toml."""
     work = ROOT / ".cache" / "mutation" / group
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(ROOT / "src", work / "src", ignore=ignore)
-    shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    for extra in ("tests", *ALSO_COPY):  # tests import tasks/ (not mutated) here and there
+        shutil.copytree(ROOT / extra, work / extra, ignore=ignore)
     text = (ROOT / "pyproject.toml").read_text()
     (work / "pyproject.toml").write_text(
         re.sub(r"\n\[tool\.mutmut\][^\[]*", "\n", text) + _mutmut_config(files, tests)
