@@ -60,7 +60,11 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "fidelity": (["src/robustprune/fidelity.py"], ["tests/unit/test_fidelity.py"]),
     "pruning": (
         ["src/robustprune/pruning/*.py"],
-        ["tests/unit/test_pruning_kernels.py", "tests/unit/test_sequential.py"],
+        [
+            "tests/unit/test_pruning_kernels.py",
+            "tests/unit/test_sequential.py",
+            "tests/unit/test_pruning_masks.py",
+        ],
     ),
     "sds_layer": (  # the layer-level tests (test_sds.py's model-level ones exercise the driver, sds.py)
         ["src/robustprune/sds_layer.py"],
