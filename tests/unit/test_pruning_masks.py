@@ -168,3 +168,161 @@ def test_accumulate_diag_running_mean_and_empty_batches():
     assert n == 0 and torch.equal(kept, d2)
     one, n = accumulate_diag(None, torch.tensor([[2.0, 1.0]]), 0)
     assert n == 1 and torch.allclose(one, torch.tensor([8.0, 2.0]))
+
+
+# ---------------------------------------------------------------------------------------------- RAKP
+def _rakp_oracle(W, H, cross, ridge, jitter=0.0):
+    """Δ = W · cross · (H̃' + λI + jitter·I)⁻¹ in float64, H̃' = H̃ with zero diagonal entries set to 1,
+    λ = ridge · mean(diag H̃')."""
+    A = H.double().clone()
+    d = A.diagonal()
+    d[d == 0] = 1.0
+    lam = ridge * float(d.mean())
+    A = A + (lam + jitter) * torch.eye(A.shape[0], dtype=torch.float64)
+    return (W.double() @ cross.double() @ torch.linalg.inv(A)).float()
+
+
+def _stats(d_in=5, seed=0, scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(30, d_in, generator=g, dtype=torch.float64) * scale
+    Xt = X + 0.1 * torch.randn(30, d_in, generator=g, dtype=torch.float64)
+    X[:, 3] = 0.0  # a dead input of the pruned stream
+    Xt[:, 3] = 0.0
+    H = 2 / 30 * Xt.T @ Xt
+    cross = 2 / 30 * (X - Xt).T @ Xt
+    W = torch.randn(4, d_in, generator=g)
+    return W, H, cross
+
+
+def test_rakp_correction_is_the_ridge_solve_with_dead_inputs_and_float64_inputs():
+    """Δ = W·cross·(H̃ + λI)⁻¹, λ = ridge·mean(diag), dead inputs a unit diagonal; float64 statistics work
+    (converted to float32 on W's device)."""
+    from robustprune.pruning.rakp import rakp_correction
+
+    W, H, cross = _stats()
+    for ridge in (1e-4, 0.5):
+        got = rakp_correction(W, H, cross, ridge)
+        assert got.dtype == torch.float32 and torch.allclose(got, _rakp_oracle(W, H, cross, ridge), atol=1e-4)
+    assert got[:, 3].abs().sum() == 0  # the dead column's correction is zero
+    zero = rakp_correction(W.double(), H, torch.zeros_like(cross), 0.1)
+    assert zero.dtype == torch.float32 and zero.shape == W.shape and not zero.any()
+    bad = cross.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        rakp_correction(W, H, bad, 0.1)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        rakp_correction(W, bad, cross, 0.1)
+
+
+def test_rakp_correction_jitters_a_singular_hessian_from_one_millionth_of_its_scale():
+    """ridge 0 and a singular H̃ (two identical inputs): Cholesky fails and the first jitter,
+    mean(diag)·1e-6, is the one used. With a cross term along H̃'s null direction the correction there
+    grows as 1/jitter, so its size tells which jitter solved it (float32: to within a factor of 2)."""
+    from robustprune.pruning.rakp import rakp_correction
+
+    g = torch.Generator().manual_seed(1)
+    Xt = torch.randn(20, 3, generator=g, dtype=torch.float64) * 0.3
+    Xt[:, 2] = Xt[:, 1]
+    H = 2 / 20 * Xt.T @ Xt
+    cross = torch.randn(3, 3, generator=g, dtype=torch.float64) * 0.1
+    W = torch.randn(2, 3, generator=g)
+    scale = float(H.diagonal().mean())
+    assert scale < 1
+    got = float(rakp_correction(W, H, cross, 0.0).norm())
+    first = float(_rakp_oracle(W, H, cross, 0.0, jitter=scale * 1e-6).norm())
+    second = float(_rakp_oracle(W, H, cross, 0.0, jitter=scale * 1e-4).norm())
+    assert 0.5 < got / first < 2 and first > 20 * second
+
+
+def test_rakp_prune_defaults_zero_weight_and_dampening():
+    """Defaults α 1 and ridge 1e-4 (the paper's full refit); a zero W has delta_norm 0; the dampening given
+    reaches SparseGPT on both paths and its damp is reported."""
+    from robustprune.pruning.rakp import rakp_correction, rakp_prune
+    from robustprune.pruning.sparsegpt import sparsegpt_prune
+
+    W, H, cross = _stats(d_in=8)
+    H, cross = H.float(), cross.float()
+    p = Pattern(0.5)
+    default = rakp_prune(W, H, cross, p)
+    explicit = rakp_prune(W, H, cross, p, alpha=1.0, ridge=1e-4)
+    assert torch.equal(default.weight, explicit.weight) and default.delta_norm == explicit.delta_norm
+    delta = rakp_correction(W, H, cross, 1e-4)
+    assert default.delta_norm == pytest.approx(float(delta.norm()) / float(W.norm()), rel=1e-5)
+    ref = sparsegpt_prune(W + delta, H, p, dampening=0.2)
+    got = rakp_prune(W, H, cross, p, dampening=0.2)
+    assert torch.allclose(got.weight, ref.weight, atol=1e-6) and got.damp == ref.damp and got.damp is not None
+    plain = rakp_prune(W, H, None, p, dampening=0.2)
+    assert torch.equal(plain.weight, sparsegpt_prune(W, H, p, dampening=0.2).weight)
+    assert plain.damp == sparsegpt_prune(W, H, p, dampening=0.2).damp
+    assert rakp_prune(torch.zeros_like(W), H, cross, p).delta_norm == 0.0
+    off = rakp_prune(W, H, cross, p, alpha=0.0)  # α 0: SparseGPT itself, no correction computed
+    assert torch.equal(off.weight, sparsegpt_prune(W, H, p).weight) and off.delta_norm == 0.0
+
+
+def test_sparsegpt_accepts_a_block_of_one_column():
+    from robustprune.pruning.sparsegpt import sparsegpt_prune
+
+    W, H, _ = _stats(d_in=6)
+    one = sparsegpt_prune(W, H.float() + 0.1 * torch.eye(6), Pattern(0.5), block_size=1)
+    assert int((~one.mask).sum()) == 12
+    with pytest.raises(ValueError):
+        sparsegpt_prune(W, H.float(), Pattern(0.5), block_size=0)
+
+
+# -------------------------------------------------------------------------------- streams / head errors
+def test_kl_sum_over_rows_in_chunks():
+    from robustprune.pruning.rakp_alpha import kl_sum
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(7, 3, generator=g), torch.randn(7, 3, generator=g)
+    p, q = torch.softmax(a.double(), -1), torch.softmax(b.double(), -1)
+    want = float((p * (p.log() - q.log())).sum())
+    assert kl_sum(a, b) == pytest.approx(want) and kl_sum(a, b, chunk=2) == pytest.approx(want)
+    assert kl_sum(a, a) == pytest.approx(0.0, abs=1e-12)
+    wide = torch.randn(2, 300, generator=g)  # more classes than rows and than a chunk
+    assert kl_sum(wide, wide.flip(-1)) > 0
+    pw, qw = torch.softmax(wide.double(), -1), torch.softmax(wide.flip(-1).double(), -1)
+    assert kl_sum(wide, wide.flip(-1)) == pytest.approx(float((pw * (pw.log() - qw.log())).sum()))
+
+
+def test_stream_relative_error_counts_real_tokens_only():
+    from robustprune.pruning.streams import relative_error
+
+    ref = [torch.tensor([[3.0, 4.0], [9.0, 9.0]]), torch.tensor([[0.5, 0.5]])]
+    got = [torch.tensor([[3.0, 1.0], [0.0, 0.0]]), torch.tensor([[0.5, 0.0]])]
+    masks = [torch.tensor([True, False]), torch.tensor([True])]
+    assert relative_error(ref, got, masks) == pytest.approx((9.0 + 0.25) / (25.0 + 0.5))
+    small = [torch.tensor([[0.1, 0.2]])]
+    assert relative_error(small, [torch.zeros(1, 2)], [torch.tensor([True])]) == pytest.approx(1.0)
+    assert relative_error([torch.zeros(1, 2)], [torch.ones(1, 2)], [torch.tensor([True])]) == pytest.approx(
+        2e30
+    )
+
+
+def test_extras_round_trip_keeps_tuples_lists_dicts_and_refuses_non_str_keys():
+    from robustprune.pruning.streams import flatten_extras, unflatten_extras
+
+    t = torch.arange(3.0)
+    extras = [((t, None, (1, [2.5, "x"])), {"mask": t + 1, "flag": True})]
+    tensors, skeleton = flatten_extras(extras)
+    assert set(tensors) == {"b0.0.0", "b0.1.mask"}
+    back = unflatten_extras(tensors, skeleton)
+    (args, kwargs) = back[0]
+    assert isinstance(args, tuple) and isinstance(args[2], tuple) and isinstance(args[2][1], list)
+    assert torch.equal(args[0], t) and args[1] is None and args[2] == (1, [2.5, "x"])
+    assert torch.equal(kwargs["mask"], t + 1) and kwargs["flag"] is True and args[0].device.type == "cpu"
+    with pytest.raises(TypeError, match="cannot persist"):
+        flatten_extras([((), {1: t})])
+
+
+def test_head_logit_errors_are_relative_and_kl_is_a_row_mean():
+    from robustprune.pruning.rakp_alpha import kl_sum
+    from robustprune.pruning.rakp_head import _logit_errors
+
+    d = [torch.tensor([[1.0, 2.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0]])]
+    g = [torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0]])]
+    rel, kl, rows = _logit_errors(d, g)
+    assert rows == 3 and rel == pytest.approx((1.0 + 4.0) / (1 + 4 + 1 + 4))
+    assert kl == pytest.approx((kl_sum(d[0], g[0]) + kl_sum(d[1], g[1])) / 3)
+    tiny = [torch.tensor([[0.1, 0.0]])]
+    assert _logit_errors(tiny, [torch.zeros(1, 2)])[0] == pytest.approx(1.0)
