@@ -292,6 +292,11 @@ def main() -> None:
     ap.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (2 cores: 2)")
     ap.add_argument("--out", type=Path, default=RESULTS / "mutation.json")
     ap.add_argument("--list", action="store_true", help="print the groups, their files and tests, and exit")
+    ap.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="re-read the last run's scratch copies (e.g. after editing mutation_equivalent.json); no mutmut",
+    )
     args = ap.parse_args()
     if args.list:
         for g, (files, tests) in GROUPS.items():
@@ -304,11 +309,24 @@ def main() -> None:
     prov = provenance()
     for g in args.groups:
         print(f"[mutation] {g}: {' '.join(GROUPS[g][0])}", flush=True)
-        groups[g] = run_group(g, args.max_children, equivalent)
-        runs[g] = prov
+        if args.collect_only:
+            old = groups.get(g, {})
+            groups[g] = {
+                **_collect(g, ROOT / ".cache" / "mutation" / g, equivalent),
+                **{k: old[k] for k in ("seconds", "mutated", "tests", "tests_missing") if k in old},
+            }
+        else:
+            groups[g] = run_group(g, args.max_children, equivalent)
+            runs[g] = prov
         r = groups[g]
         print(f"[mutation] {g}: {r['total']} mutants, score {r['score']}, {r['seconds']:.0f} s", flush=True)
+        present = [groups[k] for k in GROUPS if k in groups]
+        counts = ("total", "killed", "timeout", "survived", "no_tests", "equivalent", "other")
+        overall = {c: sum(r[c] for r in present) for c in counts}
+        denom = overall["total"] - overall["equivalent"]
+        overall["score"] = round((overall["killed"] + overall["timeout"]) / denom, 4) if denom else None
         result = {
+            "overall": overall,
             "groups": {k: groups[k] for k in GROUPS if k in groups},
             "runs": {k: runs[k] for k in GROUPS if k in runs},
             "score": "(killed + timeout) / (total - equivalent); no-tests mutants count as survivors",
@@ -318,6 +336,7 @@ def main() -> None:
 
         write_json(args.out, result)
     print(_table({k: groups[k] for k in GROUPS if k in groups}))
+    print(f"overall: {result['overall']}")
 
 
 if __name__ == "__main__":
