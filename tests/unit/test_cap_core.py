@@ -232,6 +232,11 @@ def test_schedule_units_paths_and_stage_indices():
         (1, 0.0, 0.9, 14, 35, 21),
     ]
     assert separate([0.5], 1, 2, 3) == [Stage(0, 0.0, 0.5, 1, 2, 3)]
+    assert schedule([0.5, 0.9], 1, 2, 3) == stages([0.5, 0.9], 1, 2, 3)  # defaults: staged, in steps
+    with pytest.raises(ValueError, match="ramp has 1 entries"):
+        separate([0.5, 0.9], 0, [1], 1)
+    with pytest.raises(ValueError, match="hold has 3 entries"):
+        separate([0.5, 0.9], 0, 1, [1, 2, 3])
     with pytest.raises(ValueError, match="path"):
         schedule([0.5], 0, 1, 1, path="zigzag")
     with pytest.raises(ValueError, match="at least one step"):
@@ -465,6 +470,9 @@ def test_select_neurons_protects_the_first_of_tied_neurons():
     out = st.select_neurons(scores, 2 * 3000 - 2)
     assert out == [list(range(1, 3000)), list(range(1, 3000))]
     assert st.select_neurons([torch.tensor([0.2, 0.1, 0.3])], 2) == [[0, 1]]
+    assert st.select_neurons([torch.tensor([0.2, 0.1, 0.3])], 1, min_neurons=2) == [[1]]
+    with pytest.raises(ValueError, match="removable"):
+        st.select_neurons([torch.tensor([0.2, 0.1, 0.3])], 2, min_neurons=2)
 
 
 def test_is_structured_and_load_structured_edges(tmp_path):

@@ -75,8 +75,9 @@ def separate(
 ) -> list[Stage]:
     """One independent run per sparsity (the reference: one run to one target): every stage starts dense,
     with the warm-up, and ramps from 0 to its own target."""
-    staged = stages(sparsities, warmup, ramp, hold)
-    return [Stage(st.index, 0.0, st.final, warmup, st.ramp, st.hold) for st in staged]
+    ramps = _per_stage(ramp, len(sparsities), "ramp")
+    holds = _per_stage(hold, len(sparsities), "hold")
+    return [Stage(i, 0.0, float(s), warmup, ramps[i], holds[i]) for i, s in enumerate(sparsities)]
 
 
 def schedule(
