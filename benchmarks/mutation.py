@@ -58,13 +58,31 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "adversarial": (["src/robustprune/adversarial.py"], ["tests/unit/test_adversarial.py"]),
     "soup": (["src/robustprune/soup.py"], ["tests/unit/test_soup.py"]),
     "fidelity": (["src/robustprune/fidelity.py"], ["tests/unit/test_fidelity.py"]),
+    # the kernels are judged by the kernel tests; the model-level driver (block streams, the layer-wise
+    # engine, α selection, the head refit) by test_sequential.py, whose whole-model runs would make every
+    # kernel mutant cost minutes
     "pruning": (
-        ["src/robustprune/pruning/*.py"],
         [
-            "tests/unit/test_pruning_kernels.py",
-            "tests/unit/test_sequential.py",
-            "tests/unit/test_pruning_masks.py",
+            "src/robustprune/pruning/__init__.py",
+            "src/robustprune/pruning/hessian.py",
+            "src/robustprune/pruning/magnitude.py",
+            "src/robustprune/pruning/masks.py",
+            "src/robustprune/pruning/rakp.py",
+            "src/robustprune/pruning/result.py",
+            "src/robustprune/pruning/sparsegpt.py",
+            "src/robustprune/pruning/wanda.py",
         ],
+        ["tests/unit/test_pruning_kernels.py", "tests/unit/test_pruning_masks.py"],
+    ),
+    "pruning_driver": (
+        [
+            "src/robustprune/pruning/layerwise.py",
+            "src/robustprune/pruning/rakp_alpha.py",
+            "src/robustprune/pruning/rakp_head.py",
+            "src/robustprune/pruning/sequential.py",
+            "src/robustprune/pruning/streams.py",
+        ],
+        ["tests/unit/test_sequential.py", "tests/unit/test_pruning_masks.py"],
     ),
     "sds_layer": (  # the layer-level tests (test_sds.py's model-level ones exercise the driver, sds.py)
         ["src/robustprune/sds_layer.py"],
