@@ -498,3 +498,10 @@ def test_is_structured_and_load_structured_edges(tmp_path):
     save_file(state, str(f))
     with pytest.raises(ValueError, match="do not fit"):
         st.load_structured(tmp_path / "small")
+
+
+def test_kd_loss_takes_the_teachers_logits_to_the_students_dtype():
+    s = torch.tensor([[2.0, -1.0], [0.5, 0.2]])
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    got = kd_loss(s, t, 2.0)
+    assert got.dtype == torch.float32 and torch.equal(got, kd_loss(s, t.float(), 2.0))

@@ -247,3 +247,41 @@ def test_options_refuse_each_negative_count(kw):
 
 def test_options_allow_zero_steps():
     assert SDSOptions(steps=0, final_adjust_steps=0, l1=0.0, group_size=1).steps == 0
+
+
+# ---------------------------------------------------------------------------- edges the mutation run found
+def test_lipschitz_small_spectra_one_and_zero_iterations():
+    """No floor at 1 (a spectrum below 1 keeps its scale); one iteration is 1.05 × the Rayleigh quotient of the
+    seeded start vector; zero iterations give the 1e-30 floor (no estimate yet)."""
+    H = torch.diag(torch.tensor([0.1, 0.2]))
+    assert lipschitz(H) == pytest.approx(0.21, rel=1e-5)
+    H3 = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.5]])
+    v = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    assert lipschitz(H3, iters=1) == pytest.approx(1.05 * float(v @ H3 @ v) / float(v @ v), rel=1e-6)
+    assert lipschitz(H3, iters=0) == 1e-30
+
+
+def test_penalty_fallback_with_a_single_kept_weight_in_the_layer():
+    W = torch.tensor([[2.0, 1.0], [4.0, 3.0]])
+    mask = torch.tensor([[True, False], [False, False]])  # one kept weight; row 1 keeps nothing
+    H = torch.eye(2)
+    pen = penalty_weights(W, mask, H, 1.0)
+    assert pen.tolist() == [[0.0, 2.0], [2.0, 2.0]]  # row 1 uses the layer mean kept score: 2 / 1
+
+
+def test_small_targets_and_norms_are_not_treated_as_zero():
+    stats = LayerStats(H=torch.eye(2) * 2, B=torch.tensor([[0.2, 0.0]]), y_sq=0.01)  # Y = 0.1 x_0 over N
+    assert relative_error(torch.zeros(1, 2), stats) == pytest.approx(1.0)
+    rep = _fit_report(
+        "x", torch.zeros(1, 2), torch.tensor([[0.3, 0.4]]), torch.tensor([[True, False]]), stats, 1, 0.0
+    )
+    assert rep.reactivated == pytest.approx(0.8)  # ‖W_P‖ / ‖W‖ with ‖W‖ = 0.5
+
+
+def test_adjust_layer_uses_the_options_optimizer():
+    _, W, stats = _problem()
+    mask = torch.rand(W.shape, generator=torch.Generator().manual_seed(5)) > 0.5
+    opts = SDSOptions(optimizer="ista", final_adjust_steps=3, adjust_lr=1.0)
+    got, _ = adjust_layer(W * mask, mask, stats, opts)
+    assert torch.equal(got, fit_layer(W * mask, stats, steps=3, lr=1.0, optimizer="ista", free=mask))
+    assert not torch.allclose(got, fit_layer(W * mask, stats, steps=3, lr=1.0, optimizer="fista", free=mask))
