@@ -55,6 +55,8 @@ def _parse_variant(text: str) -> tuple[str, dict]:
             out[key] = [float(x) for x in value.split("+")]
         else:
             out[key] = yaml.safe_load(value)
+    if "modules" in out:  # a variant trains one module set: no ablation list to clash with it
+        out.setdefault("ablations", [])
     return name, out
 
 
