@@ -326,3 +326,64 @@ def test_head_logit_errors_are_relative_and_kl_is_a_row_mean():
     assert kl == pytest.approx((kl_sum(d[0], g[0]) + kl_sum(d[1], g[1])) / 3)
     tiny = [torch.tensor([[0.1, 0.0]])]
     assert _logit_errors(tiny, [torch.zeros(1, 2)])[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("neg", "jitter"),
+    [(-1e-7, 1e-6), (-1e-5, 1e-4), (-0.05, 1.0)],
+    ids=["first-jitter", "second-jitter", "last-jitter"],
+)
+def test_rakp_correction_jitter_ladder_on_an_indefinite_diagonal(neg, jitter):
+    """H̃ = diag(1, 0.5, neg) with ridge 0: Cholesky fails until the jitter scale·10^e (e = −6, −4, −2, 0,
+    scale = mean diag) makes the last pivot positive; the solve then divides column 2 by neg + that jitter."""
+    from robustprune.pruning.rakp import rakp_correction
+
+    H = torch.diag(torch.tensor([1.0, 0.5, neg]))
+    cross = torch.tensor([[0.3, 0.1, 0.2], [0.0, 0.4, 0.1], [0.2, 0.0, 0.5]])
+    W = torch.tensor([[1.0, -2.0, 0.5]])
+    scale = float(H.diagonal().mean())
+    d = torch.tensor([1.0 + scale * jitter, 0.5 + scale * jitter, neg + scale * jitter])
+    got = rakp_correction(W, H, cross, 0.0)
+    assert torch.allclose(got, (W @ cross) / d, rtol=1e-3)
+
+
+def test_rakp_correction_names_the_matrix_of_the_wrong_shape():
+    from robustprune.pruning.rakp import rakp_correction
+
+    W = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"^H_pruned must be"):
+        rakp_correction(W, torch.eye(4), torch.zeros(3, 3), 0.1)
+    with pytest.raises(ValueError, match=r"^cross must be"):
+        rakp_correction(W, torch.eye(3), torch.zeros(3, 4), 0.1)
+
+
+def test_rakp_prune_small_weights_and_alpha_zero_never_reads_cross():
+    from robustprune.pruning.rakp import rakp_correction, rakp_prune
+    from robustprune.pruning.sparsegpt import sparsegpt_prune
+
+    W, H, cross = _stats(d_in=8)
+    H, cross = H.float(), cross.float()
+    small = 0.01 * W  # ‖W‖ < 1
+    res = rakp_prune(small, H, cross, Pattern(0.5))
+    delta = rakp_correction(small, H, cross, 1e-4)
+    assert (
+        res.delta_norm == pytest.approx(float(delta.norm()) / float(small.norm()), rel=1e-5)
+        and res.delta_norm > 0
+    )
+    bad = cross.clone()
+    bad[0, 0] = float("nan")
+    off = rakp_prune(W, H, bad, Pattern(0.5), alpha=0.0)
+    assert torch.equal(off.weight, sparsegpt_prune(W, H, Pattern(0.5)).weight)
+
+
+def test_relative_errors_at_zero():
+    """0/0 is 0, x/0 is inf for x > 0, small denominators are divided by; an exact reconstruction is 0."""
+    from robustprune.pruning.result import _relative, output_error, target_error
+
+    assert _relative(0.0, 0.0) == 0.0 and _relative(0.5, 0.0) == float("inf")
+    assert _relative(0.25, 0.5) == 0.5 and _relative(2.0, 4.0) == 0.5
+    W = torch.tensor([[0.1, 0.2]])
+    H = torch.eye(2) * 0.5
+    assert output_error(W, W, H) == 0.0
+    assert target_error(W, W, H, H, torch.zeros(2, 2)) == 0.0
+    assert output_error(W, torch.zeros_like(W), H) == pytest.approx(1.0)
