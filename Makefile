@@ -18,7 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 export NLTK_DATA := $(CURDIR)/nltk_data
 
-.PHONY: help setup run run-lm run-paper run-evidence report-evidence test test-fast chaos lint format ui repro bench clean push pull mlflow-server readme-table
+.PHONY: help setup run run-lm run-paper run-evidence report-evidence test test-fast chaos mutation lint format ui repro bench clean push pull mlflow-server readme-table
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  your own fine-tuned classifier (after make setup; docs/own-model.md):"
@@ -69,6 +69,10 @@ test-fast: setup  ## unit tests only
 
 chaos: setup  ## kill -9 at 20 random points and resume; time the bad-input corpus (benchmarks/results/)
 	$(BIN)/python benchmarks/chaos.py && $(BIN)/python benchmarks/chaos.py --corpus
+
+mutation: setup  ## mutation testing of the numerical core (mutmut; not in CI; GROUPS="stats verdicts" for some)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements-mutation.txt
+	$(BIN)/python benchmarks/mutation.py $(if $(GROUPS),--groups $(GROUPS),)
 
 lint: setup  ## ruff check + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

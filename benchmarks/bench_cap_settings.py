@@ -3,8 +3,11 @@
 The same library calls as ``tasks/cap.py`` (banks from the pre-trained encoder and the soup, one
 :func:`robustprune.cap.train.train_stage` per sparsity, SnC snapshots between stages), with the settings of a
 params file's ``cap`` section overridden per variant. Variants are ``name:key=value,key=value`` (keys of
-``cap``; ``modules`` as ``prc+fic+snc`` or ``none``). Every variant starts from the same dense soup, the
-same examples and the same banks, so its stages' test outcomes are paired with the first variant's.
+``cap``; ``modules`` as ``prc+fic+snc`` or ``none``; ``run=ablation`` trains with ``cap.ablation_settings``
+as the stage trains an ablation run). The student starts as ``cap.start`` says (``tasks.cap.start_model``),
+the stages follow ``cap.path`` / ``cap.length_unit`` and SnC ``cap.snapshots``, as in the stage. Every
+variant uses the same examples and banks, so its stages' test outcomes are paired with the first variant's;
+each stage records its most predicted class and that class's share of the test rows.
 Prints a table (accuracy % [95% interval], paired difference to the first variant) and writes JSON::
 
     .venv/bin/python benchmarks/bench_cap_settings.py --variants default: lr3e-4:lr=3e-4 \\
@@ -27,15 +30,16 @@ from transformers import AutoModel
 from robustprune.cap import masks as cap_masks
 from robustprune.cap.banks import encode, stack
 from robustprune.cap.examples import Examples
-from robustprune.cap.schedule import stages
-from robustprune.cap.train import train_stage
+from robustprune.cap.train import EpochSnapshots, epoch_steps, train_stage
 from robustprune.checkpoints import write_json
 from robustprune.config import parse_params
 from robustprune.data import load_splits
+from robustprune.degeneracy import class_share
 from robustprune.metrics import predict_logits
 from robustprune.modeling import load_classifier, load_tokenizer
 from robustprune.stats import paired_difference, rate
-from tasks.cap import train_options
+from tasks.cap import run_options, run_stages, start_model
+from tasks.common import Layout
 
 
 def _parse_variant(text: str) -> tuple[str, dict]:
@@ -43,12 +47,16 @@ def _parse_variant(text: str) -> tuple[str, dict]:
     out: dict = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        if key in ("modules",):
+        if key == "run":
+            out[key] = value
+        elif key in ("modules",):
             out[key] = [] if value == "none" else value.split("+")
         elif key == "sparsities":
             out[key] = [float(x) for x in value.split("+")]
         else:
             out[key] = yaml.safe_load(value)
+    if "modules" in out:  # a variant trains one module set: no ablation list to clash with it
+        out.setdefault("ablations", [])
     return name, out
 
 
@@ -74,7 +82,9 @@ def main() -> None:
     cache: dict = {}
     for spec in args.variants:
         name, over = _parse_variant(spec)
-        params = parse_params({**raw, "cap": {**raw.get("cap", {}), **over}})
+        params = parse_params(
+            {**raw, "cap": {**raw.get("cap", {}), **{k: v for k, v in over.items() if k != "run"}}}
+        )
         cap = params.cap
         rows = np.random.default_rng(cap.seed).permutation(len(splits.train))
         rows = np.sort(rows[: cap.train_examples]) if cap.train_examples else np.arange(len(splits.train))
@@ -86,13 +96,18 @@ def main() -> None:
             prc = encode(AutoModel.from_pretrained(str(root / "models" / "base")), ex, cap.representation)
             cache[bkey] = (prc.vectors, encode(load_classifier(soup), ex, cap.representation))
         prc_v, fic = cache[bkey]
-        model = load_classifier(soup)
-        cap_masks.attach(model, cap.criterion)
-        opts = train_options(cap)
+        # "run" names the run as the stage does: cap (the main module set) or an ablation (its own settings)
+        run = cap.run_name(cap.modules) if over.get("run") != "ablation" else "ablation"
+        opts = run_options(cap, run)
         snaps: list[torch.Tensor] = []
         out_rows, outcomes = [], {}
         t0 = time.perf_counter()
-        for st in stages(list(cap.sparsities), cap.warmup_steps, cap.ramp_steps, cap.hold_steps):
+        model, done_steps = None, 0
+        for st in run_stages(cap, len(ex)):
+            if model is None or cap.path == "separate":
+                model = start_model(params, Layout(root))
+                cap_masks.attach(model, cap.criterion)
+                snaps, done_steps = [], 0
             bank = {}
             if "prc" in cap.modules:
                 bank["prc"] = (stack([prc_v]), ex.labels)
@@ -100,17 +115,34 @@ def main() -> None:
                 bank["fic"] = (stack([fic.vectors]), ex.labels)
             if "snc" in cap.modules and snaps:
                 bank["snc"] = (stack(snaps), ex.labels)
+            epochs = (
+                EpochSnapshots(every=epoch_steps(len(ex), cap.batch_size), offset=done_steps)
+                if "snc" in cap.modules and cap.snapshots == "epoch"
+                else None
+            )
             res = train_stage(
                 model, ex, fic.logits, bank, opts, steps=st.steps, seed=cap.seed + 1000 * st.index,
-                stage=st, max_sparsity=max(cap.sparsities),
+                stage=st, max_sparsity=max(cap.sparsities), snapshots=epochs,
             )  # fmt: skip
-            if "snc" in cap.modules:
+            done_steps += st.steps
+            if "snc" in cap.modules and cap.snapshots == "epoch":
+                snaps += res.snapshots
+            elif "snc" in cap.modules:
                 snaps.append(encode(model, ex, cap.representation).vectors)
             logits = predict_logits(model, tok, test_texts, batch_size=64, max_length=64)
-            ok = [bool(x) for x in logits.argmax(-1) == test_labels]
+            pred = logits.argmax(-1)
+            ok = [bool(x) for x in pred == test_labels]
             outcomes[st.final] = ok
             r = rate(sum(ok), len(ok))
-            row = {"sparsity": st.final, "accuracy": r.to_dict(), "loss": res.tail_loss(), "parts": res.parts}
+            row = {
+                "sparsity": st.final,
+                "accuracy": r.to_dict(),
+                "loss": res.tail_loss(),
+                "parts": res.parts,
+                "steps": st.steps,
+                "predicted": class_share([int(x) for x in pred]).to_dict(),
+                "test_correct": "".join("1" if x else "0" for x in ok),
+            }
             if first is not None and st.final in first:
                 row["vs_first"] = paired_difference(ok, first[st.final]).to_dict()
             out_rows.append(row)
@@ -119,7 +151,13 @@ def main() -> None:
                 if "vs_first" in row
                 else ""
             )
-            print(f"{name:<14} {100 * st.final:5.1f}%  {r.pct()}{diff}", flush=True)
+            share = row["predicted"]
+            flag = " NEAR-CONSTANT" if share["near_constant"] else ""
+            print(
+                f"{name:<14} {100 * st.final:5.1f}%  {r.pct()}{diff}  "
+                f"(class {share['majority_class']} on {100 * share['share']:.1f}%{flag})",
+                flush=True,
+            )
         if first is None:
             first = outcomes
         results["variants"][name] = {

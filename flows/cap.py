@@ -1,7 +1,8 @@
 """cap: contrastive pruning during fine-tuning (``python -m flows.cap``).
 
 Banks (task) → for each module set (``cap.modules``, then every ``cap.ablations`` entry) one staged
-unstructured run, one task per sparsity stage, each starting from the previous stage's saved state →
+unstructured run, one task per sparsity stage, each starting from the previous stage's saved state
+(``cap.path: separate``: one run per sparsity, each from the start point) →
 CAP-f, one task per structured step → CPU latency of CAP-f against the dense soup. Models land in
 ``models/cap/<name>`` (evaluated and attacked like every other model); ``reports/cap.json`` holds the
 schedule, per-stage timings and accuracy, the contrastive ablation (paired differences) and CAP-f's
@@ -39,9 +40,10 @@ def _cap(params: Params, layout: Layout) -> dict:
         runs: dict[str, list[dict]] = {}
         for run, modules in cap.runs:
             done: list[dict] = []
-            for stage in run_stages(cap):
+            for stage in run_stages(cap, banks["n"]):
+                earlier = done if cap.path == "staged" else []  # separate: each sparsity is a run of its own
                 res = cap_stage.with_options(task_run_name=f"cap-{run}-{stage.final:g}")(
-                    params, layout, run, modules, stage.index, banks, done
+                    params, layout, run, modules, stage.index, banks, earlier
                 )
                 done.append(res)
                 log_metrics(

@@ -25,12 +25,12 @@ from prefect.logging import get_run_logger
 
 from robustprune.cap import masks as cap_masks
 from robustprune.cap import structured as cap_structured
-from robustprune.cap.banks import Encoded, encode, stack
+from robustprune.cap.banks import build_banks, encode, stack
 from robustprune.cap.examples import Examples
 from robustprune.cap.latency import measure
 from robustprune.cap.loss import LossWeights, cap_loss, forward_student
-from robustprune.cap.schedule import Stage, stages
-from robustprune.cap.train import TrainOptions, train_stage
+from robustprune.cap.schedule import Stage, schedule
+from robustprune.cap.train import EpochSnapshots, TrainOptions, epoch_steps, train_stage
 from robustprune.checkpoints import (
     atomic_dir,
     load_tensors,
@@ -92,6 +92,23 @@ def train_options(cap: CapConfig) -> TrainOptions:
     )
 
 
+def run_options(cap: CapConfig, run: str) -> TrainOptions:
+    """The main run's options, or an ablation's (``cap.ablation_settings`` where it sets a value)."""
+    opts = train_options(cap)
+    if run == "cap":
+        return opts
+    a = cap.ablation_settings
+    over: dict = {}
+    if a.lr is not None:
+        over["lr"] = a.lr
+    if a.warmup_ratio is not None:
+        over["warmup_ratio"] = a.warmup_ratio
+    if a.weights is not None:
+        w = a.weights
+        over["weights"] = LossWeights(ce=w.ce, kd=w.kd, unsup=w.unsup, sup=w.sup)
+    return TrainOptions(**{**opts.__dict__, **over})
+
+
 def structured_options(cap: CapConfig) -> TrainOptions:
     w = cap.structured.weights
     base = train_options(cap)
@@ -105,8 +122,34 @@ def structured_options(cap: CapConfig) -> TrainOptions:
     )
 
 
-def run_stages(cap: CapConfig) -> list[Stage]:
-    return stages(list(cap.sparsities), cap.warmup_steps, cap.ramp_steps, cap.hold_steps)
+def run_stages(cap: CapConfig, n_examples: int) -> list[Stage]:
+    """The stages of every unstructured run (``cap.path``), lengths in steps (``cap.length_unit``)."""
+    unit = epoch_steps(n_examples, cap.batch_size) if cap.length_unit == "epochs" else 1
+    return schedule(
+        list(cap.sparsities), cap.warmup_steps, cap.ramp_steps, cap.hold_steps, path=cap.path, unit=unit
+    )
+
+
+def _start_key(params: Params, layout: Layout) -> str:
+    """What the student's starting point depends on (``cap.start``)."""
+    if params.cap.start == "finetuned":
+        return model_digest(source_model(params, layout))
+    return _key("pretrained", model_digest(layout.base_model), params.cap.seed)
+
+
+def start_model(params: Params, layout: Layout) -> torch.nn.Module:
+    """The student before any CAP step: the dense soup (``cap.start: finetuned``), or the pre-trained encoder
+    with a fresh classification head seeded by ``cap.seed`` and the soup's labels (``pretrained``: the
+    reference starts the student from bert-base and distils from a separately fine-tuned teacher)."""
+    teacher = source_model(params, layout)
+    if params.cap.start == "finetuned":
+        return load_classifier(teacher)
+    from transformers import AutoConfig
+
+    tcfg = AutoConfig.from_pretrained(str(teacher))
+    model = load_classifier(layout.base_model, num_labels=tcfg.num_labels, head_seed=params.cap.seed)
+    model.config.id2label, model.config.label2id = dict(tcfg.id2label), dict(tcfg.label2id)
+    return model
 
 
 def _examples(params: Params, layout: Layout, tokenizer) -> tuple[Examples, np.ndarray]:  # noqa: ANN001
@@ -129,6 +172,18 @@ def _load_banks(banks: dict) -> dict[str, torch.Tensor]:
     return load_tensors(Path(banks["dir"]) / "banks.safetensors")
 
 
+def _previous_snapshots(previous: list[dict]) -> list[torch.Tensor]:
+    """SnC vectors (N, H) the earlier stages saved, oldest first: one per stage (``cap.snapshots: stage``) or
+    every epoch snapshot a stage took (``epoch``)."""
+    out: list[torch.Tensor] = []
+    for p in previous:
+        if not p["snapshot"]:
+            continue
+        saved = load_tensors(Path(p["dir"]) / "snapshot.safetensors")
+        out += list(saved["epochs"].unbind(0)) if "epochs" in saved else [saved["vectors"]]
+    return out
+
+
 def _bank_dict(
     modules: list[str], saved: dict[str, torch.Tensor], snapshots: list[torch.Tensor]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -143,7 +198,8 @@ def _bank_dict(
     return out
 
 
-def _test_outcomes(params: Params, layout: Layout, model, tokenizer) -> list[int]:  # noqa: ANN001
+def _test_outcomes(params: Params, layout: Layout, model, tokenizer) -> tuple[list[int], list[int]]:  # noqa: ANN001
+    """(per-row correctness, per-row predicted class) on the test split."""
     test = load_splits(layout.data).test
     logits = predict_logits(
         model,
@@ -153,7 +209,8 @@ def _test_outcomes(params: Params, layout: Layout, model, tokenizer) -> list[int
         max_length=params.data.max_length,
         device=resolve_device(params.runtime.device),
     )
-    return [int(x) for x in (logits.argmax(-1) == test["label"].to_numpy())]
+    pred = logits.argmax(-1)
+    return [int(x) for x in (pred == test["label"].to_numpy())], [int(x) for x in pred]
 
 
 def _export(model, tokenizer, dest: Path, metrics: dict, masks: dict | None) -> None:  # noqa: ANN001
@@ -171,6 +228,13 @@ def _exported(dest: Path, key: str) -> bool:
 
 
 # -------------------------------------------------------------------------------------------------- banks
+def bank_models(params: Params, layout: Layout) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the pre-trained encoder: PrC, the fine-tuned dense model: FiC and the KD teacher's logits)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(layout.base_model)), load_classifier(source_model(params, layout))
+
+
 @task(name="cap-banks", tags=["gpu"])
 def cap_banks(params: Params, layout: Layout) -> dict:
     """PrC bank (pre-trained encoder), FiC bank and the teacher's logits (dense soup), no gradient."""
@@ -192,20 +256,17 @@ def cap_banks(params: Params, layout: Layout) -> dict:
     if (work / "metrics.json").is_file():
         logger.info("cache hit: CAP banks for the same models, examples and representation")
         return read_json(work / "metrics.json")
-    from transformers import AutoModel
-
     device = resolve_device(params.runtime.device)
     tok = load_tokenizer(teacher_dir)
     examples, rows = _examples(params, layout, tok)
     t0 = time.perf_counter()
-    kw = {"batch_size": cap.bank_batch_size, "device": device, "progress": params.runtime.progress}
-    prc = encode(
-        AutoModel.from_pretrained(str(layout.base_model)), examples, cap.representation, desc="PrC", **kw
-    )
-    fic: Encoded = encode(load_classifier(teacher_dir), examples, cap.representation, desc="FiC", **kw)
+    pretrained, finetuned = bank_models(params, layout)
+    tensors = build_banks(
+        pretrained, finetuned, examples, cap.representation,
+        batch_size=cap.bank_batch_size, device=device, progress=params.runtime.progress,
+    )  # fmt: skip
     seconds = time.perf_counter() - t0
-    assert fic.logits is not None
-    dense_correct = _test_outcomes(params, layout, load_classifier(teacher_dir), tok)
+    dense_correct, dense_pred = _test_outcomes(params, layout, load_classifier(teacher_dir), tok)
     metrics = {
         "key": key,
         "dir": str(work),
@@ -213,25 +274,18 @@ def cap_banks(params: Params, layout: Layout) -> dict:
         "seconds": seconds,
         "teacher": teacher_dir.name,
         "dense_test_correct": dense_correct,
+        "dense_test_predictions": dense_pred,
+        "test_labels": [int(y) for y in load_splits(layout.data).test["label"]],
     }
     with atomic_dir(work) as tmp:
-        save_tensors(
-            tmp / "banks.safetensors",
-            {
-                "prc": prc.vectors,
-                "fic": fic.vectors,
-                "teacher_logits": fic.logits,
-                "labels": examples.labels,
-                "rows": torch.as_tensor(rows, dtype=torch.long),
-            },
-        )
+        save_tensors(tmp / "banks.safetensors", {**tensors, "rows": torch.as_tensor(rows, dtype=torch.long)})
         write_json(tmp / "metrics.json", metrics)
     return metrics
 
 
 # ------------------------------------------------------------------------------------------ unstructured
 def _student(params: Params, layout: Layout, state: Path | None) -> torch.nn.Module:
-    model = load_classifier(source_model(params, layout))
+    model = start_model(params, layout)
     cap_masks.attach(model, params.cap.criterion)
     if state is not None:
         model.load_state_dict(load_tensors(state), strict=True)
@@ -251,15 +305,16 @@ def cap_stage(
     """One stage of an unstructured staged run: ramp to the stage's sparsity, hold, save, export, test."""
     logger = get_run_logger()
     cap = params.cap
-    stage = run_stages(cap)[index]
+    stage = run_stages(cap, banks["n"])[index]
     name = f"{run}_{sparsity_label(stage.final)}"
-    opts = train_options(cap)
-    if len(previous) != index:
-        raise ValueError(f"stage {index} of {run} needs the {index} earlier stages, got {len(previous)}")
-    start_key = previous[-1]["key"] if previous else model_digest(source_model(params, layout))
+    opts = run_options(cap, run)
+    expected = index if cap.path == "staged" else 0  # separate: every stage is a run of its own
+    if len(previous) != expected:
+        raise ValueError(f"stage {index} of {run} needs {expected} earlier stages, got {len(previous)}")
+    start_key = previous[-1]["key"] if previous else _start_key(params, layout)
     key = _key(
         start_key, banks["key"], run, sorted(modules), repr(stage), repr(opts), cap.criterion,
-        max(cap.sparsities), cap.seed, params.evaluate.batch_size, _code_digest(),
+        max(cap.sparsities), cap.seed, params.evaluate.batch_size, cap.snapshots, _code_digest(),
     )  # fmt: skip
     work = _work(layout, run, f"{index}-{key}")
     dest = layout.root / "models" / "cap" / name
@@ -273,9 +328,7 @@ def cap_stage(
         return metrics
     device = resolve_device(params.runtime.device)
     saved = _load_banks(banks)
-    snapshots = [
-        load_tensors(Path(p["dir"]) / "snapshot.safetensors")["vectors"] for p in previous if p["snapshot"]
-    ]
+    snapshots = _previous_snapshots(previous)
     bank = _bank_dict(modules, saved, snapshots)
     model = _student(params, layout, Path(previous[-1]["dir"]) / "state.safetensors" if previous else None)
     tok = load_tokenizer(source_model(params, layout))
@@ -295,20 +348,32 @@ def cap_stage(
         device=device,
         progress=params.runtime.progress,
         desc=name,
+        snapshots=(
+            EpochSnapshots(
+                every=epoch_steps(len(examples), cap.batch_size),
+                offset=sum(p["steps"] for p in previous),
+                batch_size=cap.bank_batch_size,
+            )
+            if "snc" in modules and cap.snapshots == "epoch"
+            else None
+        ),
     )
-    # SnC: the student's representations after this stage, for the later stages of the same run
-    later = index + 1 < len(cap.sparsities)
+    # SnC: the student's representations for the later stages of the same staged run: the epoch snapshots
+    # this stage took (cap.snapshots: epoch), or one after the stage, eval mode (stage)
+    later = cap.path == "staged" and index + 1 < len(cap.sparsities)
     t0 = time.perf_counter()
-    snap = (
-        encode(model, examples, cap.representation, batch_size=cap.bank_batch_size, device=device).vectors
-        if "snc" in modules and later
-        else None
-    )
-    snapshot_seconds = time.perf_counter() - t0
+    snap = None
+    if "snc" in modules and later and cap.snapshots == "stage":
+        snap = encode(
+            model, examples, cap.representation, batch_size=cap.bank_batch_size, device=device
+        ).vectors
+    elif "snc" in modules and later and result.snapshots:
+        snap = torch.stack(result.snapshots)  # (k, N, H)
+    snapshot_seconds = time.perf_counter() - t0 + result.snapshot_seconds
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     baked = copy.deepcopy(model).cpu()
     masks = cap_masks.bake(baked)
-    outcomes = _test_outcomes(params, layout, baked, tok)
+    outcomes, predictions = _test_outcomes(params, layout, baked, tok)
     metrics = {
         "name": name,
         "run": run,
@@ -317,6 +382,7 @@ def cap_stage(
         "key": key,
         "dir": str(work),
         "snapshot": snap is not None,
+        "epoch_snapshots": len(result.snapshots),
         "sparsity_target": stage.final,
         "measured_sparsity": measured_sparsity(baked),
         "steps": result.steps,
@@ -326,11 +392,12 @@ def cap_stage(
         "loss_parts": result.parts,
         "test_accuracy": float(np.mean(outcomes)),
         "test_correct": outcomes,
+        "test_predictions": predictions,
     }
     with atomic_dir(work) as tmp:
         save_tensors(tmp / "state.safetensors", state)
         if snap is not None:
-            save_tensors(tmp / "snapshot.safetensors", {"vectors": snap})
+            save_tensors(tmp / "snapshot.safetensors", {"epochs" if snap.ndim == 3 else "vectors": snap})
         write_json(tmp / "metrics.json", metrics)
     _export(baked, tok, dest, metrics, masks)
     logger.info(
@@ -376,10 +443,7 @@ def cap_structured_step(
         return metrics
     device = resolve_device(params.runtime.device)
     saved = _load_banks(banks)
-    snapshots = [
-        load_tensors(Path(p["dir"]) / "snapshot.safetensors")["vectors"] for p in previous if p["snapshot"]
-    ]
-    bank = _bank_dict(sc.modules, saved, snapshots)
+    bank = _bank_dict(sc.modules, saved, _previous_snapshots(previous))
     examples, _ = _examples(params, layout, tok)
     model = _structured_model(params, layout, previous).to(device)
     dense = load_classifier(source_model(params, layout))
@@ -446,7 +510,7 @@ def cap_structured_step(
         else None
     )
     model = model.cpu().eval()
-    outcomes = _test_outcomes(params, layout, model, tok)
+    outcomes, predictions = _test_outcomes(params, layout, model, tok)
     metrics = {
         "name": name,
         "index": index,
@@ -468,6 +532,7 @@ def cap_structured_step(
         "loss_parts": result.parts,
         "test_accuracy": float(np.mean(outcomes)),
         "test_correct": outcomes,
+        "test_predictions": predictions,
     }
     with atomic_dir(work) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)

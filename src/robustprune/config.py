@@ -456,9 +456,29 @@ class CapLatencyConfig(_Section):
     rounds: Annotated[int, Field(ge=1, le=100)] = 3
 
 
+class CapAblationSettings(_Section):
+    """Optimisation settings of the ablation runs (``cap.ablations``) where they differ from the main run's;
+    null: the main run's value. The reference's no-contrastive setting keeps CE + KD with the same weights."""
+
+    lr: Annotated[float, Field(gt=0, lt=1)] | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weights: CapWeights | None = None  # its ce / kd (unsup / sup only matter for module ablations)
+
+
 class CapConfig(_Section):
     """CAP (contrastive pruning during fine-tuning): one staged unstructured run per module set, CAP-f."""
 
+    # the student's start: the dense soup (cheap) | the pre-trained encoder with a fresh seeded head, the
+    # soup staying the KD teacher and the FiC bank (the reference: student from bert-base, teacher fine-tuned)
+    start: Literal["finetuned", "pretrained"] = "finetuned"
+    # staged: one run walks 0 -> s1 -> s2 ... (a model per stage) | separate: one run per sparsity from the
+    # start point, each with the dense warm-up, ramp and hold (the reference: one run per target)
+    path: Literal["staged", "separate"] = "staged"
+    # SnC: one snapshot at the end of every stage, eval mode | one at the start of every epoch after the first,
+    # train mode, dense warm-up epochs included (the reference, masked_run_glue.py lines 251-286)
+    snapshots: Literal["stage", "epoch"] = "stage"
+    # warmup_steps / ramp_steps / hold_steps count optimiser steps | epochs of the training examples
+    length_unit: Literal["steps", "epochs"] = "steps"
     criterion: Literal["magnitude", "movement", "soft"] = "magnitude"
     sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.5, 0.75, 0.875, 0.9]
     train_examples: Annotated[int, Field(gt=0)] | None = (
@@ -485,6 +505,7 @@ class CapConfig(_Section):
     mask_interval: Annotated[int, Field(ge=1, le=100_000)] = 2  # steps between mask recomputations
     bank_batch_size: Annotated[int, Field(gt=0, le=65536)] = 128
     seed: int = 0
+    ablation_settings: CapAblationSettings = CapAblationSettings()
     structured: CapStructuredConfig = CapStructuredConfig()
     latency: CapLatencyConfig = CapLatencyConfig()
 
@@ -511,6 +532,12 @@ class CapConfig(_Section):
 
     @model_validator(mode="after")
     def _checks(self) -> CapConfig:
+        snc = "snc" in self.modules or any("snc" in m for m in self.ablations)
+        if self.path == "separate" and self.snapshots == "stage" and snc:
+            raise ValueError(
+                "cap.path separate with cap.snapshots stage gives SnC nothing (a separate run has no earlier "
+                "stage): use cap.snapshots epoch, or drop snc from cap.modules / cap.ablations"
+            )
         if any(sorted(m) == sorted(self.modules) for m in self.ablations):
             raise ValueError(f"cap.ablations repeats the main run's modules {self.modules}")
         n = len(self.sparsities)

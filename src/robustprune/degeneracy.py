@@ -12,6 +12,7 @@ Cohen's κ (Cohen 1960) against the labels: (p_o − p_e) / (1 − p_e), p_e = �
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -71,11 +72,62 @@ def class_balance(
     return ClassBalance(n, recall, share, kappa, min_recall, near)
 
 
-def predictions_from_correct(correct: Sequence[bool], labels: Sequence[int], num_classes: int) -> list[int]:
+def predictions_from_correct(
+    correct: Sequence[bool], labels: Sequence[int], num_classes: int = 2
+) -> list[int]:
     """A binary classifier's predictions from its per-row correctness and the labels (older eval.json files
     kept correctness only). Refuses more than two classes, where a wrong row does not name its prediction."""
     if num_classes != 2:
         raise ValueError(f"predictions follow from correctness only for 2 classes, not {num_classes}")
     if len(correct) != len(labels):
         raise ValueError(f"one correctness flag per label: {len(correct)} vs {len(labels)}")
+    bad = sorted({int(y) for y in labels} - {0, 1})
+    if bad:
+        raise ValueError(f"predictions follow from correctness only for labels 0/1, got label(s) {bad}")
     return [int(y) if ok else 1 - int(y) for ok, y in zip(correct, labels, strict=True)]
+
+
+NEAR_CONSTANT_SHARE = 0.9  # without labels: one class on at least this share of the rows is near-constant
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """The most predicted class, its share of the ``n`` rows, and whether the model is near-constant: by
+    :func:`class_balance`'s recall rule when the labels are known, else one class on ≥ ``NEAR_CONSTANT_SHARE``."""
+
+    majority_class: int
+    share: float
+    n: int
+    near_constant: bool
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON)."""
+        return asdict(self)
+
+
+def class_share(
+    predictions: Sequence[int],
+    labels: Sequence[int] | None = None,
+    min_recall: float = 0.1,
+    threshold: float = NEAR_CONSTANT_SHARE,
+) -> ClassShare:
+    """The most predicted class (ties: the smaller class id) and its share of the rows; near-constant by the
+    recall rule when ``labels`` are given (the report's rule), else when the share is at least ``threshold``."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not len(predictions):
+        raise ValueError("no predictions")
+    counts = Counter(int(p) for p in predictions)
+    top = min(counts, key=lambda c: (-counts[c], c))
+    share = counts[top] / len(predictions)
+    if labels is not None:
+        k = max(max(counts), max(int(y) for y in labels)) + 1
+        near = class_balance(labels, [int(p) for p in predictions], max(k, 2), min_recall).near_constant
+    else:
+        near = share >= threshold
+    return ClassShare(top, share, len(predictions), near)
+
+
+def near_constant(predictions: Sequence[int], threshold: float = NEAR_CONSTANT_SHARE) -> bool:
+    """Whether one class takes at least ``threshold`` of the predictions (the rule when labels are unknown)."""
+    return class_share(predictions, threshold=threshold).near_constant

@@ -162,3 +162,49 @@ def test_cap_killed_after_stage_two_resumes_to_identical_weights(cap_run, tmp_pa
     cap_flow(params_path=str(params), root=str(fresh))
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # finished stages were not redone
     assert _digests(fresh) == _digests(root)
+
+
+FAITHFUL = """
+cap:
+  start: pretrained
+  path: staged
+  snapshots: epoch
+  length_unit: epochs
+  criterion: movement
+  representation: cls
+  sparsities: [0.5, 0.75]
+  train_examples: 96
+  batch_size: 16
+  warmup_steps: 1
+  ramp_steps: 1
+  hold_steps: 1
+  lr: 3.0e-3
+  extra_negatives: 24
+  ablations: []
+  structured: {sparsities: []}
+"""
+
+
+def test_cap_as_the_reference_runs_it(tmp_path, prefect_harness):
+    """start: pretrained, CAP-m, cls, epoch SnC in train mode, lengths in epochs (the student's start itself:
+    tests/unit/test_cap_tasks.py): SnC snapshots are taken every epoch after the first (warm-up included) and
+    carried into the next stage, and the report says what ran."""
+    import yaml
+
+    from flows.cap import cap_flow
+    from robustprune.cap.report import cap_markdown
+
+    params = _inputs(tmp_path)
+    raw = yaml.safe_load(params.read_text())
+    raw["cap"] = yaml.safe_load(FAITHFUL)["cap"]
+    params.write_text(yaml.safe_dump(raw))
+    report = cap_flow(params_path=str(params), root=str(tmp_path))
+    # 96 examples / 16 = 6 steps an epoch; stage 1: 1 dense + 1 ramp + 1 hold epochs, stage 2: 1 + 1
+    assert [r["steps"] for r in report["schedule"]] == [18, 12]
+    m = [read_json(tmp_path / "models" / "cap" / n / "metrics.json") for n in ("cap_0.5", "cap_0.75")]
+    assert [x["epoch_snapshots"] for x in m] == [2, 2]  # global steps 6, 12 | 18, 24
+    assert "snc_sup" in m[0]["loss_parts"] and "snc_sup" in m[1]["loss_parts"]
+    assert m[0]["snapshot"] and not m[1]["snapshot"]  # the last stage's snapshots are not needed later
+    md = cap_markdown(report)
+    assert "CAP-m" in md and "pre-trained encoder with a fresh seeded head" in md and "not CAP-m" not in md
+    assert "one snapshot at the start of every epoch after the first, train mode" in md

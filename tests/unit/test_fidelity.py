@@ -54,3 +54,19 @@ def test_embedding_layer_fidelity_ignores_encoder_pruning(setup):
     assert f.per_layer[0] == pytest.approx(1.0, abs=1e-6)  # embeddings untouched
     assert f.per_layer[1] == pytest.approx(1.0, abs=1e-6)  # block 0 untouched
     assert f.per_layer[2] < 1 - 1e-6  # block 1 changed
+
+
+def test_summarize_cosine_values_and_empty_table():
+    """Per-layer means over examples, their mean, the last layer's, the example count; an empty table is
+    NaN with n = 0."""
+    import math
+
+    cos = torch.tensor([[1.0, 0.5], [0.8, 0.6], [0.2, 0.4]])
+    f = summarize_cosine(cos)
+    assert f.per_layer == pytest.approx([0.75, 0.7, 0.3]) and f.last == pytest.approx(0.3)
+    assert f.mean == pytest.approx((0.75 + 0.7 + 0.3) / 3) and f.n == 2
+    assert f.to_dict() == {"per_layer": f.per_layer, "mean": f.mean, "last": f.last, "n": 2}
+    one = summarize_cosine(torch.tensor([[0.9]]))
+    assert one.per_layer == pytest.approx([0.9]) and one.n == 1
+    empty = summarize_cosine(torch.zeros(0, 0))
+    assert empty.per_layer == [] and empty.n == 0 and math.isnan(empty.mean) and math.isnan(empty.last)

@@ -87,3 +87,58 @@ def test_length_bucketed_batches_cover_each_example_once():
     assert spread < 40  # random batches of 32 from U(5, 100) span ~85
     again = length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket=4)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
+
+
+# ---------------------------------------------------------------- properties the mutation run asked for
+def test_accepts_defaults_and_needs_robustness_on_both_sides():
+    """With ``robustness`` and no best accuracy given, every clean accuracy is admissible (best 0); a
+    missing robustness score is a programming error, not a comparison."""
+    assert accepts(SoupScore(0.5, 0.3), SoupScore(0.9, 0.3), "robustness", 0.02)
+    with pytest.raises(AssertionError):
+        accepts(SoupScore(0.5, None), SoupScore(0.9, 0.3), "robustness", 0.02)
+    with pytest.raises(AssertionError):
+        accepts(SoupScore(0.5, 0.3), SoupScore(0.9, None), "robustness", 0.02)
+
+
+def test_admissible_includes_the_boundary():
+    from robustprune.soup import admissible
+
+    edge = 0.5 - 0.1 - 1e-12
+    assert admissible(SoupScore(edge), 0.1, 0.5)  # exactly at best − drop (tolerance included)
+    assert not admissible(SoupScore(edge - 1e-9), 0.1, 0.5)
+
+
+def test_greedy_history_rows_and_every_inadmissible_ingredient_recorded():
+    """One history row per candidate, the first being the top-ranked ingredient; inadmissible ingredients are
+    all listed (and never tried) even when several are."""
+    scores = {
+        "a": SoupScore(0.90, 0.50),
+        "b": SoupScore(0.70, 0.60),  # most robust, but 20 points below the best: inadmissible
+        "c": SoupScore(0.60, 0.55),  # inadmissible too
+        "d": SoupScore(0.89, 0.40),
+    }
+    tried = []
+
+    def evaluate(members):
+        tried.append(list(members))
+        return SoupScore(0.9, 0.5)
+
+    res = greedy_select(scores, evaluate, criterion="robustness", max_accuracy_drop=0.02)
+    assert res.ranking == ["a", "d", "b", "c"]
+    assert [h["candidate"] for h in res.history] == ["a", "d", "b", "c"]
+    assert res.history[0]["kept"] and res.history[0]["members"] == ["a"]
+    assert [h.get("inadmissible", False) for h in res.history] == [False, False, True, True]
+    assert [h["members"] for h in res.history] == [["a"], ["a", "d"], ["a", "d"], ["a", "d"]]
+    assert tried == [["a", "d"]]
+
+
+def test_average_of_one_state_dict_is_itself_and_key_mismatch_names_the_dict():
+    sd = tiny_bert().state_dict()
+    out = average_state_dicts([sd])
+    assert all(torch.equal(out[k], v) for k, v in sd.items())
+    other = {f"x{i}": torch.zeros(1) for i in range(7)}
+    with pytest.raises(ValueError, match=r"state dict 1 has different keys") as exc:
+        average_state_dicts([{"x0": torch.zeros(1)}, other])
+    assert "['x1', 'x2', 'x3', 'x4', 'x5']" in str(exc.value)  # the first five differing keys, sorted
+    with pytest.raises(ValueError, match=r"state dict 2 has different keys"):
+        average_state_dicts([sd, sd, {**sd, "extra": torch.zeros(1)}])

@@ -4,7 +4,14 @@ The reference (``masked_run_glue.py``) encodes the whole training set without gr
 teacher once (FiC), with the model before pruning (PrC), and with the student at the start of every later
 epoch (SnC, one more vector per example each time: the bank grows to (N, R, H)). Here PrC comes from the
 pre-trained encoder, FiC from the dense teacher (whose logits for the distillation term are kept from the
-same pass), and SnC gains one snapshot at the end of every sparsity stage.
+same pass), and SnC gains one snapshot at the end of every sparsity stage (``cap.snapshots: stage``, eval
+mode) or, as the reference, one at the start of every epoch after the first, in train mode, dense warm-up
+epochs included (``cap.snapshots: epoch``; :func:`robustprune.cap.train.train_stage` takes them).
+
+The reference's bank passes (RunxinXu/ContrastivePruning @ eae11d6, ``UnstructuredPruning/masked_run_glue.py``):
+FiC lines 236–246 (the teacher, loaded by ``from_pretrained``: eval mode); PrC and SnC lines 252–286 — the
+student itself at the start of every epoch, PrC at epoch 0 (before any ``model.train()``: eval mode), SnC at
+every later epoch (the model is still in train mode from the previous epoch's steps, line 302).
 """
 
 from __future__ import annotations
@@ -39,10 +46,16 @@ def encode(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "bank",
+    train_mode: bool = False,
 ) -> Encoded:
-    """Encode every example (eval mode, no gradient). ``model``: a BERT classifier or a bare BertModel."""
+    """Encode every example without gradient. ``model``: a BERT classifier or a bare BertModel.
+
+    Eval mode unless ``train_mode`` (dropout active: the reference's SnC snapshots). The model's mode is
+    restored afterwards. The vectors are the pooler output or the masked mean *before* any classifier
+    dropout (the reference's ``encode_example``).
+    """
     was_training = model.training
-    model.eval().to(device)
+    model.train(train_mode).to(device)
     base = getattr(model, "bert", model)
     classifier = getattr(model, "classifier", None)
     vectors: torch.Tensor | None = None
@@ -62,6 +75,21 @@ def encode(
     model.train(was_training)
     assert vectors is not None
     return Encoded(vectors=vectors, logits=logits)
+
+
+def build_banks(
+    pretrained: nn.Module, finetuned: nn.Module, examples: Examples, how: str, **kw: object
+) -> dict[str, torch.Tensor]:
+    """The fixed banks (eval mode, no gradient): ``prc`` from the pre-trained encoder, ``fic`` and the KD
+    teacher's ``teacher_logits`` from the fine-tuned dense classifier (one pass), and the ``labels``.
+    ``kw``: :func:`encode`'s batch_size / device / progress."""
+    prc = encode(pretrained, examples, how, desc="PrC", **kw)  # type: ignore[arg-type]
+    fic = encode(finetuned, examples, how, desc="FiC", **kw)  # type: ignore[arg-type]
+    if fic.logits is None:
+        raise ValueError(
+            "the FiC bank's model must be the fine-tuned classifier (it also gives the KD logits)"
+        )
+    return {"prc": prc.vectors, "fic": fic.vectors, "teacher_logits": fic.logits, "labels": examples.labels}
 
 
 def stack(snapshots: list[torch.Tensor]) -> torch.Tensor:

@@ -65,8 +65,14 @@ def forward_student(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward of a BERT sequence classifier: (logits (B, C), normalised representation (B, H)).
 
-    The representation comes from the same forward as the logits (before the classifier's dropout), as in
-    the reference.
+    ``cls`` is the pooler output *after* the classifier's dropout — the very tensor (same dropout mask) the
+    classifier reads — as in the reference, whose ``MaskedBertForSequenceClassification.forward`` reassigns
+    ``pooled_output = self.dropout(pooled_output)`` before both ``self.classifier(pooled_output)`` and
+    ``calculate_contrastive_loss(..., pooled_output, ...)`` (RunxinXu/ContrastivePruning @ eae11d6,
+    ``UnstructuredPruning/emmental/modeling_bert_masked.py`` lines 751–752 and 768–770; the contrastive loss
+    only L2-normalises it, lines 793–797). ``mean`` is the masked mean of the last hidden states (no
+    classifier dropout there, as in the reference). The memory banks (:func:`robustprune.cap.banks.encode`)
+    take the pooler output without that dropout, as the reference's ``encode_example`` path (lines 743–749).
     """
     base = getattr(model, "bert", None)
     if base is None or not hasattr(model, "classifier"):
@@ -74,9 +80,9 @@ def forward_student(
             f"CAP trains BERT sequence classifiers (model.bert + model.classifier); got {type(model).__name__}"
         )
     out = base(**batch)
-    pooled = out.pooler_output
-    logits = model.classifier(model.dropout(pooled))
-    return logits, representation(out.last_hidden_state, batch["attention_mask"], pooled, how)
+    dropped = model.dropout(out.pooler_output)
+    logits = model.classifier(dropped)
+    return logits, representation(out.last_hidden_state, batch["attention_mask"], dropped, how)
 
 
 def contrastive_terms(

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from robustprune.cap.schedule import stages as schedule_stages
+from robustprune.cap.schedule import epoch_steps
+from robustprune.cap.schedule import schedule as schedule_stages
+from robustprune.degeneracy import class_share, predictions_from_correct
 from robustprune.stats import paired_difference, rate
 
 
@@ -22,6 +24,33 @@ def _label(s: float) -> str:
     return f"{s:g}"
 
 
+def _share(stage: dict, labels: Sequence[int] | None) -> dict | None:
+    """The stage model's most predicted test class and its share (near-constant: recall < 0.1 on a class, the
+    report's rule, when the labels are known; else one class on >= 90% of the rows), from its predictions, else (a binary task) from its correctness and the labels; None when neither is kept."""
+    pred = stage.get("test_predictions")
+    if pred is None and labels is not None and len(labels) == len(stage.get("test_correct", ())):
+        try:
+            pred = predictions_from_correct(stage["test_correct"], labels)
+        except ValueError:
+            pred = None
+    if not pred:
+        return None
+    known = labels is not None and len(labels) == len(pred)
+    return class_share(pred, labels if known else None).to_dict()
+
+
+def _stages_of(settings: dict[str, Any], n_examples: int) -> list:
+    unit = epoch_steps(n_examples, settings["batch_size"]) if settings.get("length_unit") == "epochs" else 1
+    return schedule_stages(
+        settings["sparsities"],
+        settings["warmup_steps"],
+        settings["ramp_steps"],
+        settings["hold_steps"],
+        path=settings.get("path", "staged"),
+        unit=unit,
+    )
+
+
 def summarize(
     settings: dict[str, Any],
     banks: dict,
@@ -31,15 +60,15 @@ def summarize(
 ) -> dict:
     """The content of ``reports/cap.json`` from the tasks' results (no per-example lists in it)."""
     dense = banks.get("dense_test_correct") or []
-    schedule = schedule_stages(
-        settings["sparsities"], settings["warmup_steps"], settings["ramp_steps"], settings["hold_steps"]
-    )
+    labels = banks.get("test_labels")
+    schedule = _stages_of(settings, banks["n"])
     out: dict[str, Any] = {
         "settings": settings,
         "schedule": [
             {
                 "stage": st.index,
                 "sparsity": st.final,
+                "initial": st.initial,
                 "warmup": st.warmup,
                 "ramp": st.ramp,
                 "hold": st.hold,
@@ -69,6 +98,8 @@ def summarize(
                     "final_loss": st["final_loss"],
                     "loss_parts": st.get("loss_parts", {}),
                     "accuracy": _rate(st["test_correct"]),
+                    "predicted": _share(st, labels),
+                    "epoch_snapshots": st.get("epoch_snapshots", 0),
                 }
             )
             out["training_seconds"][st["name"]] = cumulative
@@ -79,8 +110,16 @@ def summarize(
             continue
         for a, b in zip(main, stages, strict=False):
             d = paired_difference([bool(x) for x in a["test_correct"]], [bool(x) for x in b["test_correct"]])
+            share = _share(b, labels)
             out["ablation"].append(
-                {"sparsity": a["sparsity_target"], "a": a["name"], "b": b["name"], **d.to_dict()}
+                {
+                    "sparsity": a["sparsity_target"],
+                    "a": a["name"],
+                    "b": b["name"],
+                    **d.to_dict(),
+                    "b_predicted": share,
+                    "b_near_constant": bool(share and share["near_constant"]),
+                }
             )
     if dense and main:
         out["vs_dense"] = [
@@ -159,6 +198,83 @@ def _paired(by_name: dict[str, dict], a: str, b: str) -> dict | None:
     return paired_difference(xa, xb).to_dict()
 
 
+CRITERIA = {
+    "magnitude": "gradual magnitude pruning (top-|W| masks under CAP's loss) — not CAP-m",
+    "movement": "CAP-m (top-K of learned movement scores, straight-through; the reference's topK)",
+    "soft": "CAP-soft (sigmoid threshold on movement scores plus an L1 penalty; sparsity as measured)",
+}
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def what_ran(cap: dict) -> str:
+    """One paragraph that says exactly what the unstructured runs were: start point, teacher and banks,
+    criterion, path and steps, learning rate, SnC, representation — and where it departs from the reference."""
+    s = cap["settings"]
+    sched = cap["schedule"]
+    start = s.get("start", "finetuned")
+    if start == "pretrained":
+        who = (
+            "Student: the pre-trained encoder with a fresh seeded head (as the reference); KD teacher and FiC bank: "
+            "the fine-tuned dense soup; PrC bank: the pre-trained encoder."
+        )
+    else:
+        who = (
+            "Student: the dense soup itself, which is also the KD teacher and the FiC bank (so FiC contrasts the "
+            "student with its own starting point; the reference starts the student from the pre-trained encoder); "
+            "PrC bank: the pre-trained encoder."
+        )
+    path = s.get("path", "staged")
+    steps = " + ".join(str(r["steps"]) for r in sched)
+    total = sum(r["steps"] for r in sched)
+    arrows = " → ".join(f"{100 * x:g}%" for x in s["sparsities"])
+    if path == "separate":
+        how = f"one run per sparsity ({arrows}), each from the start point: {steps} steps"
+    else:
+        how = f"one staged run {arrows}: {steps} steps ({total} in all)"
+    warm = sched[0].get("warmup", 0) if sched else 0
+    how += f" of batch {s['batch_size']}" + (f", the first {warm} dense" if warm else "")
+    if s.get("length_unit") == "epochs":
+        how += f" (lengths set in epochs of {cap['banks']['examples']} examples)"
+    lr = (
+        f"learning rate {_g(s['lr'])} (AdamW, warm-up {100 * s['warmup_ratio']:g}% then linear decay, restarted "
+        f"every stage)"
+    )
+    if s["criterion"] != "magnitude":
+        lr += f", scores {_g(s['score_lr'])}"
+    snc = (
+        "SnC: one snapshot at the start of every epoch after the first, train mode, warm-up included (as the "
+        "reference)"
+        if s.get("snapshots") == "epoch"
+        else "SnC: one snapshot after each stage, eval mode (the reference: one per epoch, train mode)"
+    )
+    rep_ = {
+        "cls": "`cls` (the pooler output after the classifier's dropout, as the reference)",
+        "mean": "`mean` (masked mean of the last hidden states; the reference's scripts use `cls`)",
+    }.get(s["representation"], f"`{s['representation']}`")
+    w = s["weights"]
+    text = (
+        f"**What ran.** {who} Criterion: {CRITERIA.get(s['criterion'], s['criterion'])}; {how}; {lr}. {snc}; "
+        f"representation {rep_}; modules {s['modules'] or '[]'}; loss weights ce {_g(w['ce'])}, kd {_g(w['kd'])}, "
+        f"unsup {_g(w['unsup'])}, sup {_g(w['sup'])}; {s['extra_negatives']} extra negatives; "
+        f"{cap['banks']['examples']} training examples in the banks."
+    )
+    a = s.get("ablation_settings") or {}
+    diff = []
+    if a.get("lr") is not None:
+        diff.append(f"learning rate {_g(a['lr'])}")
+    if a.get("warmup_ratio") is not None:
+        diff.append(f"warm-up {100 * a['warmup_ratio']:g}%")
+    if a.get("weights"):
+        diff.append(f"ce {_g(a['weights']['ce'])}, kd {_g(a['weights']['kd'])}")
+    ablations = [r for r in cap["runs"] if r != "cap"]
+    if ablations and diff:
+        text += f" The ablation runs ({', '.join(ablations)}) differ only in: {'; '.join(diff)}."
+    return text
+
+
 def cap_markdown(cap: dict, eval_rows: Sequence[dict] = (), near_constant: Sequence[str] = ()) -> str:
     """The report's CAP section (Markdown) from ``reports/cap.json`` and the evaluate stage's rows.
 
@@ -171,11 +287,7 @@ def cap_markdown(cap: dict, eval_rows: Sequence[dict] = (), near_constant: Seque
     lines = [
         "## CAP: contrastive pruning during fine-tuning",
         "",
-        f"Student and teacher: the dense soup; criterion `{s['criterion']}`; one staged run "
-        f"{' → '.join(f'{100 * x:g}%' for x in s['sparsities'])} "
-        f"({' + '.join(str(r['steps']) for r in cap['schedule'])} steps of batch {s['batch_size']}); "
-        f"{cap['banks']['examples']} training examples in the banks; representation `{s['representation']}`; "
-        f"modules {s['modules'] or '[]'}; {s['extra_negatives']} extra negatives. Test accuracy % [95% interval].",
+        what_ran(cap) + " Test accuracy % [95% interval].",
         "",
     ]
     runs = cap["runs"]
@@ -200,9 +312,19 @@ def cap_markdown(cap: dict, eval_rows: Sequence[dict] = (), near_constant: Seque
             a, b = row["a"], row["b"]
             d = _paired(by_name, a, b) or row
             verdict = d["verdict"]
-            if near & {a, b}:  # a collapse, not the terms: issue #26
-                verdict = f"no verdict: {', '.join(sorted(near & {a, b}))} predicts (nearly) one class"
+            collapsed = sorted(near & {a, b} | ({b} if row.get("b_near_constant") else set()))
+            if collapsed:  # a collapse, not the terms: issue #26
+                verdict = f"no verdict: {', '.join(collapsed)} predicts (nearly) one class"
             lines.append(f"| {a} | {b} | {_pts(d)} | {verdict} |")
+        for row in cap["ablation"]:
+            p = row.get("b_predicted")
+            if row.get("b_near_constant") and p:
+                lines += [
+                    "",
+                    f"{row['b']} is not a baseline: it predicts class {p['majority_class']} on "
+                    f"{100 * p['share']:.1f}% of the test rows (near-constant), so {row['a']} − {row['b']} measures "
+                    "its collapse, not the contrastive terms.",
+                ]
     st = cap.get("structured")
     if st:
         f = st["final"]

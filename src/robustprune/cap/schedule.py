@@ -68,3 +68,47 @@ def stages(
         out.append(Stage(i, prev, float(s), warmup if i == 0 else 0, ramps[i], holds[i]))
         prev = float(s)
     return out
+
+
+def separate(
+    sparsities: Sequence[float], warmup: int, ramp: int | Sequence[int], hold: int | Sequence[int]
+) -> list[Stage]:
+    """One independent run per sparsity (the reference: one run to one target): every stage starts dense,
+    with the warm-up, and ramps from 0 to its own target."""
+    ramps = _per_stage(ramp, len(sparsities), "ramp")
+    holds = _per_stage(hold, len(sparsities), "hold")
+    return [Stage(i, 0.0, float(s), warmup, ramps[i], holds[i]) for i, s in enumerate(sparsities)]
+
+
+def schedule(
+    sparsities: Sequence[float],
+    warmup: int,
+    ramp: int | Sequence[int],
+    hold: int | Sequence[int],
+    *,
+    path: str = "staged",
+    unit: int = 1,
+) -> list[Stage]:
+    """The stages of ``cap.path`` (``staged`` | ``separate``) with lengths counted in units of ``unit`` steps
+    (1: ``cap.length_unit: steps``; the steps of one epoch: ``epochs``)."""
+    if unit < 1:
+        raise ValueError(f"a length unit is at least one step, got {unit}")
+
+    def times(v: int | Sequence[int]) -> int | list[int]:
+        return v * unit if isinstance(v, int) else [x * unit for x in v]
+
+    if path == "staged":
+        return stages(sparsities, warmup * unit, times(ramp), times(hold))
+    if path == "separate":
+        return separate(sparsities, warmup * unit, times(ramp), times(hold))
+    raise ValueError(f"cap.path {path!r} is not one of ['staged', 'separate']")
+
+
+def epoch_steps(n_examples: int, batch_size: int, bucket: int = 50) -> int:
+    """Optimiser steps in one epoch of ``n_examples``: the batches of
+    :func:`robustprune.finetune.length_bucketed_batches` (a partial batch closes every window of ``bucket``
+    batches)."""
+    if n_examples < 1 or batch_size < 1:
+        raise ValueError(f"an epoch needs examples and a batch size, got {n_examples} and {batch_size}")
+    window = batch_size * bucket
+    return sum(-(-min(window, n_examples - s) // batch_size) for s in range(0, n_examples, window))

@@ -19,10 +19,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustprune.cap import masks as cap_masks
-from robustprune.cap.banks import sample_extra
+from robustprune.cap.banks import encode, sample_extra, stack
 from robustprune.cap.examples import Examples
 from robustprune.cap.loss import LossWeights, cap_loss, forward_student
-from robustprune.cap.schedule import Stage
+from robustprune.cap.schedule import (
+    Stage,
+    epoch_steps,  # noqa: F401  (re-exported: tasks and benchmarks import it here)
+)
 from robustprune.finetune import length_bucketed_batches
 from robustprune.interrupt import raise_if_stopped
 
@@ -54,6 +57,8 @@ class TrainResult:
     seconds: float
     losses: list[float] = field(default_factory=list)
     parts: dict[str, float] = field(default_factory=dict)  # mean of each term over the stage
+    snapshots: list[torch.Tensor] = field(default_factory=list)  # SnC vectors (N, H) taken in this stage
+    snapshot_seconds: float = 0.0
 
     def tail_loss(self, k: int = 10) -> float:
         tail = self.losses[-k:]
@@ -80,6 +85,23 @@ def _optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=opts.lr)
 
 
+@dataclass(frozen=True)
+class EpochSnapshots:
+    """SnC as the reference takes it: the student encodes every example, without gradient and in train mode
+    (dropout on), at the start of every epoch after the first — every ``every`` steps of the whole run, the
+    dense warm-up included; each snapshot joins the ``snc`` bank at once. ``offset``: the run's steps before
+    this stage. ``batch_size``: of the no-gradient pass."""
+
+    every: int
+    offset: int = 0
+    batch_size: int = 128
+
+    def due(self, step: int) -> bool:
+        """Whether a snapshot is taken before the stage's ``step`` (0-based)."""
+        g = self.offset + step
+        return self.every > 0 and g > 0 and g % self.every == 0
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / max(warmup, 1)
@@ -100,6 +122,7 @@ def train_stage(
     device: torch.device | str = "cpu",
     progress: bool = False,
     desc: str = "cap",
+    snapshots: EpochSnapshots | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``steps`` steps.
 
@@ -107,6 +130,10 @@ def train_stage(
     ``opts.mask_interval`` steps (and after the last) they are recomputed at ``stage.sparsity(step)`` (soft masks: threshold ``soft_threshold · s / max_sparsity``
     and L1 weight ``soft_lambda · s / max_sparsity``). ``banks`` maps a bank name to (vectors (N, R, H),
     labels (N,)). A stop request (SIGTERM / SIGINT, :mod:`robustprune.interrupt`) stops it within one step.
+
+    With ``snapshots`` the student's own representations join the ``snc`` bank (created when absent, after
+    the vectors already in it) whenever :meth:`EpochSnapshots.due`; they are returned in
+    ``TrainResult.snapshots``. ``banks`` itself is not modified.
     """
     torch.manual_seed(seed)
     gen = np.random.default_rng(seed)
@@ -124,12 +151,23 @@ def train_stage(
     while len(order) < steps:
         order += length_bucketed_batches(lengths, opts.batch_size, gen)
     labels_all = examples.labels
+    banks = dict(banks)
     result = TrainResult(steps=steps, seconds=0.0)
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         raise_if_stopped()  # SIGTERM / SIGINT: stop within one step (robustprune.interrupt)
+        if snapshots is not None and snapshots.due(step):
+            t_snap = time.perf_counter()
+            snap = encode(
+                model, examples, opts.representation, batch_size=snapshots.batch_size, device=device,
+                train_mode=True,
+            ).vectors.clone()  # fmt: skip
+            earlier = [] if "snc" not in banks else list(banks["snc"][0].unbind(1))
+            banks["snc"] = (stack([*earlier, snap]), labels_all)
+            result.snapshots.append(snap)
+            result.snapshot_seconds += time.perf_counter() - t_snap
         l1_weight = 0.0
         if stage is not None:
             s = stage.sparsity(step)
