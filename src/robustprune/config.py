@@ -94,8 +94,10 @@ class FreeLBConfig(_Section):
 
     steps: Annotated[int, Field(ge=0, le=100)] = 2  # K (0 = plain training)
     step_size: Annotated[float, Field(gt=0, le=100)] = 0.1  # adv-lr
-    max_norm: Annotated[float, Field(gt=0, le=1000)] = 0.6  # L2 bound of the perturbation per example
+    # L2 bound of the perturbation per example; 0 = unbounded (the reference's adv_max_norm 0)
+    max_norm: Annotated[float, Field(ge=0, le=1000)] = 0.6
     init_mag: Annotated[float, Field(ge=0, le=1000)] = 0.2  # magnitude of the random start
+    share_dropout: bool = False  # one dropout mask per batch for the K steps (the reference's dp_masks)
 
 
 class Variant(_Section):
