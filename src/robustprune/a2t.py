@@ -34,7 +34,7 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,9 +151,10 @@ class A2TResult(FinetuneResult):
 class _Trainer(_ta.Trainer):
     """textattack's Trainer recording each step's loss, stopping on SIGTERM, writing no checkpoints."""
 
-    def __init__(self, *args, result: A2TResult, **kwargs):
+    def __init__(self, *args, result: A2TResult, on_epoch: Callable[[int], None] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.result = result
+        self.on_epoch = on_epoch
 
     def training_step(self, model, tokenizer, batch):  # noqa: ANN001, ANN201 - textattack's signature
         raise_if_stopped()
@@ -171,6 +172,10 @@ class _Trainer(_ta.Trainer):
     def evaluate(self):  # noqa: ANN201
         score = super().evaluate()
         self.result.epochs.append({"validation_accuracy": float(score)})
+        if self.on_epoch is not None:
+            was_training = self.model_wrapper.model.training
+            self.on_epoch(sum("validation_accuracy" in e for e in self.result.epochs))
+            self.model_wrapper.model.train(was_training)
         return score
 
     def _save_model_checkpoint(self, *args, **kwargs) -> None:
@@ -217,12 +222,13 @@ def a2t_finetune(
     encoder: MeanPooledEncoder | None = None,
     work_dir: Path | None = None,
     attack_options: dict | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> A2TResult:
     """Train ``model`` in place with textattack's Trainer and A2T's attack; returns the loss curve.
 
     ``settings``: learning rate, whole ``epochs``, seed, batch size, weight decay, warm-up ratio, max length
     (optimizer must be adamw: textattack's Trainer builds AdamW). ``eval_*``: the split the Trainer scores
-    after every epoch (textattack requires one).
+    after every epoch (textattack requires one). ``on_epoch(epoch)`` (optional) runs after that score.
     """
     if settings.optimizer != "adamw" or settings.epochs != int(settings.epochs) or settings.adversarial:
         raise ValueError("a2t trains with textattack's Trainer: adamw, whole epochs, no FreeLB")
@@ -264,7 +270,9 @@ def a2t_finetune(
             save_last=False,
             logging_interval_step=10**9,
         )
-        trainer = _Trainer(wrapper, "classification", attack, train, evaluation, args, result=result)
+        trainer = _Trainer(
+            wrapper, "classification", attack, train, evaluation, args, result=result, on_epoch=on_epoch
+        )
         stack.enter_context(_truncating(tokenizer, settings.max_length))
         stack.callback(_drop_log_handlers, scratch)
         trainer.train()

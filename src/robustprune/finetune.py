@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -150,13 +150,15 @@ def finetune(
     progress: bool = True,
     desc: str = "finetune",
     augmenter: EpochCopies | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> FinetuneResult:
     """Train ``model`` in place on (texts, labels); returns the loss curve.
 
     ``augmenter(epoch)`` (optional) returns ``augmenter.copies`` perturbed copies of every text for that epoch
     (copy-major, as :meth:`robustprune.augment.Augmenter.bind` gives); an epoch then runs over the texts and
     their copies (same labels), so it has ``1 + copies`` times the steps, and ``settings.epochs`` still counts
-    passes over the original texts.
+    passes over the original texts. ``callback(step, total)`` (optional) runs after each optimiser step (e.g.
+    to evaluate checkpoints; the model is put back in train mode after it).
     """
     seed_everything(settings.seed)
     model.to(device).train()
@@ -206,6 +208,9 @@ def finetune(
         sched.step()
         opt.zero_grad(set_to_none=True)
         result.losses.append(loss)
+        if callback is not None:
+            callback(step + 1, total)
+            model.train()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{result.final_loss:.3f}")
     model.eval()
