@@ -60,7 +60,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs", type=float, default=0.5, help="epochs of each kind (a2t: its adversarial epochs, >= 1)"
     )
     p.add_argument(
-        "--checkpoints", type=int, default=2, help="curve points per epoch (plain, freelb, augment)"
+        "--checkpoints", type=int, default=4, help="curve points per epoch (plain, freelb, augment)"
     )
     p.add_argument("--rows", type=int, default=100, help="seeded test rows attacked with each recipe")
     p.add_argument("--val-rows", type=int, default=30, help="seeded validation rows of the curve's attacks")
