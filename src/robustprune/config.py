@@ -217,9 +217,11 @@ class FinetuneConfig(_Section):
 
 
 class SoupAttackConfig(_Section):
-    """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness)."""
+    """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness);
+    a2t: A2T's cheap attack (robustprune.a2t) as a proxy for TextFooler (benchmarks/robust_training.py measures
+    how their rankings agree)."""
 
-    recipe: Literal["textfooler", "bert-attack", "textbugger"] = "textfooler"
+    recipe: Literal["textfooler", "bert-attack", "textbugger", "a2t"] = "textfooler"
     num_examples: Annotated[int, Field(gt=0, le=100_000)] = 25
     seed: int = 0
     query_budget: Annotated[int, Field(gt=0)] | None = None

@@ -108,3 +108,63 @@ def test_a2t_refuses_what_textattacks_trainer_cannot_do(ta, tok, resources):  # 
             a2t_finetune(
                 tiny_bert(), tok, ["a"], [0], bad, A2TSettings(), resources, eval_texts=["a"], eval_labels=[0]
             )
+
+
+def test_soup_can_rank_with_the_a2t_proxy_through_the_attack_shard_task(ta, tok, resources, tmp_path):  # noqa: F811
+    """soup.attack.recipe: a2t runs A2T's attack in tasks.attack.attack_shard (gradient wrapper, no logit
+    cache) on validation rows; its cache key has one more part (the a2t code), the other recipes' keys none."""
+    import pandas as pd
+
+    from robustprune.attacks.bundle import save_bundle
+    from robustprune.config import parse_params
+    from robustprune.data import Splits, save_splits
+    from tasks.attack import _shard_key, attack_shard
+    from tasks.common import Layout
+
+    layout = Layout(tmp_path)
+    nouns = ["film", "movie", "story", "plot"]
+    frame = pd.DataFrame(
+        {
+            "text": [f"the {nouns[i % 4]} is {'good' if i % 2 else 'bad'}" for i in range(8)],
+            "label": [0, 1] * 4,
+        }
+    )
+    save_splits(Splits(frame, frame, frame, ("neg", "pos")), layout.data)
+    bundle = tmp_path / "models" / "attack"
+    bundle.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(resources.encoder_dir, bundle / "encoder")
+    save_bundle(
+        bundle,
+        vectors=resources.vectors,
+        pos=resources.pos,
+        stopwords=resources.stopwords,
+        lookalikes=resources.lookalikes,
+        info={},
+    )
+    model_dir = tmp_path / "victim"
+    _sensitive_bert().save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    params = parse_params({"soup": {"attack": {"recipe": "a2t"}}, "runtime": {"device": "cpu"}})
+    model = {"name": "victim", "path": str(model_dir)}
+    out = attack_shard.fn(params, layout, model, "a2t", [0, 1, 2, 3], split="validation", query_budget=None)
+    assert [r["test_row"] for r in out["records"]] == [0, 1, 2, 3]
+    assert {r["outcome"] for r in out["records"]} <= {"succeeded", "failed", "skipped"}
+    # attacked through gradient word importance (a wrapper without get_grad raises NotImplementedError)
+    assert any(r["outcome"] != "skipped" and r["num_queries"] > 0 for r in out["records"])
+    keys = {
+        r: _shard_key(None, {"params": params, "layout": layout, "model": model, "recipe": r, "rows": [0, 1]})
+        for r in ("textfooler", "a2t")
+    }
+    assert len(keys["a2t"].split("-")) == len(keys["textfooler"].split("-")) + 1
+
+
+def test_a2t_is_a_soup_recipe_but_not_an_attack_stage_recipe():
+    from robustprune.config import ConfigError, parse_params
+
+    assert (
+        parse_params({"soup": {"attack": {"recipe": "a2t", "num_examples": 100}}}).soup.attack.recipe == "a2t"
+    )
+    with pytest.raises(ConfigError, match="attack.recipes"):
+        parse_params({"attack": {"recipes": ["a2t"]}})
