@@ -168,3 +168,79 @@ def test_a2t_is_a_soup_recipe_but_not_an_attack_stage_recipe():
     )
     with pytest.raises(ConfigError, match="attack.recipes"):
         parse_params({"attack": {"recipes": ["a2t"]}})
+
+
+def _tiny_layout(tmp_path, tok, resources):  # noqa: ANN001, ANN202, F811
+    """A project root with prepared data, a base encoder and an attack bundle (with its MLM)."""
+    import shutil
+
+    import pandas as pd
+
+    from robustprune.attacks.bundle import save_bundle
+    from robustprune.data import Splits, save_splits
+    from tasks.common import Layout
+
+    layout = Layout(tmp_path)
+    nouns = ["film", "movie", "story", "plot"]
+    frame = pd.DataFrame(
+        {
+            "text": [f"the {nouns[i % 4]} is {'good' if i % 2 else 'bad'}" for i in range(16)],
+            "label": [0, 1] * 8,
+        }
+    )
+    save_splits(Splits(frame, frame.iloc[:8], frame.iloc[:8], ("neg", "pos")), layout.data)
+    tiny_bert().bert.save_pretrained(layout.base_model)
+    tok.save_pretrained(layout.base_model)
+    bundle = tmp_path / "models" / "attack"
+    bundle.mkdir(parents=True)
+    shutil.copytree(resources.encoder_dir, bundle / "encoder")
+    shutil.copytree(resources.mlm_dir, bundle / "mlm")
+    save_bundle(
+        bundle,
+        vectors=resources.vectors,
+        pos=resources.pos,
+        stopwords=resources.stopwords,
+        lookalikes=resources.lookalikes,
+        info={},
+    )
+    return layout
+
+
+@pytest.mark.parametrize("kind", ["augment", "a2t"])
+def test_finetune_task_trains_augment_and_a2t_ingredients(ta, tok, resources, tmp_path, kind):  # noqa: F811
+    """tasks.finetune: an augment or a2t variant trains from models/attack, comes out in the plain
+    ingredients' format (same keys, shapes, seeded head init) with its costs and its kind's record; its cache
+    key follows the attack bundle, a plain variant's does not."""
+    from robustprune.checkpoints import load_tensors
+    from robustprune.config import parse_params
+    from tasks.finetune import finetune_variant, variant_key
+
+    layout = _tiny_layout(tmp_path, tok, resources)
+    extra = {"augment": {"fraction": 0.5}} if kind == "augment" else {"a2t": {"num_train_adv_examples": 2}}
+    variants = [
+        {"name": "plain", "learning_rate": 1e-3, "epochs": 1, "seed": 0},
+        {"name": kind, "learning_rate": 1e-3, "epochs": 2, "seed": 0, **extra},
+    ]
+    params = parse_params(
+        {
+            "finetune": {"batch_size": 8, "variants": variants},
+            "data": {"max_length": 16},
+            "runtime": {"device": "cpu", "progress": False},
+        }
+    )
+    plain, special = params.finetune.variants
+    m_plain = finetune_variant.fn(params, layout, plain)
+    m = finetune_variant.fn(params, layout, special)
+    assert m["train_seconds"] > 0 and m["seconds_per_step"] > 0 and m["steps"] > 0
+    if kind == "augment":
+        assert m["steps"] == 2 * 4 and sum(m["augment"]["copies"].values()) == 2 * 16  # 32 texts an epoch
+    else:
+        assert [e for e in m["a2t"]["epochs"] if "adversarial_examples" in e]  # the attack epoch ran
+    a = load_tensors(layout.finetuned / "plain" / "model.safetensors")
+    b = load_tensors(layout.finetuned / kind / "model.safetensors")
+    assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+    assert m_plain["cache_key"] == variant_key(params, layout, plain)
+    before = variant_key(params, layout, special), variant_key(params, layout, plain)
+    (layout.root / "models" / "attack" / "info.json").write_text('{"changed": true}')
+    after = variant_key(params, layout, special), variant_key(params, layout, plain)
+    assert before[0] != after[0] and before[1] == after[1]
