@@ -108,9 +108,7 @@ def greedy_select(
     history = [{"candidate": ranking[0], **current.row(), "kept": True, "members": list(members)}]
     for name in ranking[1:]:
         if criterion == "robustness" and not admissible(scores[name], max_accuracy_drop, best):
-            history.append(
-                {"candidate": name, **scores[name].row(), "kept": False, "members": list(members)}
-            )
+            history.append({"candidate": name, **scores[name].row(), "kept": False, "members": list(members)})
             history[-1]["inadmissible"] = True
             continue
         trial = evaluate([*members, name])
