@@ -78,8 +78,14 @@ def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
             f"{rows[0]}-{len(rows)}-{hashlib.sha256(str(list(rows)).encode()).hexdigest()[:10]}",
             f"{budget}-{a.batch_size}-{params.data.max_length}",
             _options_digest(recipe_options(params, recipe)),
+            *([code_digest("robustprune.a2t")] if recipe == PROXY_RECIPE else []),  # the other keys unchanged
         ]
     )
+
+
+#: the soup criterion's cheap proxy attack (soup.attack.recipe: a2t): A2T's recipe (robustprune.a2t), not an
+#: evaluation recipe of the attack stage
+PROXY_RECIPE = "a2t"
 
 
 def _budget(params: Params, query_budget: int | None | str) -> int | None:
@@ -188,18 +194,29 @@ def attack_shard(
     check_labels(wrapper.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
     res = _resources(str(attack_dir(layout)))
     options = recipe_options(params, recipe)
-    if recipe == "textfooler":
+    if recipe in ("textfooler", PROXY_RECIPE):
         options["tagger"] = _tagger(str(res.tagger_dir) if res.tagger_dir else None)
     if recipe == "bert-attack" and res.mlm_dir is not None:
         options["masked_lm"] = _masked_lm(str(res.mlm_dir))
-    attack = build_attack(
-        recipe,
-        wrapper,
-        res,
-        query_budget=budget,
-        encoder=_encoder(str(res.encoder_dir)),
-        **options,
-    )
+    if recipe == PROXY_RECIPE:  # gradient word importance: a wrapper with get_grad, no logit cache
+        from robustprune.a2t import GradientClassifierWrapper
+        from robustprune.a2t import build_attack as build_proxy
+
+        wrapper = GradientClassifierWrapper(
+            wrapper.model, wrapper.tokenizer, max_length=wrapper.max_length, batch_size=wrapper.batch_size
+        )
+        attack = build_proxy(
+            wrapper, res, query_budget=budget, encoder=_encoder(str(res.encoder_dir)), **options
+        )
+    else:
+        attack = build_attack(
+            recipe,
+            wrapper,
+            res,
+            query_budget=budget,
+            encoder=_encoder(str(res.encoder_dir)),
+            **options,
+        )
     reset_forward_stats(attack)
     examples = [(str(test["text"].iloc[i]), int(test["label"].iloc[i])) for i in rows]
     t0 = time.perf_counter()

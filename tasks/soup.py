@@ -117,7 +117,7 @@ def robustness(params: Params, layout: Layout, model: dict, rows: list[int]) -> 
 
 
 def score_of(entry: dict) -> SoupScore:
-    return SoupScore(entry["accuracy"], entry.get("robustness"))
+    return SoupScore(entry["accuracy"], entry.get("robustness"), entry.get("attacked"))
 
 
 @task(name="soup-skip", tags=["cpu"])

@@ -159,7 +159,7 @@ finetune:
   variants:
     - {{name: a, learning_rate: 3.0e-3, epochs: 5, seed: 0}}
     - {{name: b, learning_rate: 1.0e-3, epochs: 8, seed: 1}}
-    - {{name: c, learning_rate: 2.0e-3, epochs: 4, seed: 2, optimizer: adam, adversarial: {{steps: 2}}}}
+    - {{name: c, learning_rate: 2.0e-3, epochs: 4, seed: 2, optimizer: adam, adversarial: {{steps: 2}}, augment: {{fraction: 0.3}}}}
 soup: {{attack: {{num_examples: 6}}}}
 calibrate: {{num_samples: 24, batch_size: 8}}
 prune: {{methods: [magnitude, sparsegpt, rakp], sparsities: [0.5, "2:4"], block_size: 16}}

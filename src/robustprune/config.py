@@ -126,8 +126,57 @@ class FreeLBConfig(_Section):
 
     steps: Annotated[int, Field(ge=0, le=100)] = 2  # K (0 = plain training)
     step_size: Annotated[float, Field(gt=0, le=100)] = 0.1  # adv-lr
-    max_norm: Annotated[float, Field(gt=0, le=1000)] = 0.6  # L2 bound of the perturbation per example
+    # L2 bound of the perturbation per example; 0 = unbounded (the reference's adv_max_norm 0)
+    max_norm: Annotated[float, Field(ge=0, le=1000)] = 0.6
     init_mag: Annotated[float, Field(ge=0, le=1000)] = 0.2  # magnitude of the random start
+    share_dropout: bool = False  # one dropout mask per batch for the K steps (the reference's dp_masks)
+
+
+class AugmentMix(_Section):
+    """Weights of the candidate spaces a copy is drawn from (robustprune.augment): TextFooler's counter-fitted
+    neighbours, BERT-Attack's masked-LM words, TextBugger's character bugs."""
+
+    embedding: Annotated[float, Field(ge=0)] = 1.0
+    mlm: Annotated[float, Field(ge=0)] = 1.0
+    char: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _some(self) -> AugmentMix:
+        if self.embedding + self.mlm + self.char <= 0:
+            raise ValueError("augment.mix: at least one weight must be positive")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Input-space augmentation (robustprune.augment): perturbed copies from the attacks' candidate spaces,
+    drawn anew every epoch, no victim queries."""
+
+    copies: Annotated[int, Field(ge=1, le=20)] = 1  # perturbed copies of every training text per epoch
+    fraction: Annotated[float, Field(gt=0, le=1)] = 0.2  # share of a text's words replaced (at least one)
+    mix: AugmentMix = AugmentMix()
+    neighbours: Annotated[int, Field(ge=1, le=200)] = 50  # TextFooler's N
+    min_cos_sim: Annotated[float, Field(ge=-1, le=1)] = 0.5  # TextFooler's word-embedding cosine
+    mlm_candidates: Annotated[int, Field(ge=1, le=1000)] = 48  # BERT-Attack's K
+    seed: int = 0
+
+
+class A2TConfig(_Section):
+    """Attack-in-the-loop adversarial training (A2T, Yoo & Qi 2021) through textattack's Trainer
+    (robustprune.a2t): after num_clean_epochs, every attack_epoch_interval epochs the model being trained is
+    attacked with A2T's cheap recipe and its successful adversarial texts join the training set."""
+
+    num_train_adv_examples: Annotated[int, Field(ge=-1)] | Annotated[float, Field(gt=0, le=1)] = 0.2
+    attack_epoch_interval: Annotated[int, Field(ge=1)] = 1
+    query_budget_train: Annotated[int, Field(gt=0)] | None = None
+    num_clean_epochs: Annotated[int, Field(ge=0)] = 1
+    alpha: Annotated[float, Field(ge=0)] = 1.0  # weight of the adversarial examples' loss
+
+    @field_validator("num_train_adv_examples")
+    @classmethod
+    def _count(cls, v: int | float) -> int | float:
+        if isinstance(v, int) and v == 0:
+            raise ValueError("num_train_adv_examples: a count > 0, -1 (every training example) or a fraction")
+        return v
 
 
 class Variant(_Section):
@@ -141,6 +190,36 @@ class Variant(_Section):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd only
     weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None  # None: finetune.weight_decay
     adversarial: FreeLBConfig | None = None  # FreeLB settings; null = plain training
+    augment: AugmentConfig | None = (
+        None  # input-space copies from the attacks' candidate spaces (combines with FreeLB)
+    )
+    a2t: A2TConfig | None = (
+        None  # attack-in-the-loop through textattack's Trainer (alone: no FreeLB, no augment)
+    )
+
+    @model_validator(mode="after")
+    def _a2t_alone(self) -> Variant:
+        if self.a2t is not None:
+            if self.adversarial is not None or self.augment is not None:
+                raise ValueError(
+                    f"variant {self.name!r}: a2t trains through textattack's Trainer; it cannot be "
+                    "combined with adversarial (FreeLB) or augment"
+                )
+            if self.optimizer != "adamw" or self.epochs != int(self.epochs):
+                raise ValueError(
+                    f"variant {self.name!r}: a2t runs textattack's Trainer (AdamW, whole epochs); "
+                    f"got optimizer {self.optimizer!r}, epochs {self.epochs}"
+                )
+            if self.a2t.num_clean_epochs > self.epochs:
+                raise ValueError(
+                    f"variant {self.name!r}: a2t.num_clean_epochs {self.a2t.num_clean_epochs} > "
+                    f"epochs {self.epochs}"
+                )
+        return self
+
+    def uses_attack_resources(self) -> bool:
+        """Whether training this ingredient reads the attack_resources stage's bundle (models/attack)."""
+        return self.augment is not None or self.a2t is not None
 
 
 class FinetuneConfig(_Section):
@@ -170,9 +249,11 @@ class FinetuneConfig(_Section):
 
 
 class SoupAttackConfig(_Section):
-    """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness)."""
+    """The validation attack that ranks ingredients and judges candidate soups (soup.criterion = robustness);
+    a2t: A2T's cheap attack (robustprune.a2t) as a proxy for TextFooler (benchmarks/robust_training.py measures
+    how their rankings agree)."""
 
-    recipe: Literal["textfooler", "bert-attack", "textbugger"] = "textfooler"
+    recipe: Literal["textfooler", "bert-attack", "textbugger", "a2t"] = "textfooler"
     num_examples: Annotated[int, Field(gt=0, le=100_000)] = 25
     seed: int = 0
     query_budget: Annotated[int, Field(gt=0)] | None = None

@@ -1,5 +1,6 @@
 """Fine-tuning one soup ingredient: AdamW, Adam or SGD with momentum, linear warm-up and decay, optionally
-adversarial (FreeLB, :mod:`robustprune.adversarial`).
+adversarial (FreeLB, :mod:`robustprune.adversarial`) and/or on perturbed copies of the texts drawn afresh every
+epoch (``augmenter``: :mod:`robustprune.augment`).
 
 The soup (Wortsman et al. 2022) only works when ingredients share an initialisation, so the caller builds
 every variant from the same pre-trained weights and the same seeded classification head; a variant
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -102,6 +104,41 @@ def make_optimizer(model: nn.Module, settings: FinetuneSettings) -> torch.optim.
     raise ValueError(f"optimizer {settings.optimizer!r} is not one of {list(OPTIMIZERS)}")
 
 
+class EpochCopies(Protocol):
+    """Perturbed copies of the training texts, drawn anew each epoch (:meth:`robustprune.augment.Augmenter.bind`)."""
+
+    copies: int
+
+    def __call__(self, epoch: int) -> Sequence[str]: ...
+
+
+def _augmented_batches(
+    texts: Sequence[str],
+    labels: torch.Tensor,
+    augmenter: EpochCopies,
+    batch_size: int,
+    gen: np.random.Generator,
+    total: int,
+) -> Iterator[tuple[list[str], torch.Tensor, np.ndarray]]:
+    """``total`` batches over (texts + this epoch's copies), a new draw of copies at every epoch start."""
+    step, epoch = 0, 0
+    while step < total:
+        extra = list(augmenter(epoch))
+        if len(extra) % max(len(texts), 1):
+            raise ValueError(
+                f"augmenter returned {len(extra)} copies for {len(texts)} texts (not a multiple)"
+            )
+        epoch_texts = list(texts) + extra
+        epoch_labels = labels.repeat(len(epoch_texts) // len(texts))
+        lengths = np.fromiter((len(t) for t in epoch_texts), dtype=np.int64, count=len(epoch_texts))
+        for idx in length_bucketed_batches(lengths, batch_size, gen):
+            if step == total:
+                return
+            yield epoch_texts, epoch_labels, idx
+            step += 1
+        epoch += 1
+
+
 def finetune(
     model: nn.Module,
     tokenizer,  # noqa: ANN001 - transformers tokenizer
@@ -112,12 +149,22 @@ def finetune(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "finetune",
+    augmenter: EpochCopies | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> FinetuneResult:
-    """Train ``model`` in place on (texts, labels); returns the loss curve."""
+    """Train ``model`` in place on (texts, labels); returns the loss curve.
+
+    ``augmenter(epoch)`` (optional) returns ``augmenter.copies`` perturbed copies of every text for that epoch
+    (copy-major, as :meth:`robustprune.augment.Augmenter.bind` gives); an epoch then runs over the texts and
+    their copies (same labels), so it has ``1 + copies`` times the steps, and ``settings.epochs`` still counts
+    passes over the original texts. ``callback(step, total)`` (optional) runs after each optimiser step (e.g.
+    to evaluate checkpoints; the model is put back in train mode after it).
+    """
     seed_everything(settings.seed)
     model.to(device).train()
     n = len(texts)
-    steps_per_epoch = math.ceil(n / settings.batch_size)
+    per_epoch = n if augmenter is None else n * (1 + augmenter.copies)  # texts (and copies) an epoch sees
+    steps_per_epoch = math.ceil(per_epoch / settings.batch_size)
     total = max(1, round(steps_per_epoch * settings.epochs))
     opt = make_optimizer(model, settings)
     adv = settings.adversarial if settings.adversarial and settings.adversarial.steps > 0 else None
@@ -127,26 +174,29 @@ def finetune(
     )
     gen = np.random.default_rng(settings.seed)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if augmenter is None:
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+        order = [
+            b
+            for _ in range(math.ceil(settings.epochs))
+            for b in length_bucketed_batches(lengths, settings.batch_size, gen)
+        ]
+        batches: Iterator = ((texts, labels_t, order[step % len(order)]) for step in range(total))
+    else:
+        batches = _augmented_batches(texts, labels_t, augmenter, settings.batch_size, gen, total)
     result = FinetuneResult(steps=total)
-    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-    order = [
-        b
-        for _ in range(math.ceil(settings.epochs))
-        for b in length_bucketed_batches(lengths, settings.batch_size, gen)
-    ]
     bar = tqdm(range(total), desc=desc, disable=not progress)
-    for step in bar:
+    for step, (step_texts, step_labels, idx) in zip(bar, batches, strict=True):
         raise_if_stopped()  # SIGTERM / SIGINT: stop within one step (robustprune.interrupt)
-        idx = order[step % len(order)]
         enc = tokenizer(
-            [texts[i] for i in idx],
+            [step_texts[i] for i in idx],
             padding=True,
             truncation=True,
             max_length=settings.max_length,
             return_tensors="pt",
         )
         batch = {k: v.to(device) for k, v in enc.items()}
-        y = labels_t[idx].to(device)
+        y = step_labels[idx].to(device)
         if adv is None:
             out = model(**batch, labels=y)
             out.loss.backward()
@@ -158,6 +208,9 @@ def finetune(
         sched.step()
         opt.zero_grad(set_to_none=True)
         result.losses.append(loss)
+        if callback is not None:
+            callback(step + 1, total)
+            model.train()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{result.final_loss:.3f}")
     model.eval()

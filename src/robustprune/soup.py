@@ -18,16 +18,35 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from robustprune.stats import rate
+
 StateDict = Mapping[str, torch.Tensor]
 CRITERIA = ("accuracy", "robustness")
 
 
 @dataclass(frozen=True)
 class SoupScore:
-    """Clean validation accuracy and (criterion = robustness) validation accuracy under attack."""
+    """Clean validation accuracy and (criterion = robustness) validation accuracy under attack, measured on
+    ``attacked`` validation rows (when known: the robustness then carries its Wilson interval)."""
 
     accuracy: float
     robustness: float | None = None
+    attacked: int | None = None
+
+    def robustness_interval(self) -> tuple[float, float] | None:
+        """95% Wilson interval of the robustness (``round(robustness x attacked)`` of ``attacked`` rows)."""
+        if self.robustness is None or not self.attacked:
+            return None
+        r = rate(round(self.robustness * self.attacked), self.attacked)
+        return r.low, r.high
+
+    def row(self) -> dict:
+        """The score as a history row: its fields, plus ``robustness_low`` / ``robustness_high`` when known."""
+        out = asdict(self)
+        interval = self.robustness_interval()
+        if interval is not None:
+            out["robustness_low"], out["robustness_high"] = interval
+        return out
 
     def key(self, criterion: str) -> tuple[float, ...]:
         """Sort key, larger is better: (robustness, accuracy) or (accuracy,)."""
@@ -75,7 +94,8 @@ def greedy_select(
     """Greedy soup over ingredients named in ``scores`` (each ingredient's own score).
 
     ``evaluate(members)`` scores the soup of those members. Ranking is stable: equal keys keep the order of
-    ``scores``. Returns the members kept, the final soup's score and one history row per candidate.
+    ``scores``. Returns the members kept, the final soup's score and one history row per candidate (with the
+    robustness's 95% interval when the score knows its row count: :meth:`SoupScore.row`).
     """
     if not scores:
         raise ValueError("a soup needs at least one ingredient")
@@ -85,12 +105,10 @@ def greedy_select(
         ranking = sorted(ranking, key=lambda n: not admissible(scores[n], max_accuracy_drop, best))
     members = [ranking[0]]
     current = scores[ranking[0]]
-    history = [{"candidate": ranking[0], **asdict(current), "kept": True, "members": list(members)}]
+    history = [{"candidate": ranking[0], **current.row(), "kept": True, "members": list(members)}]
     for name in ranking[1:]:
         if criterion == "robustness" and not admissible(scores[name], max_accuracy_drop, best):
-            history.append(
-                {"candidate": name, **asdict(scores[name]), "kept": False, "members": list(members)}
-            )
+            history.append({"candidate": name, **scores[name].row(), "kept": False, "members": list(members)})
             history[-1]["inadmissible"] = True
             continue
         trial = evaluate([*members, name])
@@ -98,7 +116,7 @@ def greedy_select(
         if kept:
             members.append(name)
             current = trial
-        history.append({"candidate": name, **asdict(trial), "kept": kept, "members": list(members)})
+        history.append({"candidate": name, **trial.row(), "kept": kept, "members": list(members)})
     return GreedyResult(members, current, ranking, history)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -55,6 +57,12 @@ def test_finetuned_variants_learn_and_the_robust_soup_follows_its_rule(pipeline_
     finetune, soup = read_json(root / "reports" / "finetune.json"), read_json(root / "reports" / "soup.json")
     assert max(m["test_accuracy"] for m in finetune.values()) >= 0.75  # synthetic task is learnable
     assert finetune["c"]["adversarial"]["steps"] == 2 and finetune["c"]["optimizer"] == "adam"
+    # c also trains on one perturbed copy of every training text per epoch (FreeLB + augment): 4 epochs
+    n_train = len(pd.read_parquet(root / "data" / "prepared" / "train.parquet"))
+    aug = finetune["c"]["augment"]
+    assert sum(aug["copies"].values()) == 4 * n_train and 0 < aug["changed_word_fraction"] <= 0.5
+    assert finetune["c"]["steps"] == 4 * math.ceil(2 * n_train / 16)
+    assert finetune["a"]["steps"] == 5 * math.ceil(n_train / 16)
     ing = soup["ingredients"]
     assert soup["criterion"] == "robustness" and set(ing) == set(finetune)
     for name, e in ing.items():  # each ingredient attacked on the same seeded validation rows

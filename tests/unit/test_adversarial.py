@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 
-from robustprune.adversarial import FreeLBSettings, freelb_backward, init_delta, project
+from robustprune.adversarial import FreeLBSettings, SharedDropout, freelb_backward, init_delta, project
 from robustprune.finetune import FinetuneSettings, finetune
 from tests.conftest import synthetic_reviews, tiny_bert, tiny_tokenizer
 
@@ -122,4 +125,150 @@ def test_settings_reject_nonsense():
     with pytest.raises(ValueError, match="steps"):
         FreeLBSettings(steps=-1)
     with pytest.raises(ValueError, match="max_norm"):
-        FreeLBSettings(max_norm=0)
+        FreeLBSettings(max_norm=-0.1)
+
+
+class _MeanPoolLinear(nn.Module):
+    """logits = W · mean of the real tokens' (embedding + δ) + b: ∂loss/∂δ is known in closed form,
+    (1/B)(1/L_i)(softmax_i − onehot_i) W on each real token of example i."""
+
+    def __init__(self, vocab: int = 12, dim: int = 6, labels: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, labels)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.emb
+
+    def forward(self, inputs_embeds, attention_mask, labels):  # noqa: ANN001, ANN201
+        m = attention_mask.unsqueeze(-1).to(inputs_embeds.dtype)
+        logits = self.head((inputs_embeds * m).sum(1) / m.sum(1))
+        return SimpleNamespace(loss=nn.functional.cross_entropy(logits, labels), logits=logits)
+
+    def delta_gradient(self, ids, mask, labels) -> torch.Tensor:  # noqa: ANN001
+        """The closed-form ∂loss/∂δ at δ = 0."""
+        with torch.no_grad():
+            m = mask.unsqueeze(-1).float()
+            logits = self.head((self.emb(ids) * m).sum(1) / m.sum(1))
+            r = torch.softmax(logits, -1) - nn.functional.one_hot(labels, logits.shape[-1]).float()
+            per_token = (r @ self.head.weight) / (m.sum(1) * len(ids))  # (B, dim)
+            return per_token.unsqueeze(1) * m
+
+
+def _linear_batch():
+    ids = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7], [8, 9, 0, 0]])
+    mask = (ids != 0).long()
+    return ids, mask, torch.tensor([0, 2, 1])
+
+
+UNBOUNDED = FreeLBSettings(steps=2, step_size=0.3, max_norm=0.0, init_mag=0.0)
+
+
+def test_each_ascent_step_follows_each_examples_own_normalised_gradient():
+    """δ₁ − δ₀ = a · g_i / ‖g_i‖ per example (Algorithm 1, line 9): a descent step flips the sign, a step
+    normalised by the whole batch's gradient norm shrinks every example's step below a."""
+    model = _MeanPoolLinear()
+    ids, mask, y = _linear_batch()
+    out = freelb_backward(model, {"input_ids": ids, "attention_mask": mask}, y, UNBOUNDED, record=True)
+    g = model.delta_gradient(ids, mask, y)
+    expected = 0.3 * g / g.flatten(1).norm(dim=1).view(-1, 1, 1)
+    step = out.deltas[1] - out.deltas[0]
+    torch.testing.assert_close(step, expected, rtol=1e-5, atol=1e-7)
+    assert step.flatten(1).norm(dim=1).tolist() == pytest.approx([0.3] * 3, rel=1e-5)
+
+
+def test_one_examples_scale_does_not_change_another_examples_step():
+    """Per-example normalisation: making example 0's gradient 10x larger (its embeddings scaled) leaves the
+    steps of examples 1 and 2 exactly as they were."""
+    ids, mask, y = _linear_batch()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    base = freelb_backward(_MeanPoolLinear(), batch, y, UNBOUNDED, record=True)
+    scaled_model = _MeanPoolLinear()
+    with torch.no_grad():
+        scaled_model.emb.weight[1:4] *= 10.0  # example 0's tokens only
+    scaled = freelb_backward(scaled_model, batch, y, UNBOUNDED, record=True)
+    base_step, scaled_step = base.deltas[1] - base.deltas[0], scaled.deltas[1] - scaled.deltas[0]
+    assert not torch.allclose(base_step[0], scaled_step[0])  # example 0's own step did change
+    torch.testing.assert_close(scaled_step[1:], base_step[1:], rtol=1e-6, atol=1e-8)
+
+
+def test_ascent_steps_raise_every_examples_perturbed_loss(batch):
+    """On a tiny BERT (eval: no dropout), each small ascent step raises each example's loss at δ_t."""
+    enc, y = batch
+    model = tiny_bert().eval()
+    s = FreeLBSettings(steps=4, step_size=0.05, max_norm=0.0, init_mag=0.05)
+    out = freelb_backward(model, enc, y, s, generator=torch.Generator().manual_seed(0), record=True)
+    inputs = {k: v for k, v in enc.items() if k != "input_ids"}
+    losses = []
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(enc["input_ids"])
+        for d in out.deltas:
+            logits = model(inputs_embeds=emb + d, **inputs).logits
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="none"))
+    for before, after in zip(losses, losses[1:], strict=False):
+        assert (after > before).all(), (before, after)
+
+
+def test_max_norm_zero_is_unbounded(batch):
+    enc, y = batch
+    s = FreeLBSettings(steps=4, step_size=5.0, max_norm=0.0, init_mag=1.0)
+    out = freelb_backward(
+        tiny_bert().eval(), enc, y, s, generator=torch.Generator().manual_seed(0), record=True
+    )
+    norms = [d.flatten(1).norm(dim=1) for d in out.deltas]
+    assert (norms[-1] > 5.0).all()  # three steps of 5 from a start of norm <= 1: never pulled back
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(project(x, 0.0), x)
+
+
+def _dropout_patterns(model, enc, y, settings):  # noqa: ANN001
+    """Two batches through FreeLB; per nn.Dropout module name, the zero pattern of its output at each call."""
+    calls: list[dict[str, list[torch.Tensor]]] = [{}, {}]
+    batch_no = [0]
+    handles = [
+        m.register_forward_hook(
+            lambda _m, _i, o, n=name: calls[batch_no[0]].setdefault(n, []).append(o.detach() == 0)
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Dropout)
+    ]
+    torch.manual_seed(0)
+    for b in range(2):
+        batch_no[0] = b
+        freelb_backward(model, enc, y, settings, generator=torch.Generator().manual_seed(0))
+    for h in handles:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_dropout_masks_shared_across_the_k_steps_and_fresh_for_each_batch(batch, share):
+    """share_dropout (the reference's dp_masks): in train mode every dropout, attention dropout included,
+    uses one mask for all K steps of a batch and a new one for the next batch; without it each step draws."""
+    enc, y = batch
+    model = tiny_bert().train()
+    s = FreeLBSettings(steps=3, step_size=0.1, max_norm=0.0, init_mag=0.2, share_dropout=share)
+    first, second = _dropout_patterns(model, enc, y, s)
+    attention = "bert.encoder.layer.0.attention.self.dropout"
+    assert (attention in first) == share  # SDPA drops attention inside its kernel unless shared
+    hidden = [n for n in first if "attention.self" not in n]
+    assert len(hidden) == 6  # embeddings, 2 x (attention output, layer output), classifier
+    for name, steps in first.items():
+        assert len(steps) == 3
+        same = [torch.equal(steps[0], later) for later in steps[1:]]
+        assert same == ([True, True] if share else [False, False]), name
+    assert all(not torch.equal(first[n][0], second[n][0]) for n in hidden)  # the next batch draws anew
+    assert not any("forward" in m.__dict__ for m in model.modules())  # the model is left as it was
+
+
+def test_shared_dropout_is_a_no_op_in_eval_mode_and_restores_the_model(batch):
+    enc, _ = batch
+    model = tiny_bert().eval()
+    before = model(**enc).logits
+    with SharedDropout(model) as shared:
+        shared.next_forward()
+        inside = model(**enc).logits  # eager attention instead of SDPA: the same function
+    torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-6)
+    assert not shared.masks
+    assert torch.equal(model(**enc).logits, before)

@@ -73,6 +73,18 @@ def test_robust_greedy_refuses_a_robustness_drop_and_needs_scores():
     assert not accepts(SoupScore(0.7, 0.5), SoupScore(0.8, 0.1), "robustness", 0.02, best_accuracy=0.8)
 
 
+def test_greedy_history_carries_each_robustness_interval():
+    """Every history row (ingredients and candidate soups) has the 95% Wilson interval of its robustness on
+    its attacked rows: 3 of 25 -> [4.2%, 30.0%]; 30 of 250 -> [8.5%, 16.6%] (narrower: more rows)."""
+    own = {"a": SoupScore(0.8, 3 / 25, 25), "b": SoupScore(0.8, 2 / 25, 25)}
+    res = greedy_select(own, lambda m: SoupScore(0.82, 30 / 250, 250), criterion="robustness")
+    first, second = res.history
+    assert (first["robustness_low"], first["robustness_high"]) == pytest.approx((0.0417, 0.2997), abs=5e-4)
+    assert (second["robustness_low"], second["robustness_high"]) == pytest.approx((0.0854, 0.1661), abs=5e-4)
+    assert first["attacked"] == 25 and second["attacked"] == 250
+    assert "robustness_low" not in greedy_select({"a": SoupScore(0.8)}, lambda m: SoupScore(0.8)).history[0]
+
+
 def test_length_bucketed_batches_cover_each_example_once():
     import numpy as np
 
