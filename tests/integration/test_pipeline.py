@@ -228,6 +228,37 @@ def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):
     assert "report/summary.md" in arts and "report/accuracy_vs_sparsity.png" in arts
 
 
+def test_mlflow_nested_runs_sit_in_their_parents_experiment_of_kind_model_training(pipeline_run):
+    """Every nested run is in its parent's experiment (the per-combination prune runs were in `Default`), and
+    the experiment carries MLflow 3's kind tag for the model-training view (not the GenAI one)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.common import EXPERIMENT_TAGS
+    from tasks.tracking import MODEL_TAG
+
+    root = pipeline_run[0]
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("robustprune")
+    assert exp.tags["mlflow.experimentKind"] == EXPERIMENT_TAGS["mlflow.experimentKind"]
+    assert EXPERIMENT_TAGS == {"mlflow.experimentKind": "custom_model_development"}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.info.run_id: r for r in client.search_runs(experiments, max_results=5000)}
+    nested = [r for r in runs.values() if "mlflow.parentRunId" in r.data.tags]
+    assert nested
+    for r in nested:
+        parent = runs[r.data.tags["mlflow.parentRunId"]]
+        assert r.info.experiment_id == parent.info.experiment_id == exp.experiment_id, r.info.run_name
+    assert {r.info.experiment_id for r in runs.values()} == {exp.experiment_id}  # nothing in Default
+    # the per-(method, sparsity) runs: under prune, one each, with the per-block error curve
+    (prune,) = [r for r in nested if r.data.tags.get("stage") == "prune" and r.info.run_name == "prune"]
+    combos = {r.info.run_name: r for r in nested if r.data.tags["mlflow.parentRunId"] == prune.info.run_id}
+    assert set(combos) == set(COMBOS)
+    for name, r in combos.items():
+        curve = client.get_metric_history(r.info.run_id, "block_output_error")
+        assert [m.step for m in curve] == [0, 1], name  # the tiny BERT's two blocks
+        assert r.data.tags[MODEL_TAG] == name  # the report stage's model run is this same run
+
+
 def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, prefect_api_url, tmp_path):
     """kill -9 in the middle of pruning, start again: it resumes and ends with the uninterrupted masks."""
     root, params, _ = pipeline_run
