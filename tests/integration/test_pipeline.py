@@ -286,7 +286,7 @@ def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, prefect_a
     assert not leftovers
 
 
-def test_second_run_reuses_cached_evaluations(pipeline_run):
+def test_second_run_reuses_cached_evaluations(pipeline_run, tmp_path):
     """Evaluate is keyed by model content: a re-run answers from Prefect's cache with the same numbers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -294,9 +294,10 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
 
     from flows.evaluate import evaluate_flow
 
-    root, params, _ = pipeline_run
-    before = json.loads((root / "reports" / "eval.json").read_text())["models"]
-    state = evaluate_flow(params_path=str(params), root=str(root), return_state=True)
+    src = pipeline_run[0]
+    before = json.loads((src / "reports" / "eval.json").read_text())["models"]
+    root = copy_project(src, tmp_path / "again", skip=("mlruns.db", "mlartifacts"))  # the shared run stays
+    state = evaluate_flow(params_path=str(root / "params.yaml"), root=str(root), return_state=True)
     rows = state.result()
     assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in before]
     # Prefect 3 runs tasks client-side and reports their states to the server as events, which the server
@@ -318,27 +319,29 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
     assert len(states) == len(before) and set(states.values()) == {"Cached"}, states
 
 
-def test_prefect_yaml_deploys_every_deployment(tmp_path):
-    """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments."""
+def test_prefect_yaml_deploys_every_deployment(tmp_path, prefect_api_url):
+    """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments.
+
+    On the session's Prefect API (the scale-out tests deploy the same file there again, with their own pool
+    names and checkouts): one command, no temporary server of its own to start."""
+    import contextlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        for pool in ("cpu", "gpu"):
+            with contextlib.suppress(Exception):  # `cpu` may exist already (tests/integration/test_scaleout*)
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        assert {"cpu", "gpu"} <= {p.name for p in client.read_work_pools()}
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "ph"),
+        "PREFECT_API_URL": prefect_api_url,
         "ROBUSTPRUNE_DIR": str(ROOT),
         "ROBUSTPRUNE_GPU_POOL": "gpu",  # prefect.yaml names the GPU pool from it (docs/deployment.md)
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # each command starts a temporary server
     }
-    env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
-    for pool in ("cpu", "gpu"):
-        subprocess.run(
-            [prefect, "work-pool", "create", pool, "--type", "process"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=True,
-        )
     res = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all"],
         cwd=ROOT,
