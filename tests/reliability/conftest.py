@@ -43,13 +43,8 @@ TIMING_KEY = re.compile(r"seconds|_time$|^time|wall|elapsed|started|duration|spe
 
 
 def shrunk(params: dict) -> dict:
-    """The stages this suite stops or kills (sds, cap, attack; prune as the integration suite has it) made
-    as small as still exercises them."""
-    params["prune"] = {
-        "methods": ["magnitude", "sparsegpt", "rakp"],
-        "sparsities": [0.5, "2:4"],
-        "block_size": 16,
-    }
+    """The stages this suite stops or kills made as small as still exercises them: sds, cap and attack (prune
+    as tests/conftest.py's tiny project has it: magnitude, sparsegpt and rakp at 50% and 2:4)."""
     params["sds"] = {"methods": ["sparsegpt", "rakp"], "sparsities": [0.5], "steps": 5}
     params["cap"] = {
         "sparsities": [0.5, 0.75],
@@ -133,14 +128,14 @@ def finished(pipeline_run, tmp_path_factory, prefect_api_url) -> Project:
     import importlib
 
     import flows  # noqa: F401
+    from robustprune.config import load_params
 
     src, _, result = pipeline_run
     root = copy_project(src, tmp_path_factory.mktemp("reliable") / "project", skip=NOT_SHARED)
     path = root / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    before = params["prune"]
-    path.write_text(yaml.safe_dump(shrunk(params), sort_keys=False))
-    assert yaml.safe_load(path.read_text())["prune"] == before  # the shared run's models/pruned are prune's
+    path.write_text(yaml.safe_dump(shrunk(yaml.safe_load(path.read_text())), sort_keys=False))
+    # the shared run's models/pruned are this project's prune stage's: the same prune settings
+    assert load_params(path).prune == load_params(src / "params.yaml").prune
     project = Project(root, path, {"prune": result["ran"]["prune"]})
     for stage in SHRUNK:
         flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
