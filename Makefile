@@ -81,6 +81,7 @@ format: setup  ## ruff fix + format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 ui: setup  ## MLflow UI over the project's sqlite store on http://127.0.0.1:$(PORT)
+	@echo "MLflow UI, model-training view: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port $(PORT)
 
 push: $(STAMP)-$(REQ_HASH)  ## push DVC-tracked data/models and the run cache to the default DVC remote

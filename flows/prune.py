@@ -12,7 +12,7 @@ import flows  # noqa: F401
 from robustprune.checkpoints import write_json
 from robustprune.config import Params
 from robustprune.interrupt import raise_if_stopped
-from tasks.common import Layout, combo_name, default_task_runner, load, section, stage_run
+from tasks.common import Layout, child_run, combo_name, default_task_runner, load, section, stage_run
 from tasks.dvc_sync import worker_sync
 from tasks.prune import prune_block_task, prune_finalize, prune_setup
 
@@ -65,7 +65,7 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
             name = combo_name(method, sparsity)
             branch = branches[name].result()
             metrics = branch["metrics"]
-            with mlflow.start_run(run_name=name, nested=True, tags={"method": method, "sparsity": sparsity}):
+            with child_run(name, tags={"method": method, "sparsity": sparsity}):
                 if branch["cached"]:
                     results[name] = metrics
                     mlflow.set_tag("cache", "hit")

@@ -196,6 +196,12 @@ def tracking_uri(params: Params, root: Path) -> str:
     return uri
 
 
+#: experiment tags set when the experiment is created (or found without them). MLflow 3's UI reads
+#: ``mlflow.experimentKind`` to open an experiment in its model-training view ("custom_model_development")
+#: rather than the GenAI one (traces, evaluations) it assumes for an experiment without the tag.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def mlflow_setup(params: Params, root: Path) -> str:
     """Point MLflow at the project's tracking store and experiment; returns the experiment id.
 
@@ -210,12 +216,34 @@ def mlflow_setup(params: Params, root: Path) -> str:
     uri = tracking_uri(params, root)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(params.runtime.experiment)
-    if exp is not None:
-        return exp.experiment_id
-    if mlflow_uri_kind(uri) in ("http", "https", "databricks", "databricks-uc"):
-        return mlflow.create_experiment(params.runtime.experiment)
-    return mlflow.create_experiment(
-        params.runtime.experiment, artifact_location=(root / "mlartifacts").resolve().as_uri()
+    if exp is None:
+        location = None  # a server chooses it
+        if mlflow_uri_kind(uri) not in ("http", "https", "databricks", "databricks-uc"):
+            location = (root / "mlartifacts").resolve().as_uri()
+        exp_id = mlflow.create_experiment(
+            params.runtime.experiment, artifact_location=location, tags=EXPERIMENT_TAGS
+        )
+    else:
+        exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():  # made before the tag existed (a user's own choice stays)
+            if key not in exp.tags:
+                mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
+    return exp_id
+
+
+def child_run(name: str, tags: Mapping[str, str] | None = None) -> Any:
+    """``mlflow.start_run`` nested under the active run, in the active run's experiment.
+
+    ``start_run(nested=True)`` alone puts the child in the *active experiment*, which is MLflow's ``Default``
+    unless something set it: the per-(method, sparsity) prune runs landed there, apart from their parent.
+    """
+    import mlflow
+
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError(f"child run {name!r}: no active MLflow run to nest under")
+    return mlflow.start_run(
+        run_name=name, nested=True, experiment_id=parent.info.experiment_id, tags=dict(tags or {})
     )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 for key, value in {
@@ -164,6 +167,16 @@ soup: {{attack: {{num_examples: 6}}}}
 calibrate: {{num_samples: 24, batch_size: 8}}
 prune: {{methods: [magnitude, sparsegpt, rakp], sparsities: [0.5, "2:4"], block_size: 16}}
 sds: {{methods: [sparsegpt], sparsities: [0.5], steps: 5}}
+cap:
+  train_examples: 96
+  batch_size: 16
+  warmup_steps: 2
+  ramp_steps: 12
+  hold_steps: 4
+  lr: 3.0e-3
+  extra_negatives: 24
+  structured: {{sparsities: [0.25, 0.5], retrain_steps: 6, importance_batches: 2, lr: 3.0e-3}}
+  latency: {{batch_sizes: [1, 8], min_run_time: 0.01, rounds: 1}}
 evaluate: {{batch_size: 32}}
 attack:
   models: [soup-greedy, sds]
@@ -178,6 +191,89 @@ runtime: {{progress: false, device: cpu}}
 @pytest.fixture
 def tiny_project(tmp_path: Path) -> Path:
     return write_tiny_project(tmp_path)
+
+
+# ------------------------------------------------------------------ the session's Prefect API and tiny run
+#: what a checkout holds besides params.yaml: the code DVC hashes as stage deps, the stage and deployment files
+CODE = ("src", "flows", "tasks")
+PROJECT_FILES = ("dvc.yaml", "prefect.yaml")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect API for every in-process flow run of the session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """The harness server's URL, for flows run in subprocesses (saves each one starting its own server)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def make_checkout(root: Path, params: dict) -> Path:
+    """``root`` made what ``git clone`` of the repository gives: the code, dvc.yaml, prefect.yaml and
+    ``params`` (every key spelled out: DVC reads the keys each stage lists), a git + DVC repository."""
+    for d in CODE:
+        shutil.copytree(ROOT / d, root / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for f in PROJECT_FILES:
+        shutil.copy(ROOT / f, root / f)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    from dvc.repo import Repo
+
+    Repo.init(str(root)).close()  # `dvc init`, without starting a second interpreter
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, prefect_harness):
+    """The real pipeline flow, run once on the tiny project; tests read what it produced.
+
+    The project is a git + DVC checkout (code, dvc.yaml, params.yaml with every key), as `make run` sees
+    one: the pipeline records each stage in dvc.lock as it finishes, so the DVC, scale-out and reliability
+    tests start from this run's outputs and lock instead of running the stages again. Read it only: a test
+    that re-runs a stage or edits a file works on a copy (``copy_project``).
+    """
+    import flows  # noqa: F401
+    from flows.pipeline import pipeline
+    from robustprune.config import load_params
+
+    root = tmp_path_factory.mktemp("tiny-project")
+    params = write_tiny_project(root)
+    make_checkout(root, load_params(params).model_dump(mode="json"))
+    result = pipeline(params_path=str(params), root=str(root))
+    return root, params, result
+
+
+#: what a project copy shares with its source by hard link instead of copying: files nothing writes in place
+#: (DVC's content-addressed cache; the attack resources, ~190 MB of MiniLM encoder and MLM head, that no test
+#: rebuilds). Every writer of the code replaces a file by renaming a new one over it, never rewrites it.
+LINKED = (".dvc/cache/", "models/attack/")
+
+
+def copy_project(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
+    """A copy of the project ``src`` at ``dst`` without the paths in ``skip`` (relative to ``src``)."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        if Path(a).relative_to(src).as_posix().startswith(LINKED):
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    shutil.copytree(
+        src,
+        dst,
+        ignore=lambda d, names: [n for n in names if (Path(d) / n).relative_to(src).as_posix() in skip],
+        copy_function=link_or_copy,
+    )
+    return dst
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,59 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from robustprune.checkpoints import read_json
-from tests.conftest import ROOT, synthetic_reviews, tiny_bert, tiny_tokenizer
+from tests.conftest import ROOT
 from tests.integration.conftest import copy_project
 
 pytestmark = pytest.mark.integration
 
-CAP_PARAMS = """seed: 0
-data: {{source: {data}, text_column: sentence, label_column: sentiment, validation_size: 40, test_size: 40, max_length: 16}}
-model: {{name: {model}}}
-evaluate: {{batch_size: 32}}
-attack: {{models: [soup-greedy]}}
-cap:
-  train_examples: 96
-  batch_size: 16
-  warmup_steps: 2
-  ramp_steps: 12
-  hold_steps: 4
-  lr: 3.0e-3
-  extra_negatives: 24
-  structured: {{sparsities: [0.25, 0.5], retrain_steps: 6, importance_batches: 2, lr: 3.0e-3}}
-  latency: {{batch_sizes: [1, 8], min_run_time: 0.01, rounds: 1}}
-runtime: {{progress: false, device: cpu}}
-"""
 MAIN = ["cap_0.5", "cap_0.75", "cap_0.875", "cap_0.9"]
 NOCL = ["cap-nocl_0.5", "cap-nocl_0.75", "cap-nocl_0.875", "cap-nocl_0.9"]
-
-
-def _inputs(root: Path) -> Path:
-    """What the cap stage reads: prepared splits, the pre-trained encoder, a (briefly fine-tuned) soup."""
-    from robustprune.data import make_splits, save_splits
-    from robustprune.finetune import FinetuneSettings, finetune
-
-    rows = synthetic_reviews(240)
-    df = pd.DataFrame({"text": [t for t, _ in rows], "label": [y for _, y in rows]})
-    save_splits(
-        make_splits(df, ("neg", "pos"), validation_size=40, test_size=40, seed=0), root / "data" / "prepared"
-    )
-    tok = tiny_tokenizer(root / "models" / "base")
-    tiny_bert().bert.save_pretrained(root / "models" / "base")
-    soup = tiny_bert()
-    finetune(soup, tok, df.text.tolist()[:160], df.label.tolist()[:160],
-             FinetuneSettings(learning_rate=3e-3, epochs=3, batch_size=16, max_length=16), progress=False)  # fmt: skip
-    for name in ("greedy", "uniform"):
-        soup.save_pretrained(root / "models" / "soup" / name)
-        tok.save_pretrained(root / "models" / "soup" / name)
-    params = root / "params.yaml"
-    params.write_text(CAP_PARAMS.format(data=root / "reviews.csv", model=root / "models" / "base"))
-    (root / "reviews.csv").write_text("sentence,sentiment\n" + "".join(f"{t},{y}\n" for t, y in rows))
-    return params
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -74,14 +32,11 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cap_run(tmp_path_factory, prefect_harness):
-    import flows  # noqa: F401
-    from flows.cap import cap_flow
-
-    root = tmp_path_factory.mktemp("cap-project")
-    params = _inputs(root)
-    report = cap_flow(params_path=str(params), root=str(root))
-    return root, params, report
+def cap_run(pipeline_run):
+    """The cap stage of the shared tiny run (tests/conftest.py's tiny project: a small CAP schedule, CAP-f
+    at 25% then 50%): its project root, params and report."""
+    root, params, _ = pipeline_run
+    return root, params, read_json(root / "reports" / "cap.json")
 
 
 def test_cap_flow_produces_models_and_report(cap_run):
@@ -93,7 +48,6 @@ def test_cap_flow_produces_models_and_report(cap_run):
     root, _, report = cap_run
     cap_dir = root / "models" / "cap"
     assert read_json(cap_dir / "index.json") == sorted([*MAIN, *NOCL, "cap-f_0.5"])
-    assert read_json(root / "reports" / "cap.json") == report
     for name, target in zip(MAIN + NOCL, [0.5, 0.75, 0.875, 0.9] * 2, strict=True):
         model = AutoModelForSequenceClassification.from_pretrained(cap_dir / name)
         for lin in prunable_linears(model).values():  # exact int(keep * numel) per matrix
@@ -131,14 +85,17 @@ def test_cap_flow_produces_models_and_report(cap_run):
     assert set(report["training_seconds"]) == {*MAIN, *NOCL, "cap-f_0.5"}
 
 
-def test_cap_rerun_is_a_cache_hit(cap_run):
+def test_cap_rerun_is_a_cache_hit(cap_run, tmp_path):
     from flows.cap import cap_flow
 
-    root, params, report = cap_run
+    src, _, report = cap_run
+    root = copy_project(src, tmp_path / "again", skip=("mlruns.db", "mlartifacts"))  # the shared run stays
     before = _digests(root)
+    assert before == _digests(src)
     mtimes = {p: p.stat().st_mtime_ns for p in (root / "models" / "cap").rglob("model.safetensors")}
-    again = cap_flow(params_path=str(params), root=str(root))
-    assert again == report and _digests(root) == before
+    again = cap_flow(params_path=str(root / "params.yaml"), root=str(root))
+    # what the flow returns is the report it wrote, and the rerun's is the first run's
+    assert again == report == read_json(root / "reports" / "cap.json") and _digests(root) == before
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing was retrained or re-exported
 
 

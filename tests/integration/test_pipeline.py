@@ -241,6 +241,37 @@ def test_mlflow_parent_run_holds_nested_stage_runs(pipeline_run):
     assert "report/summary.md" in arts and "report/accuracy_vs_sparsity.png" in arts
 
 
+def test_mlflow_nested_runs_sit_in_their_parents_experiment_of_kind_model_training(pipeline_run):
+    """Every nested run is in its parent's experiment (the per-combination prune runs were in `Default`), and
+    the experiment carries MLflow 3's kind tag for the model-training view (not the GenAI one)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.common import EXPERIMENT_TAGS
+    from tasks.tracking import MODEL_TAG
+
+    root = pipeline_run[0]
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("robustprune")
+    assert exp.tags["mlflow.experimentKind"] == EXPERIMENT_TAGS["mlflow.experimentKind"]
+    assert EXPERIMENT_TAGS == {"mlflow.experimentKind": "custom_model_development"}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.info.run_id: r for r in client.search_runs(experiments, max_results=5000)}
+    nested = [r for r in runs.values() if "mlflow.parentRunId" in r.data.tags]
+    assert nested
+    for r in nested:
+        parent = runs[r.data.tags["mlflow.parentRunId"]]
+        assert r.info.experiment_id == parent.info.experiment_id == exp.experiment_id, r.info.run_name
+    assert {r.info.experiment_id for r in runs.values()} == {exp.experiment_id}  # nothing in Default
+    # the per-(method, sparsity) runs: under prune, one each, with the per-block error curve
+    (prune,) = [r for r in nested if r.data.tags.get("stage") == "prune" and r.info.run_name == "prune"]
+    combos = {r.info.run_name: r for r in nested if r.data.tags["mlflow.parentRunId"] == prune.info.run_id}
+    assert set(combos) == set(COMBOS)
+    for name, r in combos.items():
+        curve = client.get_metric_history(r.info.run_id, "block_output_error")
+        assert [m.step for m in curve] == [0, 1], name  # the tiny BERT's two blocks
+        assert r.data.tags[MODEL_TAG] == name  # the report stage's model run is this same run
+
+
 def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, prefect_api_url, tmp_path):
     """kill -9 in the middle of pruning, start again: it resumes and ends with the uninterrupted masks."""
     root, params, _ = pipeline_run
@@ -268,7 +299,7 @@ def test_prune_resumes_after_kill_9_with_identical_masks(pipeline_run, prefect_a
     assert not leftovers
 
 
-def test_second_run_reuses_cached_evaluations(pipeline_run):
+def test_second_run_reuses_cached_evaluations(pipeline_run, tmp_path):
     """Evaluate is keyed by model content: a re-run answers from Prefect's cache with the same numbers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -276,9 +307,10 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
 
     from flows.evaluate import evaluate_flow
 
-    root, params, _ = pipeline_run
-    before = json.loads((root / "reports" / "eval.json").read_text())["models"]
-    state = evaluate_flow(params_path=str(params), root=str(root), return_state=True)
+    src = pipeline_run[0]
+    before = json.loads((src / "reports" / "eval.json").read_text())["models"]
+    root = copy_project(src, tmp_path / "again", skip=("mlruns.db", "mlartifacts"))  # the shared run stays
+    state = evaluate_flow(params_path=str(root / "params.yaml"), root=str(root), return_state=True)
     rows = state.result()
     assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in before]
     # Prefect 3 runs tasks client-side and reports their states to the server as events, which the server
@@ -300,27 +332,29 @@ def test_second_run_reuses_cached_evaluations(pipeline_run):
     assert len(states) == len(before) and set(states.values()) == {"Cached"}, states
 
 
-def test_prefect_yaml_deploys_every_deployment(tmp_path):
-    """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments."""
+def test_prefect_yaml_deploys_every_deployment(tmp_path, prefect_api_url):
+    """`prefect deploy --all` registers the pipeline (with its schedule) and the GPU stage deployments.
+
+    On the session's Prefect API (the scale-out tests deploy the same file there again, with their own pool
+    names and checkouts): one command, no temporary server of its own to start."""
+    import contextlib
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        for pool in ("cpu", "gpu"):
+            with contextlib.suppress(Exception):  # `cpu` may exist already (tests/integration/test_scaleout*)
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        assert {"cpu", "gpu"} <= {p.name for p in client.read_work_pools()}
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "ph"),
+        "PREFECT_API_URL": prefect_api_url,
         "ROBUSTPRUNE_DIR": str(ROOT),
         "ROBUSTPRUNE_GPU_POOL": "gpu",  # prefect.yaml names the GPU pool from it (docs/deployment.md)
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # each command starts a temporary server
     }
-    env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
-    for pool in ("cpu", "gpu"):
-        subprocess.run(
-            [prefect, "work-pool", "create", pool, "--type", "process"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=True,
-        )
     res = subprocess.run(
         [prefect, "--no-prompt", "deploy", "--all"],
         cwd=ROOT,

@@ -134,11 +134,8 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
 
     src_root, src_params, _ = pipeline_run
     tmp = tmp_path_factory.mktemp("scaleout")
+    # the tiny run's checkout: code, dvc.yaml, prefect.yaml, every stage recorded in dvc.lock and cached
     root = copy_project(src_root, tmp / "project", skip=("mlruns.db", "mlartifacts", ".prefect"))
-    for d in ("src", "flows", "tasks"):
-        shutil.copytree(ROOT / d, root / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for f in ("dvc.yaml", "prefect.yaml"):
-        shutil.copy(ROOT / f, root / f)
     ml_port = free_port()
     params = load_params(src_params).model_dump(mode="json")  # every key spelled out: DVC reads them
     params["runtime"] |= {"work_pool": POOL, "mlflow_uri": f"http://127.0.0.1:{ml_port}"}
@@ -173,11 +170,8 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
         str(store / "artifacts"),
     ]
     with started(mlflow_cmd, env, tmp, logs / "mlflow.log") as mlflow_server:
-        # the repository: every stage recorded from the tiny project's outputs, then three made stale
-        run(["git", "init", "-q"], root, env)
-        run([sys.executable, "-m", "dvc", "init", "-q"], root, env)
+        # the repository: every stage recorded by the tiny pipeline run, then three made stale
         run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp / "dvc-remote")], root, env)
-        run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], root, env)
         from dvc.utils.serialize import modify_yaml
 
         with modify_yaml(root / "dvc.lock") as lock:  # DVC's YAML 1.2: PyYAML would turn a 2:4 into 124

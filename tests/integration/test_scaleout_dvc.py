@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.integration.conftest import copy_project
+from tests.integration.conftest import copy_project, make_checkout
 from tests.integration.test_scaleout import (
     BIN,
     _flow_runs_of,
@@ -43,25 +42,12 @@ from tests.integration.test_scaleout import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 POOL = "dvc-pool"  # its own pool: the deployments <stage>/<stage>-dvc-pool are this module's
-CODE = ("src", "flows", "tasks")
 
 
-def _code_checkout(dst: Path, params: dict, env: dict) -> Path:
+def _code_checkout(dst: Path, params: dict) -> Path:
     """A checkout as a host gets it from git: code, dvc.yaml, prefect.yaml, params.yaml; a DVC repo."""
     dst.mkdir(parents=True)
-    return _add_code(dst, params, env)
-
-
-def _add_code(dst: Path, params: dict, env: dict) -> Path:
-    """The checkout's code, dvc.yaml, prefect.yaml and ``params`` into ``dst``, made a git + DVC repository."""
-    for d in CODE:
-        shutil.copytree(ROOT / d, dst / d, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for f in ("dvc.yaml", "prefect.yaml"):
-        shutil.copy(ROOT / f, dst / f)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dst, env)
-    run([sys.executable, "-m", "dvc", "init", "-q"], dst, env)
-    return dst
+    return make_checkout(dst, params)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +67,17 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
     params = load_params(src_params).model_dump(mode="json")  # every key spelled out: DVC reads them
     params["runtime"] |= {"work_pool": POOL, "storage": "dvc"}
 
-    # the parent: the tiny project's outputs, every stage recorded, then evaluate and report made stale
+    # the parent: the tiny run's checkout (every stage recorded by its pipeline), then evaluate and report
+    # made stale
     parent = copy_project(src_root, tmp / "parent", skip=("mlruns.db", "mlartifacts", ".prefect"))
-    _add_code(parent, params, env)
+    (parent / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], parent, env)
-    run([sys.executable, "-m", "dvc", "commit", "-f", "-q"], parent, env)
     with modify_yaml(parent / "dvc.lock") as lock:  # DVC's YAML 1.2 (PyYAML would turn 2:4 into 124)
         for s in ("evaluate", "report"):
             del lock["stages"][s]
 
     # the worker's checkout: nothing but code and config; the same remote
-    worker_dir = _code_checkout(tmp / "worker", params, env)
+    worker_dir = _code_checkout(tmp / "worker", params)
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], worker_dir, env)
     assert not any((worker_dir / d).exists() for d in ("data", "models", "reports", "dvc.lock"))
 
@@ -166,7 +152,6 @@ def test_storage_dvc_without_a_remote_exits_2_naming_it(dvc_route):
     bare = _code_checkout(
         dvc_route["tmp"] / "no-remote",
         yaml.safe_load((dvc_route["parent"] / "params.yaml").read_text()),
-        dvc_route["env"],
     )
     t0 = time.monotonic()
     res = subprocess.run(

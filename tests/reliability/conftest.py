@@ -1,8 +1,9 @@
-"""Fixtures of the reliability suite: a Prefect API, a finished tiny project, helpers to run and stop stages.
+"""Fixtures of the reliability suite: a finished tiny project, helpers to run and stop stages.
 
-The tiny project is tests/conftest.py's (a random 2-layer BERT, 240 synthetic reviews) with every stage
-made as small as still exercises it; it runs once per session, in-process, and is then copied for every
-test that kills or stops a stage in a real subprocess.
+The tiny project is tests/conftest.py's (a random 2-layer BERT, 240 synthetic reviews): the session's shared
+pipeline run, with the stages this suite stops or kills (sds, cap, attack) re-run as small as still
+exercises them; it is then copied for every test that kills or stops a stage in a real subprocess. The
+Prefect API is the session's (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, write_tiny_project
+from tests.conftest import ROOT, copy_project, write_tiny_project
 
 # what each stage of the tiny project writes (compared between an uninterrupted and a resumed run)
 OUTPUTS = {
@@ -41,17 +42,9 @@ STAGES = ["prepare", "attack_resources", "finetune", "soup", "calibrate", "prune
 TIMING_KEY = re.compile(r"seconds|_time$|^time|wall|elapsed|started|duration|speedup|_ms$|latency")
 
 
-def tiny_params(root: Path) -> Path:
-    """The tiny project with stages shrunk for the reliability suite."""
-    path = write_tiny_project(root)
-    params = yaml.safe_load(path.read_text())
-    params["finetune"]["variants"] = params["finetune"]["variants"][:1]
-    params["soup"] = {"criterion": "accuracy"}  # no validation attack: that is the attack stage's test
-    params["prune"] = {
-        "methods": ["magnitude", "sparsegpt", "rakp"],
-        "sparsities": [0.5, "2:4"],
-        "block_size": 16,
-    }
+def shrunk(params: dict) -> dict:
+    """The stages this suite stops or kills made as small as still exercises them: sds, cap and attack (prune
+    as tests/conftest.py's tiny project has it: magnitude, sparsegpt and rakp at 50% and 2:4)."""
     params["sds"] = {"methods": ["sparsegpt", "rakp"], "sparsities": [0.5], "steps": 5}
     params["cap"] = {
         "sparsities": [0.5, 0.75],
@@ -72,24 +65,17 @@ def tiny_params(root: Path) -> Path:
         "shard_size": 2,
         "resources": params["attack"]["resources"],
     }
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+def tiny_params(root: Path) -> Path:
+    """The tiny project with stages shrunk for the reliability suite (benchmarks/chaos.py's, from scratch)."""
+    path = write_tiny_project(root)
+    params = yaml.safe_load(path.read_text())
+    params["finetune"]["variants"] = params["finetune"]["variants"][:1]
+    params["soup"] = {"criterion": "accuracy"}  # no validation attack: that is the attack stage's test
+    path.write_text(yaml.safe_dump(shrunk(params), sort_keys=False))
     return path
-
-
-@pytest.fixture(scope="session")
-def prefect_api_url(tmp_path_factory) -> str:
-    """The Prefect API of the session: the integration suite's harness when it runs first, else our own."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if url:
-        yield url
-        return
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
 
 
 @dataclass
@@ -116,10 +102,47 @@ def run_project(root: Path) -> Project:
     return project
 
 
+#: what the reference run of the suite does not take from the shared tiny run: the shrunk stages' outputs
+SHRUNK = ("sds", "cap", "attack")
+NOT_SHARED = (
+    "models/sds",
+    ".cache/sds-work",
+    "reports/sds.json",
+    "models/cap",
+    ".cache/cap-work",
+    "reports/cap.json",
+    "reports/attacks",
+    "reports/attack.json",
+    "mlruns.db",
+    "mlartifacts",
+)
+
+
 @pytest.fixture(scope="session")
-def finished(tmp_path_factory, prefect_api_url) -> Project:
-    """The reference: the tiny project's stages run once, uninterrupted."""
-    return run_project(tmp_path_factory.mktemp("reliable"))
+def finished(pipeline_run, tmp_path_factory, prefect_api_url) -> Project:
+    """The reference: every stage the suite stops or kills, run once to the end, uninterrupted.
+
+    A copy of the shared tiny run (tests/conftest.py ``pipeline_run``): its upstream outputs and its prune
+    stage (the same prune params, so the same models) as they are, then sds, cap and attack run in-process
+    with this suite's smaller settings (``shrunk``)."""
+    import importlib
+
+    import flows  # noqa: F401
+    from robustprune.config import load_params
+
+    src, _, result = pipeline_run
+    root = copy_project(src, tmp_path_factory.mktemp("reliable") / "project", skip=NOT_SHARED)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(shrunk(yaml.safe_load(path.read_text())), sort_keys=False))
+    # the shared run's models/pruned are this project's prune stage's: the same prune settings
+    assert load_params(path).prune == load_params(src / "params.yaml").prune
+    project = Project(root, path, {"prune": result["ran"]["prune"]})
+    for stage in SHRUNK:
+        flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
+        t0 = time.perf_counter()
+        flow(params_path=str(path), root=str(root))
+        project.seconds[stage] = time.perf_counter() - t0
+    return project
 
 
 def copy_for(project: Project, stage: str, dst: Path) -> Path:
