@@ -142,7 +142,7 @@ cap:
 """
 
 
-def test_cap_as_the_reference_runs_it(tmp_path, prefect_harness):
+def test_cap_as_the_reference_runs_it(cap_run, tmp_path):
     """start: pretrained, CAP-m, cls, epoch SnC in train mode, lengths in epochs (the student's start itself:
     tests/unit/test_cap_tasks.py): SnC snapshots are taken every epoch after the first (warm-up included) and
     carried into the next stage, and the report says what ran."""
@@ -151,14 +151,16 @@ def test_cap_as_the_reference_runs_it(tmp_path, prefect_harness):
     from flows.cap import cap_flow
     from robustprune.cap.report import cap_markdown
 
-    params = _inputs(tmp_path)
+    src, _, _ = cap_run  # the shared tiny run's prepared data, pre-trained encoder and soup
+    root = copy_project(src, tmp_path / "faithful", skip=("models/cap", "reports", ".cache", "mlruns.db"))
+    params = root / "params.yaml"
     raw = yaml.safe_load(params.read_text())
-    raw["cap"] = yaml.safe_load(FAITHFUL)["cap"]
+    raw["cap"] = {**raw["cap"], **yaml.safe_load(FAITHFUL)["cap"]}
     params.write_text(yaml.safe_dump(raw))
-    report = cap_flow(params_path=str(params), root=str(tmp_path))
+    report = cap_flow(params_path=str(params), root=str(root))
     # 96 examples / 16 = 6 steps an epoch; stage 1: 1 dense + 1 ramp + 1 hold epochs, stage 2: 1 + 1
     assert [r["steps"] for r in report["schedule"]] == [18, 12]
-    m = [read_json(tmp_path / "models" / "cap" / n / "metrics.json") for n in ("cap_0.5", "cap_0.75")]
+    m = [read_json(root / "models" / "cap" / n / "metrics.json") for n in ("cap_0.5", "cap_0.75")]
     assert [x["epoch_snapshots"] for x in m] == [2, 2]  # global steps 6, 12 | 18, 24
     assert "snc_sup" in m[0]["loss_parts"] and "snc_sup" in m[1]["loss_parts"]
     assert m[0]["snapshot"] and not m[1]["snapshot"]  # the last stage's snapshots are not needed later
