@@ -91,6 +91,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "epoch",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "robust_training.json")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the kinds already in --out when its settings (rows, data, epochs, seed, ...) equal this run's",
+    )
     a = p.parse_args(argv)
     if a.full:
         a.epochs, a.rows, a.val_rows, a.a2t_adv, a.a2t_clean_epoch = 3.0, 200, 100, 0.2, True
@@ -389,7 +394,29 @@ def main(argv: list[str] | None = None) -> None:
         },
         "kinds": {},
     }
+    if a.resume and a.out.exists():
+        import json
+
+        old = json.loads(a.out.read_text())
+        same = (
+            "rows",
+            "val_rows",
+            "epochs",
+            "seed",
+            "learning_rate",
+            "train_examples",
+            "test_rows",
+            "val_rows",
+        )
+        if all(old["settings"].get(k) == out["settings"].get(k) for k in same):
+            out["kinds"] = old["kinds"]
+            out["provenance"] = {"earlier": old["provenance"], **out["provenance"]}
+            print(f"[robust_training] resuming: {', '.join(old['kinds'])} kept from {a.out}", flush=True)
+        else:
+            raise SystemExit(f"--resume: {a.out} was made with other settings; move it away or drop --resume")
     for kind in a.kinds.split(","):
+        if kind in out["kinds"]:
+            continue
         print(f"== {kind}", flush=True)
         t0 = time.perf_counter()
         out["kinds"][kind] = train_kind(b, kind)
