@@ -542,7 +542,9 @@ class CapAblationSettings(_Section):
     null: the main run's value. The reference's no-contrastive setting keeps CE + KD with the same weights."""
 
     lr: Annotated[float, Field(gt=0, lt=1)] | None = None
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None
+    # 0.3: without the contrastive terms the default staged run collapses to one class at 50% with the main
+    # run's 10% warm-up (benchmarks/results/cap_ablation_settings.json, benchmarks/bench_cap_settings.py)
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = 0.3
     weights: CapWeights | None = None  # its ce / kd (unsup / sup only matter for module ablations)
 
 

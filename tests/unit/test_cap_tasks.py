@@ -78,8 +78,10 @@ def test_run_options_apply_the_ablation_settings_to_ablations_only():
     abl = run_options(cap, "cap-nocl")
     assert (abl.lr, abl.warmup_ratio, abl.weights.ce, abl.weights.kd) == (5e-5, 0.3, 1.0, 0.0)
     assert abl.batch_size == main.batch_size and abl.temperature == main.temperature
-    plain = _params().cap
+    plain = _params(ablation_settings={"lr": None, "warmup_ratio": None, "weights": None}).cap
     assert run_options(plain, "cap-nocl") == train_options(plain)  # nothing set: the main run's options
+    default = _params().cap  # params.yaml: the ablation's own warm-up share only
+    assert run_options(default, "cap-nocl").warmup_ratio == 0.3 != train_options(default).warmup_ratio
 
 
 def test_run_stages_in_epochs_and_separate_runs():
