@@ -32,6 +32,17 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
+# Prefect reads PREFECT_HOME once, when it is first imported: every test process (each pytest-xdist worker
+# of `make test`) gets its own, so persisted task results (cache hits name absolute project paths) never
+# cross from one worker's tiny project to the other's. Subprocess flows get theirs from the tests' env.
+if "PYTEST_XDIST_WORKER" in os.environ or "PREFECT_HOME" not in os.environ:
+    import atexit
+    import tempfile
+
+    _home = tempfile.mkdtemp(prefix=f"robustprune-prefect-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+    os.environ["PREFECT_HOME"] = _home
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
+
 POSITIVE = ["good", "great", "fun", "moving", "smart", "warm", "fresh", "bright", "witty", "lovely"]
 NEGATIVE = ["bad", "dull", "boring", "flat", "stale", "silly", "weak", "tired", "messy", "awful"]
 FILLER = [
