@@ -46,6 +46,7 @@ from robustprune.checkpoints import (
     write_json,
 )
 from robustprune.config import FINETUNED_NAME, Params
+from robustprune.interrupt import raise_if_stopped
 from robustprune.modeling import (
     find_blocks,
     linear_groups,
@@ -360,3 +361,28 @@ def prune_finalize(
             write_json(tmp / name, obj)
     shutil.rmtree(work_p, ignore_errors=True)
     return metrics
+
+
+@task(name="prune-branch", tags=["gpu"])
+def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> dict:
+    """One (method, sparsity) branch: setup, every block in order, finalize (each a nested task run).
+
+    The branches are independent, so the flow submits one per combination and a task runner with several
+    workers (runtime.task_runner / max_workers) prunes them in parallel; the blocks of one branch stay in
+    order in one process (each block's inputs are the previous block's outputs, kept in memory).
+    """
+    name = combo_name(method, sparsity)
+    started = time.time()
+    setup = prune_setup(params, layout, method, sparsity)
+    if setup.get("cached"):
+        return {"cached": True, "metrics": setup["metrics"], "blocks": []}
+    blocks = []
+    for i in range(setup["num_blocks"]):
+        raise_if_stopped()  # a branch runs in a task-runner worker thread: stop between blocks on SIGTERM/SIGINT
+        blocks.append(
+            prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
+                params, layout, method, sparsity, setup["work"], i
+            )
+        )
+    metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
+    return {"cached": False, "metrics": metrics, "blocks": blocks}

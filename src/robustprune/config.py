@@ -869,7 +869,7 @@ class RuntimeConfig(_Section):
     dask_address: str | None = None  # e.g. tcp://10.0.0.5:8786; null: a LocalCluster on this host
     ray_address: str | None = None  # e.g. ray://10.0.0.5:10001 or auto; null: a local Ray instance
     # where a worker on runtime.work_pool finds the stage's inputs and leaves its outputs: shared (one file
-    # system) | dvc (its own checkout, synchronised through the default DVC remote: tasks/dvc_sync.py)
+    # system) | dvc (its own checkout, synchronised through the default DVC remote: plumbing/dvc_sync.py)
     storage: Literal["shared", "dvc"] = "shared"
 
     @field_validator("dask_address")
