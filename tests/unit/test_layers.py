@@ -188,6 +188,25 @@ def test_no_import_back_up_a_layer_and_a_library_without_orchestrators():
     assert not bad, "imports against the layers (robustprune < plumbing < tasks < flows):\n" + "\n".join(bad)
 
 
+def task_definitions(path: Path) -> list[str]:
+    """Functions in ``path`` decorated as Prefect tasks (``@task``, ``@task(...)``, ``@prefect.task``)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for d in node.decorator_list:
+                d = d.func if isinstance(d, ast.Call) else d
+                name = d.attr if isinstance(d, ast.Attribute) else getattr(d, "id", "")
+                if name == "task":
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    return out
+
+
+def test_flows_define_no_task():
+    """flows/ only declares and composes flows: every ``@task`` lives in tasks/."""
+    found = [t for f in sorted((ROOT / "flows").rglob("*.py")) for t in task_definitions(f)]
+    assert not found, f"Prefect tasks defined in flows/ (move them to tasks/): {found}"
+
+
 def test_the_graph_sees_what_it_must(tmp_path: Path):
     """The checks on a planted tree: a cycle through a function-level import and a relative import, an
     arrow up a layer, and the library importing Prefect (each must be reported)."""
