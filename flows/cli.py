@@ -52,6 +52,7 @@ from robustprune.config import (
     yaml_mapping,
 )
 from robustprune.preflight import PreflightError
+from robustprune.registry import RAKP
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("safetensors", "compressed-tensors")
@@ -200,7 +201,9 @@ def build_parser() -> Parser:
         "one method and sparsity, evaluate and attack it beside the dense model, and ship it with --out.",
     )
     _add_model_options(p, "attack.recipes of the base params")
-    p.add_argument("--method", choices=PRUNE_METHODS, default="rakp", help="pruning method (default: rakp)")
+    p.add_argument(
+        "--method", choices=PRUNE_METHODS, default=RAKP.name, help=f"pruning method (default: {RAKP.name})"
+    )
     p.add_argument(
         "--sparsity",
         type=sparsity_arg,

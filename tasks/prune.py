@@ -68,6 +68,7 @@ from robustprune.pruning.sequential import (
     prune_block,
 )
 from robustprune.pruning.streams import flatten_extras, unflatten_extras
+from robustprune.registry import RAKP
 from tasks.common import Layout, code_digest, combo_name, label_names, model_digest, sha256_files
 
 
@@ -276,7 +277,7 @@ def assemble(
     for i in range(n):
         masks.update(load_masks(work / f"masks_{i:03d}.safetensors"))
     head = None
-    if opts.method == "rakp" and opts.rakp.refit_head:
+    if opts.method == RAKP.name and opts.rakp.refit_head:
         last = last if last is not None else _load_inputs(work, n, device)
         last_block = BlockReport(index=n - 1, alpha=reports[-1]["alpha"])
         head = finish_head(model, last, opts, [last_block])

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from robustprune.config import ATTACK_RECIPES, parse_sparsity
+from robustprune.registry import METHODS
 from robustprune.report import RECIPE_TITLES
 from robustprune.stats import Rate
 
@@ -34,7 +35,7 @@ ANSWER_SOURCES = ("reports/evidence/metrics.json", "reports/metrics.json")
 
 #: row order of the tables; methods not listed here follow in alphabetical order
 KIND_ORDER = ("soup", "variant", "pruned", "sds", "cap")
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "rakp", "cap", "cap-nocl", "cap-f")
+METHOD_ORDER = ("dense", *METHODS, "cap", "cap-nocl", "cap-f")
 RECIPE_ORDER = ATTACK_RECIPES
 DENSE = "dense"
 #: methods whose sparsity is a share of heads / FFN neurons removed, not of weights
