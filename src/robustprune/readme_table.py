@@ -1,7 +1,7 @@
 """The README's results table, generated from the committed report.
 
 ``python -m robustprune.readme_table`` prints the table for ``reports/metrics.json`` (written by
-``flows/report.py``); ``--write README.md`` (what ``make readme-table`` runs) replaces the block between
+``tasks/report.py``); ``--write README.md`` (what ``make readme-table`` runs) replaces the block between
 :data:`START` and :data:`END` in place. ``tests/unit/test_docs.py`` checks that the README's block equals this
 module's output for the committed ``reports/metrics.json``, so the README never quotes a figure the report does
 not contain.
