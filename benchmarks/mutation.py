@@ -109,7 +109,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
 # lines never mutated: an error's wording and progress display are not the maths (the condition that raises
 # the error still is mutated, and so is everything it guards)
 NOT_MUTATED = [r"raise \w+\(", r'^\s+f"', r"set_postfix\(", r"tqdm\(", r"logger\.\w+\("]
-ALSO_COPY = ("tasks", "flows")
+ALSO_COPY = ("tasks", "flows", "plumbing")
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 KILLED = {"killed", "timeout"}
 

@@ -27,8 +27,8 @@ for _key, _value in {
     os.environ.setdefault(_key, _value)
 
 # `python -m flows.<stage>` (make run, dvc repro): validate params.yaml and its inputs now, before the stage
-# module imports Prefect, MLflow and torch, so that a bad input stops in about a second (flows/_cli.py)
+# module imports Prefect, MLflow and torch, so that a bad input stops in about a second (plumbing/cli.py)
 if __import__("sys").argv[:1] == ["-m"]:
-    from flows._cli import early_validate
+    from plumbing.cli import early_validate
 
     early_validate()

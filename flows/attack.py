@@ -8,8 +8,6 @@ perturbed text, labels, outcome, queries), both also logged to MLflow.
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 
 import mlflow
@@ -17,68 +15,12 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
+from robustprune.attacks.shards import records_csv, summary_row
 from robustprune.checkpoints import write_json, write_text
 from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
-from tasks.common import best_ingredient, default_task_runner, load, log_metrics, section, stage_run
-from tasks.dvc_sync import worker_sync
-
-CSV_FIELDS = [
-    "test_row",
-    "label",
-    "original_prediction",
-    "perturbed_prediction",
-    "outcome",
-    "num_queries",
-    "words_perturbed_fraction",
-    "original_text",
-    "perturbed_text",
-]
-
-
-def summary_row(model: dict, recipe: str, parts: list[dict]) -> dict:
-    from robustprune.attacks.metrics import summarize
-    from robustprune.attacks.runner import ExampleResult
-
-    records = [r for p in parts for r in p["records"]]
-    fields = set(ExampleResult.__dataclass_fields__)
-    summary = summarize([ExampleResult(**{k: v for k, v in r.items() if k in fields}) for r in records])
-    wall = sum(p["wall_seconds"] for p in parts)
-    floor = sum(p["forward"]["floor_seconds"] for p in parts)
-    forward = {
-        k: sum(p["forward"].get(k, 0) for p in parts)
-        for k in (
-            "victim_seconds",
-            "victim_texts",
-            "encoder_seconds",
-            "encoder_texts",
-            "encoder_requested",
-            "mlm_seconds",
-        )
-    }
-    return {
-        "model": model["name"],
-        "kind": model["kind"],
-        "method": model["method"],
-        "sparsity": model["sparsity"],
-        "recipe": recipe,
-        **(summary if isinstance(summary, dict) else vars(summary)),
-        "wall_seconds": wall,
-        "floor_seconds": floor,
-        "wall_over_floor": wall / floor if floor else None,
-        **forward,
-        "seconds_per_example": wall / max(len(records), 1),
-        # which part-of-speech check ran: the tagger's name, "wordnet-lexical" (fallback), or None (no POS)
-        "pos_tagger": next((p["pos_tagger"] for p in parts if p.get("pos_tagger")), None),
-    }
-
-
-def records_csv(parts: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for p in parts:
-        w.writerows(p["records"])
-    return buf.getvalue()
+from tasks.common import best_ingredient, load, log_metrics, section, stage_run
 
 
 @flow(name="attack", log_prints=True, task_runner=default_task_runner())
@@ -166,6 +108,6 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("attack", attack_flow)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.runners import default_task_runner
 from tasks.attack_resources import build_attack_resources
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.common import load, log_metrics, section, stage_run
 
 
 @flow(name="attack_resources", log_prints=True, task_runner=default_task_runner())
@@ -21,6 +22,6 @@ def attack_resources_flow(params_path: str = "params.yaml", root: str = ".") -> 
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("attack_resources", attack_resources_flow)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
 from tasks.calibrate import calibrate
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.common import load, log_metrics, section, stage_run
 
 
 @flow(name="calibrate", log_prints=True, task_runner=default_task_runner())
@@ -21,6 +22,6 @@ def calibrate_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("calibrate", calibrate_flow)

@@ -17,12 +17,13 @@ import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
 from robustprune.cap.report import summarize
 from robustprune.checkpoints import write_json
 from robustprune.config import Params
 from tasks.cap import cap_banks, cap_latency, cap_stage, cap_structured_step, check_inputs, run_stages
-from tasks.common import Layout, default_task_runner, load, log_metrics, section, stage_run
-from tasks.dvc_sync import worker_sync
+from tasks.common import Layout, load, log_metrics, section, stage_run
 
 
 @flow(name="cap", log_prints=True, task_runner=default_task_runner())
@@ -79,6 +80,6 @@ def _cap(params: Params, layout: Layout) -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("cap", cap_flow)

@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (offline, telemetry-free environment defaults)
-from flows import _cli
+from plumbing.cli import main as run_stage
+from plumbing.cli import scaleout_problems
+from plumbing.services import preflight
+from plumbing.signals import run_stoppable
 from robustprune.config import (
     ATTACK_RECIPES,
     BUILTIN_LMS,
@@ -48,7 +51,8 @@ from robustprune.config import (
     sparsity_label,
     yaml_mapping,
 )
-from robustprune.preflight import PreflightError, preflight
+from robustprune.preflight import PreflightError
+from robustprune.registry import RAKP
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = ("safetensors", "compressed-tensors")
@@ -197,7 +201,9 @@ def build_parser() -> Parser:
         "one method and sparsity, evaluate and attack it beside the dense model, and ship it with --out.",
     )
     _add_model_options(p, "attack.recipes of the base params")
-    p.add_argument("--method", choices=PRUNE_METHODS, default="rakp", help="pruning method (default: rakp)")
+    p.add_argument(
+        "--method", choices=PRUNE_METHODS, default=RAKP.name, help=f"pruning method (default: {RAKP.name})"
+    )
     p.add_argument(
         "--sparsity",
         type=sparsity_arg,
@@ -357,7 +363,7 @@ def validate(raw: dict[str, Any], source: str, root: Path, stage: str) -> Params
     t0 = time.perf_counter()
     try:
         params = parse_params(raw, source)
-        problems = _cli.scaleout_problems(params, str(root / "params.yaml"), str(root), False)
+        problems = scaleout_problems(params, str(root / "params.yaml"), str(root), False)
         try:
             preflight(params, root, stage)
         except PreflightError as e:
@@ -425,7 +431,7 @@ def cmd_model(args: argparse.Namespace, command: str) -> int:
     params = validate(raw, f"robustprune {command}", root, stage)
     params_path = write_overlay(root, raw, base_from, command)
     _shared_caches()
-    from tasks.common import runner_settings, task_runner
+    from plumbing.runners import runner_settings, task_runner
 
     kwargs: dict[str, Any] = {"params_path": str(params_path), "root": str(root)}
     if lm:
@@ -438,7 +444,7 @@ def cmd_model(args: argparse.Namespace, command: str) -> int:
         flow_fn = pipeline
         kwargs |= {"force": args.force, "stages": list(PRUNE_STAGES if command == "prune" else ATTACK_STAGES)}
     flow_fn = flow_fn.with_options(task_runner=task_runner(runner_settings(params)))
-    _cli.run_stoppable(stage, flow_fn, kwargs, str(params_path), str(root))
+    run_stoppable(stage, flow_fn, kwargs, str(params_path), str(root))
     print(summary(params, root, command, args, lm))
     if command == "prune" and args.out:
         record = ship(params, root, args, lm)
@@ -498,14 +504,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report_flow
 
     params = args.params or str(Path(args.root) / "params.yaml")
-    _cli.main("report", report_flow, ["--params", params, "--root", args.root])
+    run_stage("report", report_flow, ["--params", params, "--root", args.root])
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
-    _cli.main(
+    run_stage(
         "pipeline",
         pipeline,
         ["--params", args.params, "--root", args.root, *(["--force"] if args.force else [])],

@@ -9,10 +9,11 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
 from robustprune.stats import rate
-from tasks.common import default_task_runner, load, section, stage_run
-from tasks.dvc_sync import worker_sync
+from tasks.common import load, section, stage_run
 from tasks.evaluate import (
     dense_reference,
     evaluate_model,
@@ -72,6 +73,6 @@ def evaluate_flow(params_path: str = "params.yaml", root: str = ".") -> list[dic
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("evaluate", evaluate_flow)

@@ -11,9 +11,10 @@ import mlflow
 from prefect import flow, unmapped
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
-from tasks.common import default_task_runner, load, section, stage_run
-from tasks.dvc_sync import worker_sync
+from tasks.common import load, section, stage_run
 from tasks.finetune import finetune_variant
 from tasks.given import given_checkpoint, given_entries
 
@@ -57,6 +58,6 @@ def finetune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("finetune", finetune_flow)

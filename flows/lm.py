@@ -18,9 +18,10 @@ import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json, write_text
 from robustprune.report import lm_plot, lm_table
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.common import load, log_metrics, section, stage_run
 from tasks.lm import lm_dense, lm_model, lm_protocol, lm_prune, lm_sds_reactivate, lm_sds_reprune
 
 
@@ -80,6 +81,6 @@ def llmc_reference(root: Path, model: str) -> tuple[dict[tuple[str, str], float]
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("lm", lm_flow)

@@ -15,30 +15,27 @@ idempotency key per (pipeline flow run, stage), so a retried pipeline run never 
 docs/deployment.md describes the set-ups (shared file system, or a checkout synchronised through DVC).
 With ``runtime.storage: dvc`` the pipeline pushes what dvc.lock records and sends dvc.lock with the run;
 afterwards it writes the stage's lock entry the worker published into dvc.lock and pulls the outputs
-(tasks/dvc_sync.py).
+(plumbing/dvc_sync.py).
 
 ``runtime.task_runner`` / ``max_workers`` / ``dask_address`` choose how every stage flow runs its
-independent tasks (:func:`tasks.common.task_runner`); with ``dask`` and no address the pipeline starts one
-``LocalCluster`` and every stage flow uses it.
+independent tasks (:func:`plumbing.runners.task_runner`); with ``dask`` and no address the pipeline starts
+one ``LocalCluster`` and every stage flow uses it (:func:`plumbing.runners.shared_runner`).
+
+The run-time plumbing this flow composes lives in ``plumbing/``: ``dvc status`` / ``dvc commit``
+(plumbing.dvc_stages), remote deployments (plumbing.remote), DVC synchronisation (plumbing.dvc_sync).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import mlflow
-import yaml
 from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
-from flows import _cli
 from flows.attack import attack_flow
 from flows.attack_resources import attack_resources_flow
 from flows.calibrate import calibrate_flow
@@ -50,21 +47,13 @@ from flows.prune import prune_flow
 from flows.report import report_flow
 from flows.sds import sds_flow
 from flows.soup import soup_flow
+from plumbing import dvc_sync
+from plumbing.dvc_stages import dvc_repo, record_stage, same_stage_params, stage_is_fresh, stage_params
+from plumbing.mlflow_store import PARENT_ENV
+from plumbing.remote import GPU_STAGES, deployment_name, remote_env, run_remote
+from plumbing.runners import default_task_runner, runner_settings, shared_runner, task_runner
 from robustprune.config import load_params
-from tasks import dvc_sync
-from tasks.common import (
-    PARENT_ENV,
-    RUNNER_ENV,
-    URI_ENV,
-    default_task_runner,
-    load,
-    local_cluster_kwargs,
-    mlflow_setup,
-    runner_settings,
-    section,
-    task_runner,
-    tracking_uri,
-)
+from tasks.common import load, mlflow_setup, section
 
 STAGES = {
     "prepare": prepare_flow,
@@ -79,117 +68,6 @@ STAGES = {
     "evaluate": evaluate_flow,  # after attack: re-scores the adversarial texts found against the dense model
     "report": report_flow,
 }
-GPU_STAGES = _cli.GPU_STAGES  # sent to runtime.work_pool; flows/_cli.py checks their deployments first
-
-
-def _dvc_repo(root: Path):  # noqa: ANN202 - dvc.repo.Repo
-    if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
-        return None
-    from dvc.repo import Repo
-
-    return Repo(str(root))
-
-
-def stage_is_fresh(repo, stage: str) -> bool:  # noqa: ANN001
-    """True when DVC has a lock entry for the stage and nothing it depends on changed."""
-    with contextlib.chdir(repo.root_dir):  # DVC resolves some output paths against the working directory
-        return not repo.status(targets=[stage])
-
-
-def stage_params(dvc_yaml: Path, stage: str) -> list[str]:
-    """The params.yaml keys (dotted) that dvc.yaml's ``stage`` tracks."""
-    spec = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]
-    keys: list[str] = []
-    for entry in spec.get("params", []):
-        if isinstance(entry, str):
-            keys.append(entry)
-        else:  # {other_file.yaml: [keys]}: not params.yaml's keys
-            raise ValueError(f"dvc.yaml stage {stage!r} tracks params outside params.yaml: {entry!r}")
-    return keys
-
-
-def _dotted(tree: Mapping[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def same_stage_params(root_params: Mapping[str, Any], other: Mapping[str, Any], keys: list[str]) -> bool:
-    """True when every tracked key has the same validated value in both params trees."""
-    return all(_dotted(root_params, k) == _dotted(other, k) for k in keys)
-
-
-def record_stage(repo, stage: str) -> None:  # noqa: ANN001
-    """``dvc commit`` the stage: its deps, params and outputs as they are now go into dvc.lock."""
-    with contextlib.chdir(repo.root_dir):
-        repo.commit(target=stage, force=True)
-
-
-def relative_to_root(path: str | Path, root: Path) -> str:
-    """``path`` relative to the project root, as a worker whose checkout is elsewhere must be told it."""
-    p = Path(path)
-    p = p if p.is_absolute() else Path.cwd() / p
-    try:
-        return p.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise ValueError(
-            f"params file {str(path)!r} is outside the project root {str(root)!r}: a worker cannot read it; "
-            "put it under the root (runtime.work_pool)"
-        ) from None
-
-
-def remote_env(params, root: Path, parent_run_id: str | None) -> dict[str, str]:  # noqa: ANN001 - Params
-    """What a stage run on a worker must know from this process: MLflow parent run and store, task runner."""
-    env = {URI_ENV: tracking_uri(params, root), RUNNER_ENV: json.dumps(runner_settings(params))}
-    if parent_run_id:
-        env[PARENT_ENV] = parent_run_id
-    if os.environ.get("MLFLOW_RUN_CONTEXT"):  # this invocation's tag on MLflow runs (flows/_cli.py)
-        env["MLFLOW_RUN_CONTEXT"] = os.environ["MLFLOW_RUN_CONTEXT"]
-    return env
-
-
-def run_remote(stage: str, work_pool: str, params_path: str, root: Path, env: Mapping[str, str]) -> Any:
-    """Run a stage flow as the deployment ``<stage>/<stage>-<work_pool>`` and wait for it; returns its flow run.
-
-    Prefect cannot move a run to another pool (``work_queue_name`` only picks a queue inside the
-    deployment's pool), so the pool is chosen by choosing the deployment: prefect.yaml registers one per
-    pool. The idempotency key (pipeline flow run, stage) makes a retried pipeline run find the stage's run
-    instead of starting a second one.
-    """
-    from prefect.context import TagsContext
-    from prefect.deployments import run_deployment
-    from prefect.runtime import flow_run
-
-    name = _cli.deployment_name(stage, work_pool)
-    run = run_deployment(
-        name=name,
-        parameters={"params_path": relative_to_root(params_path, root), "root": "."},
-        job_variables={"env": dict(env)},
-        idempotency_key=f"{flow_run.get_id()}:{stage}" if flow_run.get_id() else None,
-        tags=sorted(TagsContext.get().current_tags),
-        poll_interval=2,
-        timeout=None,
-    )
-    if not run.state or not run.state.is_completed():
-        raise RuntimeError(
-            f"stage {stage!r}: deployment {name!r} on work pool {work_pool!r} ended "
-            f"{run.state.name if run.state else 'unknown'} (flow run {run.name}, {run.id})"
-        )
-    return run
-
-
-@contextlib.contextmanager
-def shared_runner(settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The task-runner settings for every stage flow of one pipeline run: with ``dask`` and no address, one
-    LocalCluster for all of them (instead of one per stage), closed at the end."""
-    if settings["task_runner"] != "dask" or settings["dask_address"]:
-        yield settings
-        return
-    from distributed import LocalCluster
-
-    with LocalCluster(**local_cluster_kwargs(settings["max_workers"])) as cluster:
-        yield {**settings, "dask_address": cluster.scheduler_address}
 
 
 @flow(name="pipeline", log_prints=True, task_runner=default_task_runner())
@@ -203,7 +81,7 @@ def pipeline(
     unknown = sorted(set(stages or ()) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; the stages are {list(STAGES)}")
-    repo = _dvc_repo(layout.root)
+    repo = dvc_repo(layout.root)
     # A profile (params-evidence.yaml, ...) is not the params.yaml that dvc.yaml tracks: its stages are not
     # recorded in dvc.lock (that stays the default run's), but a stage is still skipped when dvc status finds
     # it up to date for params.yaml *and* every params key the stage tracks has the same value in the profile
@@ -272,9 +150,9 @@ def pipeline(
                         )
                     t0 = time.perf_counter()
                     if pool and stage in GPU_STAGES:
-                        logger.info("stage %r -> deployment %r", stage, _cli.deployment_name(stage, pool))
+                        logger.info("stage %r -> deployment %r", stage, deployment_name(stage, pool))
                         env = remote_env(params, layout.root, parent.info.run_id)
-                        if sync:  # runtime.storage: dvc (tasks/dvc_sync.py)
+                        if sync:  # runtime.storage: dvc (plumbing/dvc_sync.py)
                             env |= dvc_sync.before_remote(layout.root, stage)
                         run = run_remote(stage, pool, params_path, layout.root, env)
                         if sync:
@@ -302,6 +180,6 @@ def pipeline(
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("pipeline", pipeline)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from prefect import flow
 
 import flows  # noqa: F401  (environment defaults before prefect is imported)
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
+from tasks.common import load, log_metrics, section, stage_run
 from tasks.prepare import prepare_data, prepare_model
 
 
@@ -22,6 +23,6 @@ def prepare_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("prepare", prepare_flow)

@@ -3,43 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import mlflow
-from prefect import flow, task
+from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
-from robustprune.config import Params
-from robustprune.interrupt import raise_if_stopped
-from tasks.common import Layout, child_run, combo_name, default_task_runner, load, section, stage_run
-from tasks.dvc_sync import worker_sync
-from tasks.prune import prune_block_task, prune_finalize, prune_setup
-
-
-@task(name="prune-branch", tags=["gpu"])
-def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> dict:
-    """One (method, sparsity) branch: setup, every block in order, finalize (each a nested task run).
-
-    The branches are independent, so the flow submits one per combination and a task runner with several
-    workers (runtime.task_runner / max_workers) prunes them in parallel; the blocks of one branch stay in
-    order in one process (each block's inputs are the previous block's outputs, kept in memory).
-    """
-    name = combo_name(method, sparsity)
-    started = time.time()
-    setup = prune_setup(params, layout, method, sparsity)
-    if setup.get("cached"):
-        return {"cached": True, "metrics": setup["metrics"], "blocks": []}
-    blocks = []
-    for i in range(setup["num_blocks"]):
-        raise_if_stopped()  # a branch runs in a task-runner worker thread: stop between blocks on SIGTERM/SIGINT
-        blocks.append(
-            prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
-                params, layout, method, sparsity, setup["work"], i
-            )
-        )
-    metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
-    return {"cached": False, "metrics": metrics, "blocks": blocks}
+from tasks.common import child_run, combo_name, load, section, stage_run
+from tasks.prune import prune_branch
 
 
 @flow(name="prune", log_prints=True, task_runner=default_task_runner())
@@ -92,6 +65,6 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("prune", prune_flow)

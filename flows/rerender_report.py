@@ -35,8 +35,8 @@ def rerender(run_dir: Path, base: Path, params_path: Path) -> Path:
         raise SystemExit(
             f"error: cannot re-render {run_dir}: missing {missing or [str(run_dir / 'attacks')]}"
         )
-    from flows.report import build_report
     from tasks.common import Layout
+    from tasks.report import build_report
 
     with tempfile.TemporaryDirectory(prefix="rerender-") as tmp:
         reports = Path(tmp) / "reports"

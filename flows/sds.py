@@ -13,9 +13,10 @@ import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
+from plumbing.dvc_sync import worker_sync
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
-from tasks.common import default_task_runner, load, log_metrics, section, stage_run
-from tasks.dvc_sync import worker_sync
+from tasks.common import load, log_metrics, section, stage_run
 from tasks.sds import sds_reactivate, sds_reprune
 
 
@@ -58,6 +59,6 @@ def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("sds", sds_flow)

@@ -14,9 +14,10 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
+from plumbing.runners import default_task_runner
 from robustprune.checkpoints import write_json
 from robustprune.soup import SoupScore, greedy_select
-from tasks.common import default_task_runner, load, section, stage_run
+from tasks.common import load, section, stage_run
 from tasks.soup import (
     ingredient,
     record_no_soup,
@@ -94,6 +95,6 @@ def _fmt(entry: dict) -> str:
 
 
 if __name__ == "__main__":
-    from flows._cli import main
+    from plumbing.cli import main
 
     main("soup", soup_flow)

@@ -10,26 +10,16 @@ exactly as ``dvc status --json`` reports it.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
 import flows  # noqa: F401
-from tasks.common import default_task_runner
+from plumbing.dvc_stages import stale_stages
+from plumbing.runners import default_task_runner
 
 EVENT = "robustprune.data.changed"
-
-
-def stale_stages(root: Path) -> dict[str, list]:
-    """``dvc status`` of every stage of the repository at ``root``: stage -> what changed (empty: clean)."""
-    from dvc.repo import Repo
-
-    if not (root / ".dvc").is_dir():
-        raise FileNotFoundError(f"{root} is not a DVC repository (no .dvc directory): nothing to watch")
-    with Repo(str(root)) as repo, contextlib.chdir(repo.root_dir):  # stage names relative to the root
-        return repo.status()
 
 
 def resource_id(root: Path) -> str:

@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 
 from robustprune.config import Params
 from robustprune.data import load_splits
+from robustprune.registry import PROXY, RECIPES
 from tasks.attack_resources import attack_dir
 from tasks.common import Layout, all_models, code_digest, model_digest, sha256_files
 
@@ -85,7 +86,7 @@ def _shard_key(_ctx: TaskRunContext, p: dict) -> str:
 
 #: the soup criterion's cheap proxy attack (soup.attack.recipe: a2t): A2T's recipe (robustprune.a2t), not an
 #: evaluation recipe of the attack stage
-PROXY_RECIPE = "a2t"
+PROXY_RECIPE = PROXY.name
 
 
 def _budget(params: Params, query_budget: int | None | str) -> int | None:
@@ -98,7 +99,9 @@ def recipe_options(params: Params, recipe: str) -> dict:
 
     ``polarity_constraint`` only when ``attack.validity.constraint`` is on (issue #28).
     """
-    options = params.attack.textfooler.model_dump() if recipe == "textfooler" else {}
+    # the recipe's own section of params.attack, as robustprune.registry declares it
+    section = RECIPES[recipe].options if recipe in RECIPES else None
+    options = getattr(params.attack, section).model_dump() if section else {}
     v = params.attack.validity
     if v.constraint:
         options["polarity_constraint"] = {
@@ -194,9 +197,11 @@ def attack_shard(
     check_labels(wrapper.num_labels, test["label"].tolist(), num_data_labels=int(test["label"].max()) + 1)
     res = _resources(str(attack_dir(layout)))
     options = recipe_options(params, recipe)
-    if recipe in ("textfooler", PROXY_RECIPE):
+    declared = PROXY if recipe == PROXY_RECIPE else RECIPES.get(recipe)  # unknown: build_attack says so
+    loads = declared.loads if declared else ()
+    if "tagger" in loads:
         options["tagger"] = _tagger(str(res.tagger_dir) if res.tagger_dir else None)
-    if recipe == "bert-attack" and res.mlm_dir is not None:
+    if "masked_lm" in loads and res.mlm_dir is not None:
         options["masked_lm"] = _masked_lm(str(res.mlm_dir))
     if recipe == PROXY_RECIPE:  # gradient word importance: a wrapper with get_grad, no logit cache
         from robustprune.a2t import GradientClassifierWrapper

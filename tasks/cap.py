@@ -7,7 +7,7 @@ code) in ``.cache/cap-work/``; a stage's work directory holds the student's full
 and started again resumes at the first unfinished stage, from bit-identical saved state, and ends with the
 same weights as an uninterrupted run. The models the report shows are exported to ``models/cap/<name>``
 (plain Hugging Face classifiers; CAP-f's smaller one reloads with
-:func:`robustprune.cap.structured.load_structured`).
+:func:`robustprune.modeling.load_structured`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,13 @@ from robustprune.checkpoints import (
 from robustprune.config import CapConfig, Params, sparsity_label
 from robustprune.data import load_splits
 from robustprune.metrics import predict_logits
-from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
+from robustprune.modeling import (
+    load_classifier,
+    load_structured,
+    load_tokenizer,
+    measured_sparsity,
+    resolve_device,
+)
 from tasks.common import Layout, code_digest, model_digest, sha256_files
 from tasks.prune import source_model
 
@@ -410,7 +416,7 @@ def cap_stage(
 # -------------------------------------------------------------------------------------------- structured
 def _structured_model(params: Params, layout: Layout, previous: list[dict]) -> torch.nn.Module:
     if previous:
-        return cap_structured.load_structured(Path(previous[-1]["dir"]) / "model")
+        return load_structured(Path(previous[-1]["dir"]) / "model")
     return load_classifier(source_model(params, layout))
 
 
@@ -437,7 +443,7 @@ def cap_structured_step(
     if (work / "metrics.json").is_file():
         metrics = read_json(work / "metrics.json")
         if final and not _exported(dest, key):
-            model = cap_structured.load_structured(work / "model")
+            model = load_structured(work / "model")
             _export(model, tok, dest, metrics, None)
         logger.info("cache hit: %s already pruned and retrained", name)
         return metrics
@@ -561,7 +567,7 @@ def cap_latency(params: Params, layout: Layout, structured: dict) -> dict:
         logger.info("cache hit: latency of the same models and settings already measured")
         return read_json(work / "metrics.json")
     dense = load_classifier(dense_dir).cpu().eval()
-    pruned = cap_structured.load_structured(Path(structured["dir"]) / "model").cpu().eval()
+    pruned = load_structured(Path(structured["dir"]) / "model").cpu().eval()
     tok = load_tokenizer(dense_dir)
     texts = load_splits(layout.data).test["text"].tolist()
     out: dict = {"key": key, "threads": lat.threads, "batches": {}}

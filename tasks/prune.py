@@ -46,6 +46,7 @@ from robustprune.checkpoints import (
     write_json,
 )
 from robustprune.config import FINETUNED_NAME, Params
+from robustprune.interrupt import raise_if_stopped
 from robustprune.modeling import (
     find_blocks,
     linear_groups,
@@ -67,6 +68,7 @@ from robustprune.pruning.sequential import (
     prune_block,
 )
 from robustprune.pruning.streams import flatten_extras, unflatten_extras
+from robustprune.registry import RAKP
 from tasks.common import Layout, code_digest, combo_name, label_names, model_digest, sha256_files
 
 
@@ -275,7 +277,7 @@ def assemble(
     for i in range(n):
         masks.update(load_masks(work / f"masks_{i:03d}.safetensors"))
     head = None
-    if opts.method == "rakp" and opts.rakp.refit_head:
+    if opts.method == RAKP.name and opts.rakp.refit_head:
         last = last if last is not None else _load_inputs(work, n, device)
         last_block = BlockReport(index=n - 1, alpha=reports[-1]["alpha"])
         head = finish_head(model, last, opts, [last_block])
@@ -360,3 +362,28 @@ def prune_finalize(
             write_json(tmp / name, obj)
     shutil.rmtree(work_p, ignore_errors=True)
     return metrics
+
+
+@task(name="prune-branch", tags=["gpu"])
+def prune_branch(params: Params, layout: Layout, method: str, sparsity: str) -> dict:
+    """One (method, sparsity) branch: setup, every block in order, finalize (each a nested task run).
+
+    The branches are independent, so the flow submits one per combination and a task runner with several
+    workers (runtime.task_runner / max_workers) prunes them in parallel; the blocks of one branch stay in
+    order in one process (each block's inputs are the previous block's outputs, kept in memory).
+    """
+    name = combo_name(method, sparsity)
+    started = time.time()
+    setup = prune_setup(params, layout, method, sparsity)
+    if setup.get("cached"):
+        return {"cached": True, "metrics": setup["metrics"], "blocks": []}
+    blocks = []
+    for i in range(setup["num_blocks"]):
+        raise_if_stopped()  # a branch runs in a task-runner worker thread: stop between blocks on SIGTERM/SIGINT
+        blocks.append(
+            prune_block_task.with_options(task_run_name=f"{name}-block-{i}")(
+                params, layout, method, sparsity, setup["work"], i
+            )
+        )
+    metrics = prune_finalize(params, layout, method, sparsity, setup["work"], started)
+    return {"cached": False, "metrics": metrics, "blocks": blocks}

@@ -206,7 +206,7 @@ def tiny_project(tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------ the session's Prefect API and tiny run
 #: what a checkout holds besides params.yaml: the code DVC hashes as stage deps, the stage and deployment files
-CODE = ("src", "flows", "tasks")
+CODE = ("src", "flows", "tasks", "plumbing")
 PROJECT_FILES = ("dvc.yaml", "prefect.yaml")
 
 

@@ -15,11 +15,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from robustprune import registry
+
 DEFAULT_PARAMS = Path("params.yaml")
 BUILTIN_DATA = ("rotten_tomatoes",)
 BUILTIN_MODELS = ("minilm",)
-PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt", "rakp")
-ATTACK_RECIPES = ("textfooler", "bert-attack", "textbugger")
+PRUNE_METHODS = tuple(registry.METHODS)  # robustprune.registry declares each method and recipe once
+ATTACK_RECIPES = tuple(registry.RECIPES)
+#: the types of a method / recipe name in the params (pydantic lists the allowed values in its errors)
+PruneMethodName = Literal[PRUNE_METHODS]  # type: ignore[valid-type]
+AttackRecipeName = Literal[ATTACK_RECIPES]  # type: ignore[valid-type]
+SoupRecipeName = Literal[(*ATTACK_RECIPES, registry.PROXY.name)]  # type: ignore[valid-type]
 ATTACK_MODEL_GROUPS = ("all", "soups", "variants", "pruned", "sds", "cap", "best-ingredient")
 _TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -253,7 +259,7 @@ class SoupAttackConfig(_Section):
     a2t: A2T's cheap attack (robustprune.a2t) as a proxy for TextFooler (benchmarks/robust_training.py measures
     how their rankings agree)."""
 
-    recipe: Literal["textfooler", "bert-attack", "textbugger", "a2t"] = "textfooler"
+    recipe: SoupRecipeName = registry.TEXTFOOLER.name
     num_examples: Annotated[int, Field(gt=0, le=100_000)] = 25
     seed: int = 0
     query_budget: Annotated[int, Field(gt=0)] | None = None
@@ -382,12 +388,7 @@ def sparsity_label(value: float | str) -> str:
 
 
 class PruneConfig(_Section):
-    methods: Annotated[list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]], Field(min_length=1)] = [
-        "magnitude",
-        "wanda",
-        "sparsegpt",
-        "rakp",
-    ]
+    methods: Annotated[list[PruneMethodName], Field(min_length=1)] = list(PRUNE_METHODS)
     sparsities: Annotated[list[float | str], Field(min_length=1)] = [0.75, 0.875, "2:4"]
     block_size: Annotated[int, Field(gt=0, le=4096)] = 128
     dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
@@ -443,7 +444,7 @@ def sds_lr_problem(optimizer: str, lr: float) -> str | None:
 class SdsConfig(_Section):
     """Sparse-dense-sparse on top of some of the prune stage's models (each must be a prune combination)."""
 
-    methods: list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]] = ["sparsegpt", "rakp"]
+    methods: list[PruneMethodName] = [registry.SPARSEGPT.name, registry.RAKP.name]
     sparsities: list[float | str] = [0.75]
     l1: Annotated[float, Field(ge=0)] = 0.1  # penalty on the previously pruned positions (see sds.py)
     regularizer: Literal["l1", "group"] = "l1"
@@ -719,9 +720,7 @@ class MoreAttackedConfig(_Section):
 class AttackConfig(_Section):
     """Which models are attacked, with which recipes, on how many seeded test examples."""
 
-    recipes: Annotated[list[Literal["textfooler", "bert-attack", "textbugger"]], Field(min_length=0)] = list(
-        ATTACK_RECIPES
-    )
+    recipes: Annotated[list[AttackRecipeName], Field(min_length=0)] = list(ATTACK_RECIPES)
     models: list[str] = ["soup-greedy", "best-ingredient", "sparsegpt_0.875", "rakp_0.875"]
     num_examples: Annotated[int, Field(gt=0, le=1_000_000)] = 100
     seed: int = 0
@@ -764,12 +763,7 @@ class LMConfig(_Section):
     # benchmarks/results/smollm2.json); only the float summation order changes
     calib_batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
     calib_seeds: Annotated[list[int], Field(min_length=1)] = [0]
-    methods: Annotated[list[Literal["magnitude", "wanda", "sparsegpt", "rakp"]], Field(min_length=0)] = [
-        "magnitude",
-        "wanda",
-        "sparsegpt",
-        "rakp",
-    ]
+    methods: Annotated[list[PruneMethodName], Field(min_length=0)] = list(PRUNE_METHODS)
     sparsities: list[float | str] = [0.5, "2:4"]
     block_size: Annotated[int, Field(gt=0, le=4096)] = 128
     dampening: Annotated[float, Field(gt=0, le=10)] = 0.01
@@ -778,7 +772,10 @@ class LMConfig(_Section):
     rakp: RakpConfig = RakpConfig(**LM_RAKP_DEFAULTS)
     # params-lm.yaml's SDS (issue #5's SmolLM2 protocol), not the encoder's sds section
     sds: SdsConfig = SdsConfig(
-        methods=["wanda", "sparsegpt", "rakp"], sparsities=[0.5, "2:4"], l1=0.3, steps=60
+        methods=[registry.WANDA.name, registry.SPARSEGPT.name, registry.RAKP.name],
+        sparsities=[0.5, "2:4"],
+        l1=0.3,
+        steps=60,
     )
     eval_batch_size: Annotated[int, Field(gt=0, le=1024)] = 4
 
@@ -871,7 +868,7 @@ class RuntimeConfig(_Section):
     dask_address: str | None = None  # e.g. tcp://10.0.0.5:8786; null: a LocalCluster on this host
     ray_address: str | None = None  # e.g. ray://10.0.0.5:10001 or auto; null: a local Ray instance
     # where a worker on runtime.work_pool finds the stage's inputs and leaves its outputs: shared (one file
-    # system) | dvc (its own checkout, synchronised through the default DVC remote: tasks/dvc_sync.py)
+    # system) | dvc (its own checkout, synchronised through the default DVC remote: plumbing/dvc_sync.py)
     storage: Literal["shared", "dvc"] = "shared"
 
     @field_validator("dask_address")

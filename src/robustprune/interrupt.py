@@ -1,6 +1,6 @@
 """A process-wide stop flag: SIGTERM / SIGINT stop long loops within one step, in any thread.
 
-``python -m flows.<stage>`` (flows/_cli.py) calls :func:`install` once. From then on a SIGTERM or SIGINT
+``python -m flows.<stage>`` (plumbing/cli.py, plumbing/signals.py) calls :func:`install` once. From then on a SIGTERM or SIGINT
 
 - sets the flag at once, from a watcher thread fed by :func:`signal.set_wakeup_fd`: the C-level signal
   handler writes the signal number there whichever Python-level handler is installed, so the flag is set

@@ -244,14 +244,64 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification
 
     quiet_transformers()
-    from robustprune.cap.structured import is_structured, load_structured
-
     if is_structured(path):  # a CAP-f model: per-layer FFN widths that a plain config cannot hold
         return load_structured(path)
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
     if head_seed is not None:
         torch.manual_seed(head_seed)
     return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+
+
+def bert_encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The blocks of a BERT classifier or bare encoder (``model.bert.encoder.layer``), for structured CAP."""
+    base = getattr(model, "bert", model)
+    encoder = getattr(base, "encoder", None)
+    if encoder is None or not hasattr(encoder, "layer"):
+        raise ValueError(
+            f"structured CAP needs a BERT encoder (model.bert.encoder.layer); got {type(model).__name__}"
+        )
+    return encoder.layer
+
+
+#: the config key of a structurally pruned classifier's per-layer FFN widths (CAP-f, robustprune.cap.structured)
+SIZES_KEY = "cap_intermediate_sizes"
+
+
+def is_structured(path: str | Path) -> bool:
+    """Whether a saved model directory holds a CAP-f model (its config records per-layer FFN widths)."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and SIZES_KEY in json.loads(cfg.read_text())
+
+
+def load_structured(path: str | Path) -> nn.Module:
+    """Rebuild a saved CAP-f classifier: heads from ``config.pruned_heads``, FFN widths from
+    ``config.cap_intermediate_sizes``, then the weights (strict: every tensor must fit)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import prune_linear_layer
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(str(path))
+    sizes = getattr(config, SIZES_KEY, None)
+    model = AutoModelForSequenceClassification.from_config(config)  # prunes config.pruned_heads at init
+    layers = bert_encoder_layers(model)
+    if sizes is not None:
+        if len(sizes) != len(layers):
+            raise ValueError(f"{path}: {SIZES_KEY} has {len(sizes)} entries for {len(layers)} layers")
+        for layer, width in zip(layers, sizes, strict=True):
+            keep = torch.arange(int(width))
+            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+            layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
+    state = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not fit the recorded structure: missing {missing}, unexpected {unexpected}"
+        )
+    return model.eval()
 
 
 def load_tokenizer(path: str | Path):  # noqa: ANN201 - transformers tokenizer

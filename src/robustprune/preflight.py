@@ -1,9 +1,9 @@
 """Checks that need more than the schema: do the inputs the params name exist, make sense and answer?
 
-Run by ``python -m flows.<stage>`` (flows/_cli.py) after params.yaml validated and before anything heavy
-is imported or any output touched, so that bad input costs seconds and leaves the tree as it was. Every
-problem is one line that names the key, the value and what is wrong or allowed; independent checks all
-run, so a params file with three problems gets three lines.
+Run by ``python -m flows.<stage>`` (plumbing/cli.py, through plumbing.services.preflight) after params.yaml
+validated and before anything heavy is imported or any output touched, so that bad input costs seconds and
+leaves the tree as it was. Every problem is one line that names the key, the value and what is wrong or
+allowed; independent checks all run, so a params file with three problems gets three lines.
 
 What is checked (docs/reliability.md has the table):
 
@@ -16,11 +16,11 @@ What is checked (docs/reliability.md has the table):
 - ``runtime.device: cuda``: a CUDA device is visible here;
 - ``runtime.mlflow_uri``: the file store (a path or ``file:``) only with ``MLFLOW_ALLOW_FILE_STORE=true``
   (MLflow 3 refuses it otherwise), a sqlite database's directory exists;
-- ``runtime.work_pool``: the Prefect API answers, the pool exists and has an online worker, and every
-  deployment the pipeline sends there exists (:func:`check_work_pool`, plain HTTP with a time budget);
-- a single stage's inputs (the data/ and models/ deps dvc.yaml lists for it) exist.
+- a single stage's inputs (the paths the caller lists: the data/ and models/ deps dvc.yaml lists for it)
+  exist.
 
-No Prefect, MLflow or DVC import: the caller passes the Prefect API address and the deployment names.
+The services a run talks to (the Prefect API and work pool: ``runtime.work_pool``) are checked by
+:mod:`plumbing.services`; this module imports no Prefect, MLflow or DVC and talks to no service.
 """
 
 from __future__ import annotations
@@ -29,12 +29,8 @@ import json
 import os
 import struct
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from robustprune.config import Params, mlflow_uri_kind
@@ -64,27 +60,11 @@ class PreflightError(ValueError):
     """The params are well-formed but the inputs they name are unusable; one line per problem."""
 
 
-@dataclass(frozen=True)
-class PrefectApi:
-    """Where the Prefect API is (None: not configured, Prefect would start a temporary local server)."""
+def input_problems(
+    params: Params, root: Path, stage: str = "pipeline", *, stage_inputs: Sequence[str] | None = None
+) -> list[str]:
+    """One line per problem with the inputs ``params`` names for ``stage`` (empty: none found).
 
-    url: str | None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def preflight(
-    params: Params,
-    root: Path,
-    stage: str = "pipeline",
-    *,
-    prefect_api: PrefectApi | None = None,
-    remote_deployments: Sequence[str] = (),
-    stage_inputs: Sequence[str] | None = None,
-    timeout: float = 4.0,
-) -> None:
-    """Raise PreflightError with one line per problem.
-
-    ``remote_deployments``: the ``flow/deployment`` names the pipeline sends to ``runtime.work_pool``;
     ``stage_inputs``: paths under ``root`` a single stage reads (None: not checked).
     """
     root = Path(root)
@@ -107,15 +87,7 @@ def preflight(
         checks.append(lambda: _check_lm(params))
     if stage_inputs:
         checks.append(lambda: _check_inputs(root, stage, stage_inputs))
-    if stage == "pipeline" and params.runtime.work_pool:
-        checks.append(
-            lambda: check_work_pool(
-                prefect_api or PrefectApi(None), params.runtime.work_pool, remote_deployments, timeout=timeout
-            )
-        )
-    problems = [p for check in checks for p in check()]
-    if problems:
-        raise PreflightError("\n".join(problems))
+    return [p for check in checks for p in check()]
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -296,19 +268,6 @@ def _check_inputs(root: Path, stage: str, inputs: Sequence[str]) -> list[str]:
     ]
 
 
-def stage_inputs(dvc_yaml: Path, stage: str) -> list[str] | None:
-    """The data/ and models/ dependencies dvc.yaml lists for ``stage`` (None: no dvc.yaml or no such stage)."""
-    if not dvc_yaml.is_file():
-        return None
-    import yaml
-
-    spec = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).get(stage)
-    if not isinstance(spec, dict):
-        return None
-    deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
-    return [d for d in deps if d.split("/", 1)[0] in ("data", "models")]
-
-
 # ---------------------------------------------------------------------------------------- device
 def _check_device(params: Params) -> list[str]:
     if params.runtime.device != "cuda" or cuda_visible():
@@ -347,74 +306,3 @@ def _check_mlflow(params: Params, root: Path) -> list[str]:
             if not db.parent.is_dir():
                 return [f"{key}: the directory {str(db.parent)!r} of the sqlite database does not exist"]
     return []
-
-
-# --------------------------------------------------------------------------------------- Prefect
-def check_work_pool(
-    api: PrefectApi, pool: str, deployments: Sequence[str] = (), *, timeout: float = 4.0
-) -> list[str]:
-    """Problems that would stop a run sent to work pool ``pool``: unreachable API, no pool, no online
-    worker, missing deployments (``flow/deployment`` names). Plain HTTP; all requests share ``timeout``.
-    """
-    key = f"runtime.work_pool = {pool!r}"
-    if not api.url:
-        return [
-            f"{key}: no Prefect API is configured (PREFECT_API_URL is unset), so no worker can serve the pool; "
-            "start a server (prefect server start), set PREFECT_API_URL and start a worker "
-            f"(prefect worker start --pool {pool}), or set runtime.work_pool: null to run in-process"
-        ]
-    deadline = time.monotonic() + timeout
-    base = api.url.rstrip("/")
-
-    def call(method: str, path: str, body: object | None = None) -> tuple[int, object]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"no answer within {timeout:g} s")
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", **api.headers}
-        req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=left) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, None
-
-    try:
-        status, _ = call("GET", "/health")
-        if status != 200:
-            return [f"{key}: the Prefect API at {base} answered HTTP {status} to /health"]
-        status, info = call("GET", f"/work_pools/{urllib.parse.quote(pool, safe='')}")
-        if status == 404:
-            return [
-                f"{key}: the Prefect API at {base} has no work pool {pool!r}; create it "
-                f"(prefect work-pool create {pool} --type process) and start a worker on a CUDA host"
-            ]
-        if status != 200:
-            return [f"{key}: reading the pool from the Prefect API at {base} gave HTTP {status}"]
-        problems = []
-        if isinstance(info, dict) and info.get("is_paused"):
-            problems.append(f"{key}: the work pool is paused (prefect work-pool resume {pool})")
-        status, workers = call("POST", f"/work_pools/{urllib.parse.quote(pool, safe='')}/workers/filter", {})
-        online = [w for w in workers or [] if isinstance(w, dict) and w.get("status") == "ONLINE"]
-        if not online:
-            problems.append(
-                f"{key}: no online worker serves the pool ({len(workers or [])} known, none online); "
-                f"start one on a CUDA host: prefect worker start --pool {pool}"
-            )
-        for name in deployments:
-            status, dep = call("GET", f"/deployments/name/{urllib.parse.quote(name, safe='/')}")
-            if status == 404:
-                problems.append(
-                    f"{key}: deployment {name!r} does not exist; register it (prefect deploy --all)"
-                )
-            elif status == 200 and isinstance(dep, dict) and dep.get("work_pool_name") not in (None, pool):
-                problems.append(
-                    f"{key}: deployment {name!r} runs on pool {dep.get('work_pool_name')!r}, not {pool!r}"
-                )
-        return problems
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return [
-            f"{key}: the Prefect API at {base} does not answer ({reason}); start the server or fix "
-            "PREFECT_API_URL, or set runtime.work_pool: null to run in-process"
-        ]

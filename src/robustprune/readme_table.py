@@ -1,7 +1,7 @@
 """The README's results table, generated from the committed report.
 
 ``python -m robustprune.readme_table`` prints the table for ``reports/metrics.json`` (written by
-``flows/report.py``); ``--write README.md`` (what ``make readme-table`` runs) replaces the block between
+``tasks/report.py``); ``--write README.md`` (what ``make readme-table`` runs) replaces the block between
 :data:`START` and :data:`END` in place. ``tests/unit/test_docs.py`` checks that the README's block equals this
 module's output for the committed ``reports/metrics.json``, so the README never quotes a figure the report does
 not contain.
@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from robustprune.config import ATTACK_RECIPES, parse_sparsity
+from robustprune.registry import METHODS
 from robustprune.report import RECIPE_TITLES
 from robustprune.stats import Rate
 
@@ -34,7 +35,7 @@ ANSWER_SOURCES = ("reports/evidence/metrics.json", "reports/metrics.json")
 
 #: row order of the tables; methods not listed here follow in alphabetical order
 KIND_ORDER = ("soup", "variant", "pruned", "sds", "cap")
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "rakp", "cap", "cap-nocl", "cap-f")
+METHOD_ORDER = ("dense", *METHODS, "cap", "cap-nocl", "cap-f")
 RECIPE_ORDER = ATTACK_RECIPES
 DENSE = "dense"
 #: methods whose sparsity is a share of heads / FFN neurons removed, not of weights

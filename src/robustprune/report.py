@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustprune import registry
 from robustprune.config import parse_sparsity
 from robustprune.degeneracy import ClassBalance
 from robustprune.stats import BETTER, WORSE, Rate, clustered_rate, rate, rate_of, spearman
@@ -37,7 +38,9 @@ def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-RECIPE_TITLES = {"textfooler": "TextFooler", "bert-attack": "BERT-Attack", "textbugger": "TextBugger"}
+RECIPE_TITLES = registry.RECIPE_TITLES
+#: methods whose headline comparisons with the reference method are the clean ones only (registry)
+CLEAN_ONLY_HEADLINE = tuple(m.name for m in registry.METHODS.values() if not m.headline_robustness)
 
 
 def metric_title(metric: str) -> str:
@@ -216,7 +219,7 @@ def headline(x: ReportInputs) -> list[str]:
                 continue
             if c.metric.startswith("transfer:") and c.metric != "transfer:all":
                 continue
-            if a["method"] in ("magnitude", "wanda") and c.metric != "clean":
+            if a["method"] in CLEAN_ONLY_HEADLINE and c.metric != "clean":
                 continue  # the headline: the comparisons docs/robustness.md names; the rest is below
             out.append(f"- {_cmp_line(c)}.")
     if len(out) == 2:
@@ -303,7 +306,7 @@ def glance_lines(metrics: Mapping) -> list[str]:
         for (a, b), c in group(VS_SPARSEGPT).items():
             if models.get(a, {}).get("sparsity") != top:
                 continue
-            if models.get(a, {}).get("method") in ("magnitude", "wanda"):
+            if models.get(a, {}).get("method") in CLEAN_ONLY_HEADLINE:
                 c = [x for x in c if x["metric"] == "clean"]
             out.append(f"- `{a}` − `{b}`, same sparsity{rows(c)}: {_glance_metrics(c)}.")
     under_attack = [x for x in comps if x["metric"] != "clean" and not x["metric"].startswith("transfer:")]

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from robustprune.degeneracy import ClassBalance
+from robustprune.registry import METHODS, RAKP, REFERENCE_METHOD
 from robustprune.stats import (
     PairedDifference,
     Rate,
@@ -47,7 +48,7 @@ CAP_VS_RAKP = "CAP vs RAKP, same sparsity"
 RELATIONS = (SOUP_VS_BEST, VS_DENSE, VS_SPARSEGPT, MATCHED, SDS_VS_ONESHOT, CAP_VS_ABLATION, CAP_VS_RAKP)
 
 #: one-shot baselines a method is matched against by clean accuracy
-BASELINES = ("magnitude", "wanda", "sparsegpt")
+BASELINES = tuple(m.name for m in METHODS.values() if m.baseline)
 #: the verdict of a robustness comparison that involves a model ignoring its input
 NOT_JUDGED = "no verdict (near-constant model)"
 
@@ -111,8 +112,8 @@ def comparison_pairs(
         if m["kind"] in ("pruned", "sds", "cap") and reference in names:
             pairs.append((m["name"], reference, VS_DENSE))
     for m in models:
-        if m["kind"] == "pruned" and m["method"] != "sparsegpt":
-            other = by_combo.get(("sparsegpt", m["sparsity"]))
+        if m["kind"] == "pruned" and m["method"] != REFERENCE_METHOD.name:
+            other = by_combo.get((REFERENCE_METHOD.name, m["sparsity"]))
             if other:
                 pairs.append((m["name"], other, VS_SPARSEGPT))
     for m in models:
@@ -127,7 +128,7 @@ def comparison_pairs(
                 pairs.append((m["name"], ablation, CAP_VS_ABLATION))
     for m in models:
         if m["kind"] == "cap" and m["method"] == "cap":  # unstructured CAP against one-shot RAKP
-            rakp = by_combo.get(("rakp", m["sparsity"]))
+            rakp = by_combo.get((RAKP.name, m["sparsity"]))
             if rakp:
                 pairs.append((m["name"], rakp, CAP_VS_RAKP))
     return pairs

@@ -42,8 +42,8 @@ def cap_run(pipeline_run):
 def test_cap_flow_produces_models_and_report(cap_run):
     from transformers import AutoModelForSequenceClassification
 
-    from robustprune.cap.structured import encoder_parameters, is_structured, load_structured
-    from robustprune.modeling import measured_sparsity, prunable_linears
+    from robustprune.cap.structured import encoder_parameters
+    from robustprune.modeling import is_structured, load_structured, measured_sparsity, prunable_linears
 
     root, _, report = cap_run
     cap_dir = root / "models" / "cap"

@@ -225,7 +225,7 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
 def test_gpu_stages_run_through_a_worker_on_the_named_pool(scaleout):
     from prefect.client.orchestration import get_client
 
-    from flows._cli import GPU_STAGES
+    from plumbing.remote import GPU_STAGES
 
     root, result = scaleout["root"], scaleout["result"]
     for stage in ("finetune", "prune", "sds", "cap", "evaluate", "attack", "lm"):

@@ -14,8 +14,8 @@ def test_runner_settings_build_the_runner_params_ask_for():
     from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
     from prefect_dask import DaskTaskRunner
 
+    from plumbing.runners import runner_settings, task_runner
     from robustprune.config import ConfigError, parse_params
-    from tasks.common import runner_settings, task_runner
 
     default = task_runner(runner_settings(parse_params({})))
     assert isinstance(default, ThreadPoolTaskRunner) and default._max_workers == 1  # the 2-core default
@@ -52,8 +52,8 @@ def test_attack_shards_on_a_two_worker_local_cluster_match_one_thread(pipeline_r
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
     from flows.attack import attack_flow
+    from plumbing.runners import local_cluster_kwargs, runner_settings, task_runner
     from robustprune.config import load_params
-    from tasks.common import local_cluster_kwargs, runner_settings, task_runner
 
     src_root, src_params, _ = pipeline_run
     raw = yaml.safe_load(src_params.read_text())

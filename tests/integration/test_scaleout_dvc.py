@@ -194,7 +194,7 @@ def test_sync_functions_carry_cached_and_uncached_outputs_both_ways(tmp_path, mo
 
     from dvc.repo import Repo
 
-    from tasks import dvc_sync
+    from plumbing import dvc_sync
 
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     hosts = {name: tmp_path / name for name in ("parent", "worker")}

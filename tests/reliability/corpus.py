@@ -2,7 +2,7 @@
 
 Each :class:`Case` builds its files under a fresh directory (from the tiny project's valid params, data
 and model) and names what the one-line error must contain: the key at fault and what is wrong. The
-reliability suite runs every case through ``flows._cli.validate_or_exit`` (the code behind
+reliability suite runs every case through ``plumbing.cli.validate_or_exit`` (the code behind
 ``python -m flows.<stage>``) and a few through the real command; ``benchmarks/chaos.py --corpus`` times
 them all as real commands.
 """

@@ -1,6 +1,6 @@
 """Every malformed input is stopped before anything runs: exit 2, one line naming the key, nothing written.
 
-The table is tests/reliability/corpus.py. Each case runs through ``flows._cli.validate_or_exit``, the
+The table is tests/reliability/corpus.py. Each case runs through ``plumbing.cli.validate_or_exit``, the
 function behind every ``python -m flows.<stage>``; a handful also run as the real command. The time a
 whole command takes (interpreter start included) is measured by ``benchmarks/chaos.py --corpus``.
 """
@@ -83,7 +83,7 @@ def _pools(url: str) -> None:
 def test_bad_input_stops_before_anything_runs(
     case: Case, base: Path, tmp_path: Path, capsys, monkeypatch, prefect_for
 ):
-    from flows._cli import validate_or_exit
+    from plumbing.cli import validate_or_exit
     from robustprune.preflight import cuda_visible
 
     if case.needs == "no-cuda" and cuda_visible():

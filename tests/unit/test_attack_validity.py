@@ -260,8 +260,8 @@ def test_polarity_constraint_reads_split_words(ta) -> None:
 
 
 def test_report_stage_audits_with_the_bundled_lexicons(ta, tmp_path: Path) -> None:
-    from flows.report import validity_audit
     from tasks.common import Layout
+    from tasks.report import validity_audit
 
     (tmp_path / "vader.txt").write_text("good\t1.9\t0.9\t[2]\nbad\t-2.5\t0.7\t[-2]\nfine\t0.8\t0.5\t[1]\n")
     (tmp_path / "afinn.txt").write_text("good\t3\nbad\t-3\n")

@@ -12,7 +12,7 @@ from robustprune.cap import structured as st
 from robustprune.cap.banks import sample_extra, stack
 from robustprune.cap.loss import LossWeights, cap_loss, contrastive_terms, kd_loss, representation
 from robustprune.cap.schedule import cubic_sparsity, stages
-from robustprune.modeling import prunable_linears
+from robustprune.modeling import is_structured, load_structured, prunable_linears
 from tests.conftest import tiny_bert
 
 
@@ -307,8 +307,8 @@ def test_structured_save_load_identical_logits_and_plain_load_fails(tmp_path):
     st.remove_units(model, [[0, 2], [1]], [[*range(10)], [*range(25)]])
     ids = torch.randint(5, 99, (2, 6))
     model.save_pretrained(tmp_path)
-    assert st.is_structured(tmp_path)
-    loaded = st.load_structured(tmp_path)
+    assert is_structured(tmp_path)
+    loaded = load_structured(tmp_path)
     assert torch.equal(_logits(loaded, ids), _logits(model, ids))
     assert st.encoder_parameters(loaded) == st.encoder_parameters(model) < st.encoder_parameters(tiny_bert())
     with pytest.raises((RuntimeError, ValueError), match="size mismatch"):

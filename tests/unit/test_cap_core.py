@@ -26,6 +26,7 @@ from robustprune.cap.loss import (
 )
 from robustprune.cap.schedule import Stage, cubic_sparsity, schedule, separate, stages
 from robustprune.cap.train import EpochSnapshots, TrainOptions, _lr_factor, epoch_steps, train_stage
+from robustprune.modeling import is_structured, load_structured
 from tests.conftest import tiny_bert
 
 
@@ -480,14 +481,14 @@ def test_is_structured_and_load_structured_edges(tmp_path):
     weights that do not fit the recorded structure are refused with the file named."""
     from safetensors.torch import load_file, save_file
 
-    assert not st.is_structured(tmp_path / "nothing")
+    assert not is_structured(tmp_path / "nothing")
     plain = tiny_bert()
     plain.save_pretrained(tmp_path / "plain")
-    assert not st.is_structured(tmp_path / "plain")
+    assert not is_structured(tmp_path / "plain")
     ids = torch.randint(5, 99, (2, 5))
     with torch.no_grad():
         assert torch.equal(
-            st.load_structured(tmp_path / "plain")(input_ids=ids).logits, plain.eval()(input_ids=ids).logits
+            load_structured(tmp_path / "plain")(input_ids=ids).logits, plain.eval()(input_ids=ids).logits
         )
     small = tiny_bert()
     st.remove_units(small, [[0], []], [[1, 2], []])
@@ -497,7 +498,7 @@ def test_is_structured_and_load_structured_edges(tmp_path):
     del state["bert.encoder.layer.0.output.dense.bias"]
     save_file(state, str(f))
     with pytest.raises(ValueError, match="do not fit"):
-        st.load_structured(tmp_path / "small")
+        load_structured(tmp_path / "small")
 
 
 def test_kd_loss_takes_the_teachers_logits_to_the_students_dtype():

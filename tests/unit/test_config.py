@@ -369,11 +369,12 @@ def test_evidence_profile_is_params_yaml_with_more_attacks():
 
 
 def test_a_profile_skips_exactly_the_stages_whose_tracked_params_it_leaves_alone():
-    """flows/pipeline.py: with params-evidence.yaml a stage dvc finds up to date for params.yaml is skipped
+    """flows/pipeline.py (plumbing/dvc_stages.py): with params-evidence.yaml a stage dvc finds up to date for params.yaml is skipped
     only when every key dvc.yaml tracks for it is equal in both files: attack and report rerun, the rest
     (finetune, prune, CAP, evaluate...) are the default run's; a profile that changes the prune section
     reruns prune and the stages that track prune keys."""
-    from flows.pipeline import STAGES, same_stage_params, stage_params
+    from flows.pipeline import STAGES
+    from plumbing.dvc_stages import same_stage_params, stage_params
 
     root = load_params(ROOT / "params.yaml").model_dump()
     evidence = load_params(ROOT / "params-evidence.yaml").model_dump()

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: modules that do not change what a stage computes (why, one line each)
 PLUMBING = {
     "flows": "package init: offline environment variables",
-    "flows._cli": "argument parsing, preflight, signals and the detached Prefect server",
     "flows.pipeline": "composes the stage flows; each stage lists its own code",
+    "plumbing": "run-time plumbing (every plumbing.* module): argument parsing, service preflight, signals, "
+    "the detached Prefect server, task runners, remote deployments, DVC status and sync",
     "robustprune": "package init",
     "robustprune.config": "validation: the values a stage reads are its dvc.yaml params",
     "robustprune.checkpoints": "atomic writes of what the stage computed",
@@ -29,13 +30,18 @@ PLUMBING = {
     "tasks": "package init",
     "tasks.common": "paths, cache keys, MLflow run scaffolding",
     "tasks.tracking": "MLflow logging",
-    "tasks.dvc_sync": "DVC synchronisation for remote workers",
 }
 
 
 def _file(module: str) -> Path | None:
     parts = module.split(".")
-    base = ROOT / "src" if parts[0] == "robustprune" else ROOT if parts[0] in ("flows", "tasks") else None
+    base = (
+        ROOT / "src"
+        if parts[0] == "robustprune"
+        else ROOT
+        if parts[0] in ("flows", "tasks", "plumbing")
+        else None
+    )
     if base is None:
         return None
     p = base.joinpath(*parts)
@@ -67,7 +73,7 @@ def stage_modules(stage: str) -> set[str]:
     while stack:
         m = stack.pop()
         path = _file(m)
-        if m in seen or m in PLUMBING or path is None:
+        if m in seen or m in PLUMBING or m.split(".")[0] == "plumbing" or path is None:
             continue
         seen.add(m)
         stack += [i for i in _imports(path, m) if _file(i) is not None]

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import importlib
 
-# recipe name -> module under robustprune.attacks
-RECIPES: dict[str, str] = {
-    "textfooler": "textfooler",
-    "bert-attack": "bert_attack",
-    "textbugger": "textbugger",
-}
+from robustprune import registry
+
+# recipe name -> module under robustprune.attacks (robustprune.registry declares each recipe)
+RECIPES: dict[str, str] = {r.name: r.module for r in registry.RECIPES.values()}
 
 
 def build_attack(name: str, wrapper, resources, **options):

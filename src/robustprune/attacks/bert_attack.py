@@ -51,8 +51,9 @@ from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
 from robustprune.attacks.wrapper import ForwardStats
+from robustprune.registry import BERT_ATTACK
 
-NAME = "bert-attack"
+NAME = BERT_ATTACK.name
 _ta = import_textattack()
 _check_if_subword = _ta.shared.utils.check_if_subword
 

@@ -15,6 +15,8 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from robustprune.registry import RECIPE_TITLES
+
 _TOKEN = re.compile(r"\S+|\s+")
 _CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.S)
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~])")
@@ -160,7 +162,7 @@ def examples_markdown(
 ) -> str:
     """Markdown for :func:`select_examples`' output: one section per recipe, one numbered item per
     example ("original → perturbed", changed words in bold, the prediction before and after)."""
-    titles = {"textfooler": "TextFooler", "bert-attack": "BERT-Attack", "textbugger": "TextBugger"}
+    titles = dict(RECIPE_TITLES)
     titles.update(recipe_titles or {})
     hashes = "#" * heading_level
     lines: list[str] = []

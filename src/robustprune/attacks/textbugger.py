@@ -50,8 +50,9 @@ from robustprune.attacks.components import (
 from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
+from robustprune.registry import TEXTBUGGER
 
-NAME = "textbugger"
+NAME = TEXTBUGGER.name
 logger = logging.getLogger(__name__)
 _ta = import_textattack()
 CHAR_BUGS = ("insert", "delete", "swap")

@@ -83,8 +83,9 @@ from robustprune.attacks.similarity import (
 from robustprune.attacks.tagger import ContextTagger, load_tagger_or_none
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
+from robustprune.registry import TEXTFOOLER
 
-NAME = "textfooler"
+NAME = TEXTFOOLER.name
 ADJUSTED_MIN_COS_SIM = 0.9  # Morris et al. 2020, adjusted TextFooler: word-embedding cosine
 ADJUSTED_SIM_THRESHOLD = 0.98  # ... and sentence-encoder cosine
 

@@ -13,6 +13,7 @@ from typing import Any
 from robustprune.cap.schedule import epoch_steps
 from robustprune.cap.schedule import schedule as schedule_stages
 from robustprune.degeneracy import class_share, predictions_from_correct
+from robustprune.registry import RAKP, SPARSEGPT
 from robustprune.stats import paired_difference, rate
 
 
@@ -292,7 +293,7 @@ def cap_markdown(cap: dict, eval_rows: Sequence[dict] = (), near_constant: Seque
     ]
     runs = cap["runs"]
     names = list(runs)
-    others = ["rakp", "sparsegpt"]
+    others = [RAKP.name, SPARSEGPT.name]
     head = ["sparsity", *names, *others]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, sp in enumerate(s["sparsities"]):

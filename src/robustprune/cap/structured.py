@@ -13,8 +13,8 @@ Reference: ``StructuredPruning/prune/prune_utils.py`` (after Michel et al. 2019 
 * removal: heads with transformers' ``prune_heads`` (which records them in ``config.pruned_heads``), FFN
   neurons with ``prune_linear_layer`` on ``intermediate.dense`` (rows) and ``output.dense`` (columns).
 
-The per-layer FFN widths go to ``config.cap_intermediate_sizes``; :func:`load_structured` rebuilds the
-smaller model from them. A plain ``from_pretrained`` of such a directory fails loudly with transformers'
+The per-layer FFN widths go to ``config.cap_intermediate_sizes``; :func:`robustprune.modeling.load_structured`
+(which ``load_classifier`` calls for such a directory) rebuilds the smaller model from them. A plain ``from_pretrained`` of such a directory fails loudly with transformers'
 size-mismatch error (the config's ``intermediate_size`` is the original width), never silently.
 """
 
@@ -22,22 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-SIZES_KEY = "cap_intermediate_sizes"
-
-
-def _layers(model: nn.Module) -> nn.ModuleList:
-    base = getattr(model, "bert", model)
-    encoder = getattr(base, "encoder", None)
-    if encoder is None or not hasattr(encoder, "layer"):
-        raise ValueError(
-            f"structured CAP needs a BERT encoder (model.bert.encoder.layer); got {type(model).__name__}"
-        )
-    return encoder.layer
+from robustprune.modeling import SIZES_KEY, is_structured, load_structured  # noqa: F401 - the CAP-f format
+from robustprune.modeling import bert_encoder_layers as _layers
 
 
 def head_counts(model: nn.Module) -> list[int]:
@@ -185,40 +175,3 @@ def remove_units(model: nn.Module, heads: list[list[int]], neurons: list[list[in
 def encoder_parameters(model: nn.Module) -> int:
     """Parameters inside the encoder blocks (embeddings, pooler and classifier excluded)."""
     return sum(p.numel() for p in _layers(model).parameters())
-
-
-def is_structured(path: str | Path) -> bool:
-    """Whether a saved model directory holds a CAP-f model (its config records per-layer FFN widths)."""
-    import json
-
-    cfg = Path(path) / "config.json"
-    return cfg.is_file() and SIZES_KEY in json.loads(cfg.read_text())
-
-
-def load_structured(path: str | Path) -> nn.Module:
-    """Rebuild a saved CAP-f classifier: heads from ``config.pruned_heads``, FFN widths from
-    ``config.cap_intermediate_sizes``, then the weights (strict: every tensor must fit)."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.pytorch_utils import prune_linear_layer
-
-    path = Path(path)
-    config = AutoConfig.from_pretrained(str(path))
-    sizes = getattr(config, SIZES_KEY, None)
-    model = AutoModelForSequenceClassification.from_config(config)  # prunes config.pruned_heads at init
-    layers = _layers(model)
-    if sizes is not None:
-        if len(sizes) != len(layers):
-            raise ValueError(f"{path}: {SIZES_KEY} has {len(sizes)} entries for {len(layers)} layers")
-        for layer, width in zip(layers, sizes, strict=True):
-            keep = torch.arange(int(width))
-            layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
-            layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
-    state = load_file(str(path / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not fit the recorded structure: missing {missing}, unexpected {unexpected}"
-        )
-    return model.eval()

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from robustprune.registry import MAGNITUDE, SPARSEGPT, WANDA
+from robustprune.registry import METHODS as _REGISTERED
+
 from .hessian import accumulate_cross, accumulate_xtx, dampen, inverse_cholesky_upper
 from .magnitude import magnitude_prune
 from .masks import (
@@ -24,7 +27,7 @@ from .result import PruneResult, output_error, target_error
 from .sparsegpt import sparsegpt_prune
 from .wanda import wanda_prune
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "rakp")
+METHODS = tuple(_REGISTERED)  # robustprune.registry
 
 
 def prune_weight(
@@ -47,15 +50,15 @@ def prune_weight(
     """
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "magnitude":
+    if method == MAGNITUDE.name:
         return magnitude_prune(W, pattern)
     if H is None:
         raise ValueError(
             f"pruning method {method!r} needs the layer Hessian H (calibration statistics); got None"
         )
-    if method == "wanda":
+    if method == WANDA.name:
         return wanda_prune(W, H, pattern)
-    if method == "sparsegpt":
+    if method == SPARSEGPT.name:
         return sparsegpt_prune(W, H, pattern, block_size=block_size, dampening=dampening)
     return rakp_prune(
         W, H, cross, pattern, alpha=alpha, ridge=ridge, block_size=block_size, dampening=dampening

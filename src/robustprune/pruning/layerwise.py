@@ -19,6 +19,7 @@ from torch import nn
 from robustprune.pruning import Pattern, output_error, prune_weight, target_error
 from robustprune.pruning.hessian import accumulate_cross, accumulate_diag, accumulate_xtx
 from robustprune.pruning.streams import BlockInputs, Stop, block_forward
+from robustprune.registry import METHODS, RAKP
 
 ALPHA_CRITERIA = ("block", "model", "output")
 NEXT_INPUTS = ("pruned", "dense")
@@ -70,7 +71,7 @@ class PruneOptions:
     @property
     def adaptive_alpha(self) -> bool:
         """RAKP with α chosen per block on held-out batches."""
-        return self.method == "rakp" and self.rakp.alpha is None and self.rakp.alpha_depth is None
+        return self.method == RAKP.name and self.rakp.alpha is None and self.rakp.alpha_depth is None
 
 
 @dataclass
@@ -113,8 +114,9 @@ NO_STATS = StatsPlan(hessian="none", dense=False, dense_hessian=False)
 def stats_plan(opts: PruneOptions) -> StatsPlan:
     """The least work that ``opts`` needs: layer reports (``track_dense``) keep the full statistics."""
     report = opts.track_dense
-    dense = report or opts.method == "rakp" or opts.rakp.next_input == "dense"
-    hessian = "full" if report else {"magnitude": "none", "wanda": "diag"}.get(opts.method, "full")
+    method = METHODS.get(opts.method)
+    dense = report or (method is not None and method.dense_stream) or opts.rakp.next_input == "dense"
+    hessian = "full" if report or method is None else method.statistics
     return StatsPlan(hessian=hessian, dense=dense, dense_hessian=report)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from robustprune.modeling import output_head
 from robustprune.pruning.layerwise import PruneOptions, collect_stats, prune_linears, stats_plan
 from robustprune.pruning.streams import BlockInputs, relative_error, run_blocks
+from robustprune.registry import RAKP
 
 Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (last block's hidden, token mask) -> logits
 
@@ -63,7 +64,7 @@ def depth_alpha(first: float, last: float, index: int, num_blocks: int) -> float
 def block_alpha(opts: PruneOptions, index: int, num_blocks: int) -> float | None:
     """The α of block ``index`` when it does not depend on data (fixed or depth schedule); None when adaptive
     or for a method without rectification."""
-    if opts.method != "rakp":
+    if opts.method != RAKP.name:
         return None
     if opts.rakp.alpha_depth is not None:
         return depth_alpha(*opts.rakp.alpha_depth, index, num_blocks)

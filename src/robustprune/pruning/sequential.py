@@ -41,6 +41,7 @@ from robustprune.pruning.layerwise import (
 from robustprune.pruning.rakp_alpha import alpha_head, block_alpha, depth_alpha, select_alpha
 from robustprune.pruning.rakp_head import HeadReport, refit_head
 from robustprune.pruning.streams import BlockInputs, block_forward, capture_block_inputs, relative_error
+from robustprune.registry import RAKP
 
 __all__ = [
     "BlockInputs",
@@ -78,7 +79,7 @@ def check_options(model: nn.Module, opts: PruneOptions) -> None:
     """Fail before any forward pass when ``opts`` asks for a head ``model`` does not have (the "output"
     criterion, the head refit)."""
     alpha_head(model, opts)
-    if opts.method == "rakp" and opts.rakp.refit_head:
+    if opts.method == RAKP.name and opts.rakp.refit_head:
         head_linears(model)
 
 
@@ -121,7 +122,7 @@ def finish_head(
 
     ``last`` holds the last block's outputs on both streams (what :func:`prune_block` returned for it).
     """
-    if opts.method != "rakp" or not opts.rakp.refit_head:
+    if opts.method != RAKP.name or not opts.rakp.refit_head:
         return None
     alpha = blocks[-1].alpha if blocks and blocks[-1].alpha is not None else 0.0
     return refit_head(model, last.pruned, last.dense, last.token_mask, alpha=alpha, ridge=opts.rakp.ridge)

@@ -278,6 +278,6 @@ def worker_sync(stage: str, root: str | Path) -> Iterator[None]:
         markdown=f"dvc.lock entry of stage `{stage}` (runtime.storage: dvc)\n\n{FENCE}"
         f"{json.dumps(entry, indent=1)}\n```\n",
         key=artifact_key(stage),
-        description=f"dvc.lock entry of {stage}, for the pipeline host (tasks/dvc_sync.py)",
+        description=f"dvc.lock entry of {stage}, for the pipeline host (plumbing/dvc_sync.py)",
     )
     _log().info("stage %r: committed, %d object(s) pushed, lock entry published", stage, pushed)
