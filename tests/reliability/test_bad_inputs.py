@@ -108,7 +108,9 @@ def test_bad_input_stops_before_anything_runs(
     assert problems and all(line.strip() for line in problems), err
     assert any(all(part in line for part in case.expected) for line in problems), (case.expected, err)
     assert snapshot(tmp_path, base) == before  # nothing written, nothing touched
-    print(f"{case.name}: refused in {seconds:.2f} s")  # timed in benchmarks/results/bad_inputs.json, not asserted
+    print(
+        f"{case.name}: refused in {seconds:.2f} s"
+    )  # timed in benchmarks/results/bad_inputs.json, not asserted
 
 
 REAL_COMMANDS = ["params-random-bytes", "params-empty", "data-label-3000-floats", "device-cuda-without-cuda"]
