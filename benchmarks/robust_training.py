@@ -373,7 +373,7 @@ def print_table(summary: dict) -> None:
     ag = summary["proxy_agreement"]
     print(
         f"A2T proxy vs TextFooler on validation rows, Spearman over {ag['checkpoints']} checkpoints: "
-        f"{ag['rho']:.2f} [{ag['low']:.2f}, {ag['high']:.2f}]"
+        f"rho {ag['rho']:.2f}, permutation p {ag['p_value']:.2f} (n {ag['n']})"
     )
 
 
