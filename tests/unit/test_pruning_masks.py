@@ -330,12 +330,13 @@ def test_head_logit_errors_are_relative_and_kl_is_a_row_mean():
 
 @pytest.mark.parametrize(
     ("neg", "jitter"),
-    [(-1e-7, 1e-6), (-1e-5, 1e-4), (-0.05, 1.0)],
-    ids=["first-jitter", "second-jitter", "last-jitter"],
+    [(-1e-7, 1e-6), (-1e-5, 1e-4), (-3e-3, 1e-2), (-0.05, 1.0)],
+    ids=["first-jitter", "second-jitter", "third-jitter", "last-jitter"],
 )
 def test_rakp_correction_jitter_ladder_on_an_indefinite_diagonal(neg, jitter):
     """H̃ = diag(1, 0.5, neg) with ridge 0: Cholesky fails until the jitter scale·10^e (e = −6, −4, −2, 0,
-    scale = mean diag) makes the last pivot positive; the solve then divides column 2 by neg + that jitter."""
+    scale = mean diag) makes the last pivot positive; the solve then divides column 2 by neg + that jitter.
+    Each rung is hit by one case (−3e-3 fails at 10⁻³·scale, so a ladder with a 10⁻³ rung would differ)."""
     from robustprune.pruning.rakp import rakp_correction
 
     H = torch.diag(torch.tensor([1.0, 0.5, neg]))
