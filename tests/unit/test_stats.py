@@ -432,3 +432,90 @@ def test_binomial_helpers_at_their_edges():
     assert score_p_value(1, 0) == pytest.approx(2 * (1 - scipy_stats.norm.cdf(1.0)))
     assert score_p_value(0, 0) == 1.0 and score_p_value(0.5, 0.0) < 1.0
     assert score_p_value(3, 3) == 1.0
+
+
+def test_exact_coverage_enumerates_every_outcome_once():
+    """An interval that always covers ((−1, 1), or exactly [δ, δ]) has coverage 1 to rounding: every
+    trinomial outcome counted once with its probability (none missing, none extra); one that never
+    covers has 0."""
+    n, pb, pc = 6, 0.3, 0.2
+    delta = pb - pc
+
+    def everything(b, c, n):  # noqa: ANN001, ANN202
+        return -np.ones(len(b)), np.ones(len(b))
+
+    def exact(b, c, n):  # noqa: ANN001, ANN202
+        return np.full(len(b), delta), np.full(len(b), delta)
+
+    def nothing(b, c, n):  # noqa: ANN001, ANN202
+        return np.full(len(b), 0.5), np.full(len(b), 0.6)
+
+    assert exact_paired_coverage(everything, n, pb, pc) == pytest.approx(1.0, abs=1e-9)
+    assert exact_paired_coverage(exact, n, pb, pc) == pytest.approx(1.0, abs=1e-9)
+    assert exact_paired_coverage(nothing, n, pb, pc) == 0.0
+    assert exact_paired_coverage(everything, n, 0.0, 0.4) == pytest.approx(1.0, abs=1e-9)  # p_b = 0
+
+
+def test_tango_statistic_where_its_variance_vanishes():
+    """Var 0: T = +inf above, −inf below, 0 at the null value itself (not NaN); small positive variances
+    use the formula."""
+    from robustprune.stats import tango_statistic
+
+    assert float(tango_statistic(0, 0, 5, 0.0)) == 0.0
+    assert float(tango_statistic(0, 0, 1, -1.0)) == math.inf  # num = 1, var = 0
+    assert float(tango_statistic(0, 0, 1, 1.0)) == -math.inf
+    b, c, n, d = 1, 0, 2, 0.1  # var = n(2q + d(1 − d)) < 1
+    w = -b - c + (2 * n - b + c) * d
+    q = (math.sqrt(w * w + 8 * n * c * d * (1 - d)) - w) / (4 * n)
+    var = n * (2 * q + d * (1 - d))
+    assert 0 < var < 1
+    assert float(tango_statistic(b, c, n, d)) == pytest.approx((b - c - n * d) / math.sqrt(var))
+
+
+def test_tango_interval_at_the_extremes_and_its_endpoints_are_roots():
+    """All discordant pairs one way: the interval reaches exactly −1 (or 1) and never beyond; elsewhere
+    each finite endpoint solves |T| = z."""
+    from robustprune.stats import tango_statistic
+
+    z = 1.959963984540054
+    low, high = tango_interval([0, 3], [3, 0], [3, 3])
+    assert low[0] == -1.0 and high[1] == 1.0 and high[0] > -1.0 and low[1] < 1.0
+    for n in range(1, 7):
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                lo, hi = (float(v[0]) for v in tango_interval([b], [c], [n]))
+                est = (b - c) / n
+                assert -1.0 <= lo <= est <= hi <= 1.0
+                if -1.0 < lo < est:
+                    assert float(tango_statistic(b, c, n, lo)) == pytest.approx(z, abs=1e-6)
+                if est < hi < 1.0:
+                    assert float(tango_statistic(b, c, n, hi)) == pytest.approx(-z, abs=1e-6)
+
+
+def test_min_detectable_moves_in_steps_of_two_and_the_empty_paired_deff():
+    """b − c has the parity of m = b + c: with 9 discordant pairs 7 one-way (8 vs 1) is the smallest
+    declared split (6 is not a possible difference); an empty comparison has design effect 1."""
+    assert min_detectable(9, 100) == pytest.approx(0.07)
+    assert paired_difference([], []).deff == 1.0
+    assert clustered_paired_difference([], [], []).deff == 1.0
+
+
+@pytest.mark.parametrize("n", [5, 9, 10, 13, 17])
+def test_wilson_bounds_are_exactly_0_and_1_at_the_extremes(n):
+    """k = 0 has low exactly 0 and k = n high exactly 1 (and never beyond 1), although the closed form
+    rounds to 2.8e-17 (n = 5, 10, 17) or 1 ± 1.1e-16 (n = 9, 13) there; the same for effective counts."""
+    from robustprune.stats import wilson_interval_float
+
+    for f in (wilson_interval, wilson_interval_float):
+        assert f(0, n)[0] == 0.0 and f(n, n)[1] == 1.0
+        assert f(n - 1, n)[1] <= 1.0 and f(1, n)[0] >= 0.0
+
+
+def test_spearman_defaults_resample_20000_times_with_seed_0_above_8_pairs():
+    """Nine pairs (one more than exact_up_to = 8) take the seeded Monte Carlo p: (1 + hits) / 20,001 with
+    seed 0, the same as asking for those settings explicitly."""
+    x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7, 1, 8, 2, 8, 1, 8, 2]
+    c = spearman(x, y)
+    assert c == spearman(x, y, seed=0, resamples=20_000, exact_up_to=8)
+    assert c.p_value * 20_001 == pytest.approx(round(c.p_value * 20_001)) and c.n == 9
+    assert c.p_value != spearman(x, y, seed=1).p_value
