@@ -642,3 +642,19 @@ def test_alpha_head_only_for_the_adaptive_output_criterion(bert):
     assert not fixed.adaptive_alpha and alpha_head(bert, fixed) is None
     assert alpha_head(bert, _opts("rakp", alpha=None, alpha_criterion="block")) is None
     assert alpha_head(bert, _opts("rakp", alpha=None, alpha_criterion="output")) is not None
+
+
+def test_head_refit_on_a_model_without_a_head_fails_before_any_forward(bert, calib_batches):
+    """RAKP with refit_head on a bare encoder stops at the option check, before the embeddings run; other
+    methods never look for a head."""
+    from transformers import BertModel
+
+    bare = BertModel(bert.config).eval()
+    calls = []
+    bare.embeddings.register_forward_hook(lambda *_a: calls.append(1))
+    with pytest.raises(UnsupportedModelError):
+        prune_model(bare, calib_batches, _opts("rakp", alpha=1.0, refit_head=True))
+    assert calls == []
+    from robustprune.pruning.sequential import check_options
+
+    check_options(bare, _opts("sparsegpt", refit_head=True))  # no head needed: no error
