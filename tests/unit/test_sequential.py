@@ -658,3 +658,17 @@ def test_head_refit_on_a_model_without_a_head_fails_before_any_forward(bert, cal
     from robustprune.pruning.sequential import check_options
 
     check_options(bare, _opts("sparsegpt", refit_head=True))  # no head needed: no error
+
+
+def test_head_refit_without_a_block_alpha_uses_alpha_zero(bert, calib_batches):
+    """finish_head takes the last block's α; with no block report, or a last block without α, it refits
+    with α = 0 (no rectification), never with a made-up one."""
+    from robustprune.pruning.sequential import BlockReport, finish_head
+    from robustprune.pruning.streams import capture_block_inputs
+
+    opts = _opts("rakp", alpha=1.0, refit_head=True)
+    last = capture_block_inputs(bert, calib_batches)
+    for blocks in ([], [BlockReport(index=0, alpha=None)]):
+        assert finish_head(copy.deepcopy(bert), last, opts, blocks).alpha == 0.0
+    assert finish_head(copy.deepcopy(bert), last, opts, [BlockReport(index=0, alpha=0.5)]).alpha == 0.5
+    assert finish_head(bert, last, _opts("rakp", alpha=1.0), []) is None
