@@ -672,3 +672,13 @@ def test_head_refit_without_a_block_alpha_uses_alpha_zero(bert, calib_batches):
         assert finish_head(copy.deepcopy(bert), last, opts, blocks).alpha == 0.0
     assert finish_head(copy.deepcopy(bert), last, opts, [BlockReport(index=0, alpha=0.5)]).alpha == 0.5
     assert finish_head(bert, last, _opts("rakp", alpha=1.0), []) is None
+
+
+def test_alpha_head_reads_every_stride_th_position(llama):
+    """The adaptive α's output head judges every output_stride-th token of a causal LM: 12 real tokens at
+    stride 3 give 4 rows per sequence (the default stride 1 would give 12)."""
+    from robustprune.pruning.rakp_alpha import alpha_head
+
+    head = alpha_head(llama, _opts("rakp", alpha=None, alpha_criterion="output", output_stride=3))
+    hidden = torch.randn(2, 12, llama.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    assert head(hidden, torch.ones(2, 12, dtype=torch.long)).shape[0] == 2 * 4
