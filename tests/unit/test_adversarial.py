@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from types import SimpleNamespace
 
 import pytest
@@ -272,3 +273,148 @@ def test_shared_dropout_is_a_no_op_in_eval_mode_and_restores_the_model(batch):
     torch.testing.assert_close(inside, before, rtol=1e-5, atol=1e-6)
     assert not shared.masks
     assert torch.equal(model(**enc).logits, before)
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def _expected_init(embeds, mask, init_mag, seed):  # noqa: ANN001, ANN202
+    """δ₀ of Algorithm 1 line 4, written out: U(−1, 1) on real tokens scaled by init_mag/√(L_i·d), in the
+    embeddings' dtype (before any projection)."""
+    u = torch.rand(embeds.shape, generator=torch.Generator().manual_seed(seed)).to(embeds.dtype)
+    m = mask.to(embeds.dtype).unsqueeze(-1)
+    dims = mask.sum(1).to(embeds.dtype) * embeds.shape[-1]
+    return (2 * u - 1) * m * (init_mag / dims.clamp_min(1).sqrt()).view(-1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "lengths", "init_mag"),
+    [((3, 5, 8), [5, 3, 1], 0.2), ((2, 4, 1), [1, 4], 1.0), ((2, 3, 4), [3, 2], 1.0)],
+    ids=["L-differs-from-d", "one-dim-one-token", "init-mag-one"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_init_delta_is_uniform_noise_scaled_per_example_by_its_real_tokens(shape, lengths, init_mag, dtype):
+    """δ₀ = U(−1,1)·init_mag/√(L_i·d) on each example's L_i real tokens (L_i counted per example, d the
+    embedding width), drawn from the given generator, in the embeddings' dtype; no projection inside the
+    ball."""
+    mask = (torch.arange(shape[1]).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+    embeds = torch.zeros(shape, dtype=dtype)
+    s = FreeLBSettings(init_mag=init_mag, max_norm=0.0)
+    got = init_delta(embeds, mask, s, torch.Generator().manual_seed(3))
+    assert got.dtype == dtype and got.abs().max() > 0
+    torch.testing.assert_close(got, _expected_init(embeds, mask, init_mag, 3), rtol=1e-12, atol=0)
+    again = init_delta(embeds, mask, s, torch.Generator().manual_seed(3))
+    assert torch.equal(got, again)  # the generator, not the global RNG
+    assert not init_delta(embeds, mask, FreeLBSettings(init_mag=0.0), None).any()
+
+
+def test_project_small_norms_and_the_rim():
+    """Projection onto radius 0.3 of a δ of norm 0.5 (< 1) gives norm 0.3; a δ exactly on the rim is kept."""
+    x = torch.full((1, 1, 4), 0.25)  # norm 0.5
+    assert project(x, 0.3).flatten(1).norm(dim=1).item() == pytest.approx(0.3, rel=1e-6)
+    assert torch.equal(project(x, 0.5), x)
+
+
+def test_step_size_zero_is_rejected():
+    with pytest.raises(ValueError, match="step_size"):
+        FreeLBSettings(step_size=0.0)
+    with pytest.raises(ValueError, match="init_mag"):
+        FreeLBSettings(init_mag=-0.1)
+
+
+def test_freelb_loss_is_the_mean_of_the_k_step_losses_and_nothing_is_recorded_by_default():
+    """out.loss = (1/K) Σ_k loss(δ_k) (each step's loss, not the last one's); δ's are kept only with
+    record=True; K = 0 computes nothing and reports NaN; the same generator gives the same δ's."""
+    ids, mask, y = _linear_batch()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    s = FreeLBSettings(steps=3, step_size=0.3, max_norm=0.0, init_mag=0.5)
+    model = _MeanPoolLinear()
+    out = freelb_backward(model, batch, y, s, generator=torch.Generator().manual_seed(0), record=True)
+    with torch.no_grad():
+        emb = model.emb(ids)
+        losses = [float(model(inputs_embeds=emb + d, attention_mask=mask, labels=y).loss) for d in out.deltas]
+    assert len(set(losses)) == 3 and out.loss == pytest.approx(sum(losses) / 3, rel=1e-6)
+    again = freelb_backward(_MeanPoolLinear(), batch, y, s, generator=torch.Generator().manual_seed(0))
+    assert again.deltas == [] and again.loss == pytest.approx(out.loss, rel=1e-6)
+    other = freelb_backward(
+        _MeanPoolLinear(), batch, y, s, generator=torch.Generator().manual_seed(1), record=True
+    )
+    assert not torch.equal(other.deltas[0], out.deltas[0])
+    fresh = _MeanPoolLinear()
+    none = freelb_backward(fresh, batch, y, FreeLBSettings(steps=0))
+    assert isinstance(none.loss, float) and none.loss != none.loss and none.deltas == []
+    assert all(p.grad is None for p in fresh.parameters())
+
+
+class _TwiceDropout(nn.Module):
+    """One nn.Dropout called twice per forward (as a shared module would be)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.drop = nn.Dropout(p)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return self.drop(x), self.drop(x)
+
+
+def test_shared_dropout_keeps_one_mask_per_call_scaled_like_nn_dropout():
+    """A dropout called twice per forward draws two masks, replayed in the same order in every later
+    forward; kept entries are scaled by 1/(1-p) as nn.Dropout does; p = 1 drops everything."""
+    torch.manual_seed(0)
+    model = _TwiceDropout(0.5).train()
+    x = torch.ones(4, 64)
+    with SharedDropout(model) as shared:
+        shared.next_forward()
+        a1, a2 = model(x)
+        shared.next_forward()
+        b1, b2 = model(x)
+    assert len(shared.masks[model.drop]) == 2 and not torch.equal(a1, a2)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    assert set(a1.unique().tolist()) == {0.0, 2.0}
+    full = _TwiceDropout(1.0).train()
+    with SharedDropout(full) as shared:
+        shared.next_forward()
+        z1, z2 = full(x)
+    assert not z1.any() and not z2.any() and not z1.isnan().any()
+
+
+def test_shared_dropout_restores_a_forward_set_on_the_instance():
+    """A module that already had its own instance-level forward gets exactly that one back on exit."""
+    model = _TwiceDropout(0.5).train()
+    own = types.MethodType(lambda m, x: x * 3, model.drop)
+    model.drop.forward = own
+    with SharedDropout(model) as shared:
+        shared.next_forward()
+        assert model.drop.forward is not own
+    assert model.drop.__dict__["forward"] is own and torch.equal(
+        model.drop(torch.ones(2)), torch.full((2,), 3.0)
+    )
+
+
+class _EagerSelfAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return "eager"
+
+
+class _EagerSdpaSelfAttention(_EagerSelfAttention):
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return "fused"
+
+
+class _EagerSdpaSelfAttentionSubclass(_EagerSdpaSelfAttention):
+    pass
+
+
+def test_eager_attention_forward_skips_every_sdpa_ancestor():
+    """The eager forward comes from the nearest ancestor that defines forward and is not itself an Sdpa
+    class, however many Sdpa classes sit in between."""
+    from robustprune.adversarial import _eager_attention_forward
+
+    for cls in (_EagerSdpaSelfAttention, _EagerSdpaSelfAttentionSubclass):
+        fwd = _eager_attention_forward(cls())
+        assert fwd is not None and fwd(None) == "eager"
+    assert _eager_attention_forward(_EagerSelfAttention()) is None

@@ -530,3 +530,157 @@ def test_dtype_and_device_preserved(method: str, dtype: torch.dtype) -> None:
         ref = sparsegpt_prune(Wl.float(), H, Pattern(0.5), block_size=BLOCK)
         assert torch.equal(result.mask, ref.mask)
         assert torch.equal(result.weight, ref.weight.to(dtype))
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def test_prune_weight_defaults_are_the_kernels_defaults() -> None:
+    """``prune_weight``'s defaults (block 128, α 1, ridge 1e-4, dampening 0.01) are the kernels' own: the
+    dispatcher gives bitwise the kernel's result, and block 128 is a multiple of M for 2:4 (and, unstructured,
+    decides which weights each block prunes)."""
+    W, X, H = _layer(8, 256, tokens=300)
+    Xt = X + 0.1 * torch.randn(X.shape, generator=_gen(9))
+    Hp, _ = accumulate_xtx(None, Xt, 0)
+    C, _ = accumulate_cross(None, X, Xt, 0)
+    for pat in (Pattern(0.5), Pattern(0.5, 2, 4)):
+        got = prune_weight("sparsegpt", W, pat, H)
+        ref = sparsegpt_prune(W, H, pat, block_size=128, dampening=0.01)
+        assert torch.equal(got.weight, ref.weight) and torch.equal(got.mask, ref.mask)
+        got = prune_weight("rakp", W, pat, Hp, C)
+        ref = rakp_prune(W, Hp, C, pat, alpha=1.0, ridge=1e-4, block_size=128, dampening=0.01)
+        assert torch.equal(got.weight, ref.weight) and got.delta_norm == ref.delta_norm > 0
+        assert torch.equal(rakp_prune(W, Hp, C, pat).weight, ref.weight)
+
+
+def test_prune_weight_forwards_every_option_and_the_cross_term() -> None:
+    """Each keyword reaches the kernel: a non-default block, dampening, α and ridge each change the result,
+    and RAKP with a cross term is not SparseGPT on H̃ (the cross term is passed on, not dropped)."""
+    W, X, H = _layer(8, 32, tokens=100)
+    Xt = X + 0.2 * torch.randn(X.shape, generator=_gen(8))
+    Hp, _ = accumulate_xtx(None, Xt, 0)
+    C, _ = accumulate_cross(None, X, Xt, 0)
+    p = Pattern(0.5)
+    opts = {"block_size": 8, "dampening": 0.5}
+    got = prune_weight("sparsegpt", W, p, H, **opts)
+    ref = sparsegpt_prune(W, H, p, **opts)
+    assert torch.equal(got.weight, ref.weight) and got.damp == 0.5
+    assert not torch.equal(ref.weight, sparsegpt_prune(W, H, p, block_size=8).weight)  # dampening matters
+    rakp_opts = {"alpha": 0.5, "ridge": 0.3, "block_size": 8, "dampening": 0.5}
+    got = prune_weight("rakp", W, p, Hp, C, **rakp_opts)
+    ref = rakp_prune(W, Hp, C, p, **rakp_opts)
+    assert torch.equal(got.weight, ref.weight) and got.damp == 0.5 and got.delta_norm == ref.delta_norm
+    for key, default in (("alpha", 1.0), ("ridge", 1e-4), ("block_size", 128), ("dampening", 0.01)):
+        other = rakp_prune(W, Hp, C, p, **{**rakp_opts, key: default})
+        assert not torch.equal(other.weight, ref.weight), f"{key} does not change the result"
+    assert not torch.equal(ref.weight, sparsegpt_prune(W, Hp, p, block_size=8, dampening=0.5).weight)
+
+
+def test_one_token_and_empty_batches_update_the_hessian_exactly() -> None:
+    """A batch of one token (also given as a bare ``(d_in,)`` vector) adds 2·xxᵀ; an empty batch changes
+    nothing and a fresh accumulator fed only an empty batch is the ``d_in × d_in`` zero matrix."""
+    x = torch.tensor([1.0, -2.0, 0.5])
+    for batch in (x, x.unsqueeze(0)):
+        acc, n = accumulate_xtx(None, batch, 0)
+        assert n == 1 and torch.equal(acc, 2.0 * torch.outer(x, x))
+    acc, n = accumulate_xtx(None, torch.empty(0, 3), 0)
+    assert n == 0 and acc.shape == (3, 3) and acc.dtype == torch.float32 and not acc.any()
+    two, n = accumulate_xtx(acc, x, 0)
+    two, n = accumulate_xtx(two, torch.empty(0, 3), n)
+    two, n = accumulate_xtx(two, 2 * x, n)
+    assert n == 2 and torch.allclose(two, (2.0 * torch.outer(x, x) + 2.0 * torch.outer(2 * x, 2 * x)) / 2)
+
+
+@pytest.mark.parametrize("d", [1, 64, 511, 512, 520, 576, 640, 1000, 1023, 1024, 1536, 3072])
+def test_gram_stripes_are_two_below_1024_and_384_wide_above(d: int) -> None:
+    """The stripe width of :func:`gram` (its FLOP saving, bench_gram.json): a plain product below d = 512;
+    from 512 to 1023 exactly two stripes of a multiple of 32 columns; 384 columns from 1024 on."""
+    from robustprune.pruning.hessian import _gram_block
+
+    block = _gram_block(d)
+    if d < 512:
+        assert block == 0
+    elif d < 1024:
+        assert block % 32 == 0 and block < d <= 2 * block and block == -(-d // 64) * 32
+    else:
+        assert block == 384
+
+
+def test_dampen_refuses_a_non_square_matrix() -> None:
+    for bad in (torch.ones(3, 4), torch.ones(4, 3), torch.ones(2, 2, 2)):
+        with pytest.raises(ValueError, match="square"):
+            dampen(bad, 0.01)
+
+
+def test_inverse_cholesky_upper_tries_five_times_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    """A negative definite H fails at every dampening: 5 attempts by default (0.01 … 100, 4 warnings),
+    exactly ``max_tries`` otherwise, and one try (no retry, no warning) is allowed."""
+    H = -torch.eye(3)
+    with (
+        caplog.at_level(logging.WARNING, logger="robustprune.pruning.hessian"),
+        pytest.raises(ValueError, match=r"failed 5 times, last with dampening 100 "),
+    ):
+        inverse_cholesky_upper(H, 0.01)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 4
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING, logger="robustprune.pruning.hessian"),
+        pytest.raises(ValueError, match=r"failed 1 times, last with dampening 0.01 "),
+    ):
+        inverse_cholesky_upper(H, 0.01, max_tries=1)
+    assert not caplog.records
+    U, damp = inverse_cholesky_upper(torch.eye(3), 0.01, max_tries=1)
+    assert damp == 0.01 and torch.allclose(U.T @ U, torch.eye(3) / 1.01)
+
+
+def test_inverse_cholesky_upper_from_zero_dampening_starts_at_1e4() -> None:
+    """A singular PSD H (two identical inputs) with dampening 0 fails once; the retry uses exactly 1e-4
+    (0 · 10 would stay 0 for ever)."""
+    H = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    U, damp = inverse_cholesky_upper(H, 0.0)
+    assert damp == 1e-4 and bool(torch.isfinite(U).all())
+    assert torch.allclose(U.T @ U @ dampen(H, 1e-4), torch.eye(3), atol=1e-2)
+
+
+def test_inverse_cholesky_upper_retries_when_the_inverse_factorisation_fails(monkeypatch) -> None:
+    """If the second Cholesky (of H⁻¹) reports failure, its finite-looking factor is NOT returned: the
+    dampening is raised and the solve retried."""
+    real = torch.linalg.cholesky_ex
+    calls = {"upper": 0}
+
+    def flaky(A, *, upper=False, **kw):
+        L, info = real(A, upper=upper, **kw)
+        if upper:
+            calls["upper"] += 1
+            if calls["upper"] == 1:
+                return L, torch.ones_like(info)
+        return L, info
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", flaky)
+    _, damp = inverse_cholesky_upper(torch.eye(3), 0.01)
+    assert damp == pytest.approx(0.1) and calls["upper"] == 2
+
+
+def test_sparsegpt_defaults_and_the_mask_at_sparsity_zero() -> None:
+    """The default block (128) is a multiple of M, so 2:4 runs with the defaults; sparsity 0 returns a
+    bool keep-all mask (True = keep), like every other sparsity."""
+    W, _, H = _layer(4, 256, tokens=300)
+    res = sparsegpt_prune(W, H, Pattern(0.5, 2, 4))
+    _assert_nm(res.weight, res.mask, 2, 4)
+    assert torch.equal(res.weight, sparsegpt_prune(W, H, Pattern(0.5, 2, 4), block_size=128).weight)
+    zero = sparsegpt_prune(W, H, Pattern(0.0))
+    assert zero.mask.dtype == torch.bool and bool(zero.mask.all()) and torch.equal(zero.weight, W)
+
+
+def test_sparsegpt_works_in_float32_whatever_the_dtype_of_h() -> None:
+    """H is cast to float32 first: a float64 H gives the float32 H's result, including an input whose
+    H_jj underflows to 0 in float32 (dead, its weight column zeroed)."""
+    W, _, H = _layer(4, 16, tokens=60)
+    H64 = H.double()
+    H64[5, :] = 0.0
+    H64[:, 5] = 0.0
+    H64[5, 5] = 1e-60  # 0 in float32
+    got = sparsegpt_prune(W, H64, Pattern(0.5), block_size=8)
+    ref = sparsegpt_prune(W, H64.float(), Pattern(0.5), block_size=8)
+    assert torch.equal(got.weight, ref.weight) and torch.equal(got.mask, ref.mask)
+    assert not bool(got.weight[:, 5].any())

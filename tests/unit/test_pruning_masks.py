@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from robustprune.pruning.masks import (
     Pattern,
@@ -330,12 +331,13 @@ def test_head_logit_errors_are_relative_and_kl_is_a_row_mean():
 
 @pytest.mark.parametrize(
     ("neg", "jitter"),
-    [(-1e-7, 1e-6), (-1e-5, 1e-4), (-0.05, 1.0)],
-    ids=["first-jitter", "second-jitter", "last-jitter"],
+    [(-1e-7, 1e-6), (-1e-5, 1e-4), (-3e-3, 1e-2), (-0.05, 1.0)],
+    ids=["first-jitter", "second-jitter", "third-jitter", "last-jitter"],
 )
 def test_rakp_correction_jitter_ladder_on_an_indefinite_diagonal(neg, jitter):
     """H̃ = diag(1, 0.5, neg) with ridge 0: Cholesky fails until the jitter scale·10^e (e = −6, −4, −2, 0,
-    scale = mean diag) makes the last pivot positive; the solve then divides column 2 by neg + that jitter."""
+    scale = mean diag) makes the last pivot positive; the solve then divides column 2 by neg + that jitter.
+    Each rung is hit by one case (−3e-3 fails at 10⁻³·scale, so a ladder with a 10⁻³ rung would differ)."""
     from robustprune.pruning.rakp import rakp_correction
 
     H = torch.diag(torch.tensor([1.0, 0.5, neg]))
@@ -387,3 +389,61 @@ def test_relative_errors_at_zero():
     assert output_error(W, W, H) == 0.0
     assert target_error(W, W, H, H, torch.zeros(2, 2)) == 0.0
     assert output_error(W, torch.zeros_like(W), H) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def test_stream_helpers_refuse_lists_of_different_lengths():
+    """Batches are paired one to one (dense with pruned, hidden with mask, hidden with extras): a list one
+    batch short is an error, not a silently shorter sum."""
+    from robustprune.pruning.rakp_head import _linear_inputs, _logit_errors
+    from robustprune.pruning.streams import relative_error, run_blocks
+
+    t, m = torch.ones(1, 2), torch.tensor([True])
+    with pytest.raises(ValueError):
+        relative_error([t, t], [t], [m, m])
+    with pytest.raises(ValueError):
+        relative_error([t, t], [t, t], [m])
+    with pytest.raises(ValueError):
+        run_blocks([nn.Identity()], [t, t], [((), {})])
+    with pytest.raises(ValueError):
+        _logit_errors([t, t], [t])
+    lin = nn.Linear(2, 2)
+    with pytest.raises(ValueError):
+        _linear_inputs(lambda h, mask: lin(h), {"lin": lin}, [t, t], [m])
+
+
+def test_head_linear_inputs_are_the_rows_the_head_feeds_each_linear():
+    """Each Linear's input, flattened to (rows, its in-features), per batch; the head is called with the
+    batch's mask."""
+    from robustprune.pruning.rakp_head import _linear_inputs
+
+    lin = nn.Linear(4, 2)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 3, 4, generator=g)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    got = _linear_inputs(lambda x, m: lin(x * m.unsqueeze(-1)), {"lin": lin}, [h], [mask])
+    assert len(got["lin"]) == 1 and torch.equal(got["lin"][0], (h * mask.unsqueeze(-1)).reshape(6, 4))
+
+
+def test_logit_errors_of_one_row_and_block_forward_arguments():
+    """One row: the mean KL is that row's KL; a block gets its extra positional and keyword arguments."""
+    from robustprune.pruning.rakp_alpha import kl_sum
+    from robustprune.pruning.rakp_head import _logit_errors
+    from robustprune.pruning.streams import block_forward
+
+    d, g = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.5, 0.0]])
+    rel, kl, rows = _logit_errors([d], [g])
+    assert (
+        rows == 1
+        and kl == pytest.approx(kl_sum(d, g))
+        and rel == pytest.approx(float((d - g).square().sum()) / 2)
+    )
+
+    class Block(nn.Module):
+        def forward(self, x, scale, shift=0.0):  # noqa: ANN001, ANN201
+            return (x * scale + shift,)
+
+    x = torch.ones(2)
+    assert torch.equal(block_forward(Block(), x, ((3.0,), {"shift": 1.0})), torch.full((2,), 4.0))

@@ -296,3 +296,187 @@ def test_validity_section_shows_shares_and_both_accuracies():
     assert "| 25.0 [4.6, 69.9] | **75.0 [30.1, 95.4]** |" in text
     assert "interesting→boring; interesting→boring" in text
     assert validity_section(dataclasses.replace(x, validity=())) == []
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def _attacked(n_failed: int, rows: int = 25) -> dict[int, str]:
+    return {i: "failed" if i < n_failed else "succeeded" for i in range(rows)}
+
+
+def test_compare_makes_the_soup_and_dense_pairs_from_its_reference_and_best_ingredient():
+    """compare() passes its reference and best ingredient on: the soup is compared with v1 and every
+    pruned, SDS and CAP model (only those) with the dense reference."""
+    models = _models()
+    comps = compare(models, {}, ["clean"], "soup-greedy", "v1")
+    rel = {(c.a, c.b, c.relation) for c in comps}
+    assert ("soup-greedy", "v1", SOUP_VS_BEST) in rel
+    dense = {a for a, b, r in rel if r == VS_DENSE and b == "soup-greedy"}
+    assert dense == {m["name"] for m in models if m["kind"] in ("pruned", "sds", "cap")}
+    assert not any(r == VS_DENSE and b != "soup-greedy" for _, b, r in rel)
+
+
+def test_comparison_pairs_need_both_soup_models_and_pair_cap_with_its_ablation():
+    from robustprune.verdicts import CAP_VS_ABLATION
+
+    models = _models() + [_model("cap-nocl_0.875", "cap", "cap-nocl", "0.875", "1" * 14 + "0" * 11)]
+    pairs = comparison_pairs(models, "soup-greedy", best_ingredient="v1")
+    assert [p for p in pairs if p[2] == CAP_VS_ABLATION] == [("cap_0.875", "cap-nocl_0.875", CAP_VS_ABLATION)]
+    assert None not in pairs
+    no_soup = [m for m in models if m["name"] != "soup-greedy"]
+    assert not any(r == SOUP_VS_BEST for _, _, r in comparison_pairs(no_soup, "v1", best_ingredient="v1"))
+    assert not any(r == SOUP_VS_BEST for _, _, r in comparison_pairs(models, "soup-greedy", "v9"))
+
+
+def test_confidence_reaches_every_interval_of_a_comparison():
+    """A 50% comparison has narrower rates, difference and both-correct intervals than a 95% one, on plain
+    and on clustered (transferred) rows alike."""
+    models = _models()
+    outcomes = {
+        ("rakp_0.875", "textfooler"): _attacked(9),
+        ("sparsegpt_0.875", "textfooler"): _attacked(5),
+    }
+    transfer = [{"recipe": "textfooler", "test_row": i // 2, "label": 0, "text": "x"} for i in range(10)]
+    metrics = ["clean", "textfooler", "transfer:all"]
+
+    def pick(conf):  # noqa: ANN001, ANN202
+        comps = compare(models, outcomes, metrics, "soup-greedy", confidence=conf, transfer=transfer)
+        return {c.metric: c for c in comps if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875")}
+
+    wide, narrow = pick(0.95), pick(0.5)
+    assert set(wide) == set(metrics)
+    for metric in metrics:
+        w, n = wide[metric], narrow[metric]
+        for x, y in ((w.a_rate, n.a_rate), (w.b_rate, n.b_rate), (w.diff, n.diff)):
+            assert y.high - y.low < x.high - x.low, metric
+    both_w, both_n = wide["textfooler"].both_correct, narrow["textfooler"].both_correct
+    assert both_n.high - both_n.low < both_w.high - both_w.low
+
+
+def test_only_transferred_metrics_are_clustered_by_source_row():
+    """With transferred texts present, an attack recipe of the same name is still compared row by row
+    (design effect 1); only ``transfer:`` metrics use the source rows as clusters."""
+    models = _models()
+    outcomes = {(n, "textfooler"): _attacked(k) for n, k in (("rakp_0.875", 9), ("sparsegpt_0.875", 5))}
+    transfer = [{"recipe": "textfooler", "test_row": i // 2, "label": 0, "text": "x"} for i in range(10)]
+    comps = compare(models, outcomes, ["textfooler", "transfer:textfooler"], "soup-greedy", transfer=transfer)
+    pair = {c.metric: c for c in comps if (c.a, c.b) == ("rakp_0.875", "sparsegpt_0.875")}
+    assert pair["textfooler"].diff.deff == 1.0 and pair["textfooler"].diff.n == 25
+    assert pair["transfer:textfooler"].diff.deff > 1
+
+
+def test_comparison_to_dict_names_every_field():
+    models = _models()
+    outcomes = {(n, "textfooler"): _attacked(k) for n, k in (("rakp_0.875", 9), ("sparsegpt_0.875", 5))}
+    comps = compare(models, outcomes, ["clean", "textfooler"], "soup-greedy")
+    pair = {
+        c.metric: c
+        for c in comps
+        if (c.a, c.b, c.relation) == ("rakp_0.875", "sparsegpt_0.875", VS_SPARSEGPT)
+    }
+    for metric, c in pair.items():
+        d = c.to_dict()
+        assert (d["a"], d["b"], d["relation"], d["metric"]) == (
+            "rakp_0.875",
+            "sparsegpt_0.875",
+            VS_SPARSEGPT,
+            metric,
+        )
+        assert d["a_rate"] == c.a_rate.to_dict() and d["b_rate"] == c.b_rate.to_dict()
+        assert d["interval_verdict"] == c.diff.verdict and d["verdict"] == c.verdict
+        assert (d["n_a"], d["n_b"]) == (25, 25) and d["diff"] == c.diff.diff
+    assert pair["clean"].to_dict()["both_correct_asr"] is None
+    # a near-constant model: the comparison's verdict (not judged) and the interval's are both kept
+    from robustprune.verdicts import NOT_JUDGED
+
+    bal = _balance({"sparsegpt_0.875"}, models)
+    judged = compare(models, outcomes, ["textfooler"], "soup-greedy", balance=bal)
+    d = next(c for c in judged if (c.a, c.b, c.relation) == ("rakp_0.875", "sparsegpt_0.875", VS_SPARSEGPT))
+    d = d.to_dict()
+    assert d["verdict"] == NOT_JUDGED and d["interval_verdict"] != NOT_JUDGED
+    assert pair["textfooler"].to_dict()["both_correct_asr"] == pair["textfooler"].both_correct.to_dict()
+
+
+def test_clean_accuracy_and_metric_flags_of_unmeasured_models():
+    from robustprune.verdicts import clean_accuracy, metric_flags
+
+    assert clean_accuracy({"correct": 3, "total": 4}) == 0.75
+    for empty in ({"correct": 0, "total": 0}, {}):
+        v = clean_accuracy(empty)
+        assert isinstance(v, float) and v != v
+    bare = {"name": "x"}
+    assert metric_flags(bare, "clean", {}) is None
+    assert metric_flags(bare, "transfer:all", {}) is None
+    assert metric_flags({"name": "x", "transfer": {"pwws": {"bits": "10"}}}, "transfer:all", {}) is None
+    assert metric_flags({"name": "x", "transfer": {"all": {"bits": "10"}}}, "transfer:all", {}) == {
+        0: True,
+        1: False,
+    }
+
+
+def test_transfer_clusters_per_recipe_and_all():
+    from robustprune.verdicts import transfer_clusters
+
+    rows = [("textfooler", 3), ("textfooler", 3), ("pwws", 1), ("pwws", 4)]
+    got = transfer_clusters([{"recipe": r, "test_row": str(i)} for r, i in rows])
+    assert got == {"all": [3, 3, 1, 4], "textfooler": [3, 3], "pwws": [1, 4]}
+
+
+def _matched(comps):  # noqa: ANN001, ANN202
+    from robustprune.verdicts import MATCHED
+
+    return {(c.a, c.metric): c.b for c in comps if c.relation == MATCHED}
+
+
+def test_an_attacked_model_keeps_its_attack_baseline_for_clean_and_transferred_rows():
+    """rakp is matched under attack with the only attacked baseline (sparsegpt_0.875); its clean and
+    transferred comparisons use that same baseline even though sparsegpt_0.75 (not attacked) is nearer in
+    clean accuracy. A model attacked by nothing (SDS) takes the nearest baseline on each metric."""
+    models = _models() + [
+        _model("sparsegpt_0.75", "pruned", "sparsegpt", "0.75", "1" * 18 + "0" * 7, "0" * 6 + "1111"),
+    ]
+    outcomes = {(n, "textfooler"): _attacked(4) for n in ("rakp_0.875", "sparsegpt_0.875")}
+    comps = compare(models, outcomes, ["clean", "textfooler", "transfer:all"], "soup-greedy")
+    m = _matched(comps)
+    assert m[("rakp_0.875", "textfooler")] == "sparsegpt_0.875"
+    assert m[("rakp_0.875", "clean")] == "sparsegpt_0.875"
+    assert m[("rakp_0.875", "transfer:all")] == "sparsegpt_0.875"
+    assert m[("sds-rakp_0.875", "clean")] == "sparsegpt_0.75" and ("sds-rakp_0.875", "textfooler") not in m
+    assert m[("cap_0.875", "clean")] == "sparsegpt_0.75"  # SDS and CAP models are matched too
+
+
+def test_two_attacks_each_get_their_own_nearest_baseline():
+    models = _models() + [_model("wanda_0.75", "pruned", "wanda", "0.75", "1" * 18 + "0" * 7)]
+    outcomes = {
+        ("rakp_0.875", "textfooler"): _attacked(4),
+        ("rakp_0.875", "pwws"): _attacked(4),
+        ("sparsegpt_0.875", "textfooler"): _attacked(4),
+        ("sparsegpt_0.875", "pwws"): _attacked(4),
+        ("wanda_0.75", "pwws"): _attacked(4),
+    }
+    m = _matched(compare(models, outcomes, ["textfooler", "pwws"], "soup-greedy"))
+    assert m[("rakp_0.875", "textfooler")] == "sparsegpt_0.875" and m[("rakp_0.875", "pwws")] == "wanda_0.75"
+
+
+def test_matched_baseline_skips_rather_than_stops_and_ties_go_to_the_first():
+    """Only pruned one-shot baselines are candidates (never another RAKP model, even at the same accuracy);
+    a near-constant, an unmeasured or a disjointly measured baseline is skipped and the search goes on;
+    of two equally near baselines the first listed wins."""
+    from robustprune.verdicts import matched_baseline
+
+    dense = "1" * 18 + "0" * 7
+    models = [
+        _model("rakp_0.875", "pruned", "rakp", "0.875", dense),
+        _model("rakp_0.75", "pruned", "rakp", "0.75", dense),
+        _model("magnitude_0.875", "pruned", "magnitude", "0.875", dense),  # near-constant
+        _model("wanda_0.875", "pruned", "wanda", "0.875", dense),  # not attacked
+        _model("wanda_0.5", "pruned", "wanda", "0.5", dense),  # attacked on other rows
+        _model("sparsegpt_0.875", "pruned", "sparsegpt", "0.875", "1" * 17 + "0" * 8),
+        _model("sparsegpt_0.75", "pruned", "sparsegpt", "0.75", "1" * 19 + "0" * 6),
+    ]
+    attacks = {(m["name"], "textfooler"): _attacked(4, 10) for m in models if m["name"] != "wanda_0.875"}
+    attacks[("wanda_0.5", "textfooler")] = {i: "failed" for i in range(10, 20)}
+    bal = _balance({"magnitude_0.875"}, models)
+    assert matched_baseline(models[0], models, "textfooler", attacks, bal) == "sparsegpt_0.875"
+    assert matched_baseline(models[0], models, "clean", attacks, bal) == "wanda_0.875"

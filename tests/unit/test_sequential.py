@@ -584,3 +584,101 @@ def test_prune_source_kind_from_the_saved_directory(tmp_path, config, files, kin
     for name in files:
         (tmp_path / name).write_text("{}")
     assert Source.of(tmp_path).kind == kind
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def test_stats_plan_is_the_least_work_each_option_needs():
+    """Magnitude without reports reads nothing (NO_STATS: no forward pass at all); Wanda without reports
+    needs only the diagonal; next_input = dense needs the dense stream for any method; the dense Hessian is
+    computed exactly when layer reports are asked for."""
+    from robustprune.pruning.layerwise import NO_STATS, stats_plan
+
+    assert stats_plan(_opts("magnitude", track_dense=False)) == NO_STATS
+    wanda = stats_plan(_opts("wanda", track_dense=False))
+    assert (wanda.hessian, wanda.dense, wanda.dense_hessian) == ("diag", False, False)
+    dense_next = stats_plan(_opts("sparsegpt", track_dense=False, next_input="dense"))
+    assert dense_next.dense is True and dense_next.dense_hessian is False and dense_next.hessian == "full"
+    reported = stats_plan(_opts("magnitude"))
+    assert (reported.hessian, reported.dense, reported.dense_hessian) == ("full", True, True)
+
+
+def test_lean_magnitude_reports_every_block_and_honours_the_module_filter(bert, calib_batches):
+    """The no-forward magnitude path: one report per block with its index, NaN output error (nothing
+    measured), a real duration, per-layer sparsity 1 − kept share, and only the selected modules pruned."""
+    out = prune_model(bert, calib_batches, _opts("magnitude", track_dense=False, modules="intermediate"))
+    assert [b.index for b in out.blocks] == list(range(len(find_blocks(bert))))
+    for b in out.blocks:
+        assert b.output_error != b.output_error and 0 <= b.seconds < 60
+        assert [lay.name for lay in b.layers] and all("intermediate" in lay.name for lay in b.layers)
+        assert all(lay.sparsity == pytest.approx(0.5) and lay.damp is None for lay in b.layers)
+    for name, lin in prunable_linears(bert).items():
+        assert ((lin.weight == 0).float().mean() > 0.4) == ("intermediate" in name), name
+
+
+def test_layer_reports_carry_the_options_and_real_measurements(bert, calib_batches):
+    """Each layer report: its name, the dampening SparseGPT used (the option's), sparsity 1 − kept share,
+    a finite target error when the dense stream is tracked, a duration in seconds; RAKP's α reaches the
+    kernel (‖α·Δ‖ differs between α 1 and 0.5 on block 1, the first whose two streams differ)."""
+    out = prune_model(bert, calib_batches, _opts("sparsegpt", dampening=0.3))
+    lay = out.blocks[0].layers
+    assert {x.name for x in lay} == set(linear_groups(bert, find_blocks(bert)[0])[0]) | {
+        n for g in linear_groups(bert, find_blocks(bert)[0])[1:] for n in g
+    }
+    for x in lay:
+        assert x.damp == 0.3 and x.sparsity == pytest.approx(0.5) and 0 <= x.seconds < 60
+        assert x.target_error == x.target_error and x.error == x.error
+    full = prune_model(tiny_bert(), calib_batches, _opts("rakp", alpha=1.0)).blocks[1].layers
+    half = prune_model(tiny_bert(), calib_batches, _opts("rakp", alpha=0.5)).blocks[1].layers
+    assert all(x.delta_norm > 0 for x in full)  # block 1: the streams differ, Δ ≠ 0
+    assert [x.delta_norm for x in half] != pytest.approx([x.delta_norm for x in full], rel=0.05)
+
+
+def test_alpha_head_only_for_the_adaptive_output_criterion(bert):
+    from robustprune.pruning.rakp_alpha import alpha_head
+
+    fixed = _opts("rakp", alpha=1.0, alpha_criterion="output")
+    assert not fixed.adaptive_alpha and alpha_head(bert, fixed) is None
+    assert alpha_head(bert, _opts("rakp", alpha=None, alpha_criterion="block")) is None
+    assert alpha_head(bert, _opts("rakp", alpha=None, alpha_criterion="output")) is not None
+
+
+def test_head_refit_on_a_model_without_a_head_fails_before_any_forward(bert, calib_batches):
+    """RAKP with refit_head on a bare encoder stops at the option check, before the embeddings run; other
+    methods never look for a head."""
+    from transformers import BertModel
+
+    bare = BertModel(bert.config).eval()
+    calls = []
+    bare.embeddings.register_forward_hook(lambda *_a: calls.append(1))
+    with pytest.raises(UnsupportedModelError):
+        prune_model(bare, calib_batches, _opts("rakp", alpha=1.0, refit_head=True))
+    assert calls == []
+    from robustprune.pruning.sequential import check_options
+
+    check_options(bare, _opts("sparsegpt", refit_head=True))  # no head needed: no error
+
+
+def test_head_refit_without_a_block_alpha_uses_alpha_zero(bert, calib_batches):
+    """finish_head takes the last block's α; with no block report, or a last block without α, it refits
+    with α = 0 (no rectification), never with a made-up one."""
+    from robustprune.pruning.sequential import BlockReport, finish_head
+    from robustprune.pruning.streams import capture_block_inputs
+
+    opts = _opts("rakp", alpha=1.0, refit_head=True)
+    last = capture_block_inputs(bert, calib_batches)
+    for blocks in ([], [BlockReport(index=0, alpha=None)]):
+        assert finish_head(copy.deepcopy(bert), last, opts, blocks).alpha == 0.0
+    assert finish_head(copy.deepcopy(bert), last, opts, [BlockReport(index=0, alpha=0.5)]).alpha == 0.5
+    assert finish_head(bert, last, _opts("rakp", alpha=1.0), []) is None
+
+
+def test_alpha_head_reads_every_stride_th_position(llama):
+    """The adaptive α's output head judges every output_stride-th token of a causal LM: 12 real tokens at
+    stride 3 give 4 rows per sequence (the default stride 1 would give 12)."""
+    from robustprune.pruning.rakp_alpha import alpha_head
+
+    head = alpha_head(llama, _opts("rakp", alpha=None, alpha_criterion="output", output_stride=3))
+    hidden = torch.randn(2, 12, llama.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    assert head(hidden, torch.ones(2, 12, dtype=torch.long)).shape[0] == 2 * 4

@@ -231,3 +231,291 @@ def test_spearman_monte_carlo_p_is_seeded_and_close_to_exact():
     mc = spearman(x, y, seed=3, resamples=4000, exact_up_to=0)
     assert mc == spearman(x, y, seed=3, resamples=4000, exact_up_to=0)
     assert mc.p_value == pytest.approx(exact.p_value, abs=0.03)
+
+
+# ------------------------------------------------------------- kill the mutants mutmut left (make mutation)
+
+
+def test_confidence_must_be_strictly_between_0_and_1():
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="confidence"):
+            wilson_interval(3, 10, bad)
+
+
+def test_rates_pass_their_confidence_on_and_keep_counts():
+    """rate, rate_of and clustered_rate use the confidence given (a 50% interval is narrower), keep k and
+    n as given and value k/n; the defaults are 95%."""
+    r95, r50 = rate(3, 10), rate(3, 10, 0.5)
+    assert (r95.k, r95.n, r95.value) == (3, 10, 0.3)
+    assert (r95.low, r95.high) == wilson_interval(3, 10, 0.95)
+    assert (r50.low, r50.high) == wilson_interval(3, 10, 0.5) and r50.high - r50.low < r95.high - r95.low
+    flags = [True] * 3 + [False] * 7
+    assert rate_of(flags, 0.5) == r50 and rate_of(flags) == r95
+    c50 = clustered_rate(flags, list(range(10)), 0.5)
+    assert (c50.k, c50.n, c50.value) == (3, 10, 0.3)
+    assert (
+        c50.high - c50.low
+        < clustered_rate(flags, list(range(10))).high - clustered_rate(flags, list(range(10))).low
+    )
+    one = clustered_rate([True], [0])
+    assert (one.k, one.n, one.value) == (1, 1, 1.0) and one.high == 1.0
+    empty = clustered_rate([], [], 0.5)
+    assert (empty.k, empty.n) == (0, 0) and math.isnan(empty.value) and math.isnan(empty.low)
+
+
+def test_wilson_edges_one_example_and_all_or_none():
+    """n = 1 is a real interval; k = n has high exactly 1 and k = 0 low exactly 0; the float version equals
+    the integer one on integer counts and is NaN only for n ≤ 0."""
+    assert wilson_interval(1, 1)[1] == 1.0 and 0 < wilson_interval(1, 1)[0] < 1
+    assert wilson_interval(0, 1)[0] == 0.0 and 0 < wilson_interval(0, 1)[1] < 1
+    from robustprune.stats import wilson_interval_float
+
+    for k, n in [(0, 1), (1, 1), (0, 5), (5, 5), (3, 10), (7, 10), (1, 2)]:
+        assert wilson_interval_float(k, n) == pytest.approx(wilson_interval(k, n), abs=1e-15)
+        assert wilson_interval_float(k, n, 0.5) == pytest.approx(wilson_interval(k, n, 0.5), abs=1e-15)
+    assert all(math.isnan(v) for v in wilson_interval_float(0, 0)) and math.isnan(wilson_interval(0, 0)[0])
+    # effective counts: the closed form at k = 2.5, n = 7.5
+    z = 1.959963984540054
+    p, n = 2.5 / 7.5, 7.5
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson_interval_float(2.5, 7.5) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert wilson_interval_float(0.5, 0.8)[0] > 0.0 and wilson_interval_float(0.8, 0.8)[1] == 1.0
+
+
+def test_paired_difference_of_no_and_of_one_example():
+    empty = paired_difference([], [])
+    assert (empty.n, empty.a_only, empty.b_only, empty.p_value, empty.verdict) == (
+        0,
+        0,
+        0,
+        1.0,
+        NO_DIFFERENCE,
+    )
+    assert all(math.isnan(v) for v in (empty.diff, empty.low, empty.high)) and empty.mde is None
+    one = paired_difference([True], [False])
+    assert (one.n, one.a_only, one.b_only, one.diff) == (1, 1, 0, 1.0)
+    assert one.low < 1.0 and one.high == 1.0 and one.verdict == NO_DIFFERENCE
+
+
+def test_paired_difference_confidence_and_mde():
+    """The interval, the verdict threshold and the minimum detectable difference all use the confidence
+    given; mde = min_detectable(b + c, n, 1 − confidence) for independent examples and None when clustered."""
+    a = [True] * 6 + [False] * 2 + [True] * 12
+    b = [False] * 6 + [True] * 2 + [True] * 12
+    d95, d50 = paired_difference(a, b), paired_difference(a, b, 0.5)
+    assert (d95.n, d95.a_only, d95.b_only) == (20, 6, 2)
+    assert d50.high - d50.low < d95.high - d95.low
+    assert d95.mde == min_detectable(8, 20, 0.05) and d50.mde == min_detectable(8, 20, 0.5) != d95.mde
+    assert d95.verdict == NO_DIFFERENCE and d50.verdict == "better"  # p ≈ 0.157: below 0.5, not below 0.05
+    assert paired_difference(b, a, 0.5).verdict == "worse"
+    clustered = clustered_paired_difference(a, b, [i // 2 for i in range(20)], 0.5)
+    assert clustered.mde is None and clustered.deff > 1 and clustered.verdict in ("better", NO_DIFFERENCE)
+    alone = clustered_paired_difference(a, b, list(range(20)), 0.5)
+    assert alone.deff == pytest.approx(20 / 19) and alone.mde is None  # k/(k − 1): not exactly 1
+
+
+def test_design_effect_by_hand():
+    """Rao-Scott deff on a hand-computed case: values (1, 1, 0, 0) in clusters (a, a, b, b): x − x̄ =
+    ±0.5, cluster sums ±1, robust = 2/1 · 2 = 4 over naive 1: deff 4."""
+    assert design_effect([1, 1, 0, 0], ["a", "a", "b", "b"]) == pytest.approx(4.0)
+    assert design_effect([1, 0, 1, 0], ["a", "a", "b", "b"]) == 1.0  # sums 0: floored at 1
+    assert design_effect([True, False, True], [0, 1, 2]) == pytest.approx(
+        1.5
+    )  # each its own cluster: k/(k − 1) = 3/2
+    assert design_effect([1, 0], [0, 0]) == 2.0  # one cluster: n
+    assert design_effect([1, 0, 1], [0, 0, 0]) == 3.0
+    assert design_effect([1], [0]) == 1.0 and design_effect([1, 1, 1], [0, 1, 2]) == 1.0
+    assert design_effect([1, 0], [0, 1]) == pytest.approx(2.0)  # k = 2: 2/1 · (0.25 + 0.25) / 0.5
+    with pytest.raises(ValueError, match="one cluster id"):
+        design_effect([1, 0], [0])
+
+
+def test_clustered_difference_uses_a_minus_b():
+    """The design effect is of the per-example differences a − b (not a + b): a and b agreeing
+    everywhere but one cluster pair gives the deff of that difference pattern."""
+    a = [True, True, False, False, True, False]
+    b = [False, False, True, True, True, True]
+    ids = [0, 0, 1, 1, 2, 2]
+    d = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
+    assert clustered_paired_difference(a, b, ids).deff == pytest.approx(design_effect(d, ids))
+    assert design_effect(d, ids) != pytest.approx(
+        design_effect([float(x) + float(y) for x, y in zip(a, b, strict=True)], ids)
+    )
+
+
+def test_ranks_average_ties_one_based():
+    from robustprune.stats import _ranks
+
+    assert _ranks([10, 20, 20, 30]) == [1.0, 2.5, 2.5, 4.0]
+    assert _ranks([5, 5, 5]) == [2.0, 2.0, 2.0]
+    assert _ranks([3, 1, 2]) == [3.0, 1.0, 2.0]
+    assert _ranks([7]) == [1.0]
+
+
+def test_rho_by_hand_and_undefined_for_constants():
+    from robustprune.stats import _rho
+
+    assert _rho([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert _rho([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert _rho([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    assert _rho([4, 5, 6], [10, 30, 20]) == pytest.approx(0.5)  # shifted ranks: centred first
+    assert math.isnan(_rho([1, 1, 1], [1, 2, 3])) and math.isnan(_rho([1, 2, 3], [2, 2, 2]))
+
+
+def test_spearman_small_n_and_the_exact_and_resampled_p():
+    """n < 3: undefined with n kept; n = 3 is computed; up to exact_up_to (inclusive) the p is the exact
+    share of permutations at least as extreme (ties with the observed |ρ| count); above it
+    (1 + hits)/(1 + resamples) with the default seed 0."""
+    from robustprune.stats import Correlation
+
+    for n in (0, 1, 2):
+        c = spearman(list(range(n)), list(range(n)))
+        assert c.n == n and math.isnan(c.rho) and math.isnan(c.p_value)
+    const = spearman([1, 2, 3, 4], [5, 5, 5, 5])
+    assert const.n == 4 and math.isnan(const.rho) and math.isnan(const.p_value)
+    three = spearman([1, 2, 3], [1, 2, 3])
+    assert three == Correlation(1.0, pytest.approx(2 / 6), 3)  # ±1 are 2 of the 3! orders
+    exact = spearman(list(range(5)), list(range(5)), exact_up_to=5)
+    assert exact.p_value == pytest.approx(2 / 120) and exact.n == 5
+    sampled = spearman(list(range(5)), list(range(5)), resamples=50, exact_up_to=4)
+    assert sampled.n == 5 and sampled.p_value == spearman(list(range(5)), list(range(5)), 0, 50, 4).p_value
+    hits = round(sampled.p_value * 51) - 1
+    assert 0 <= hits <= 50 and sampled.p_value == pytest.approx((1 + hits) / 51)
+    perfect = spearman(list(range(12)), list(range(12)), resamples=30)
+    assert perfect.p_value == pytest.approx(1 / 31)  # no shuffle of 12 reaches |ρ| = 1: only the +1
+
+
+def test_correlation_words_and_dict():
+    from robustprune.stats import Correlation
+
+    assert (
+        Correlation(0.8, 0.01, 7).words()
+        == "positive rank correlation: ρ = +0.80, permutation p = 0.01, 7 models"
+    )
+    assert Correlation(-0.5, 0.02, 9).words().startswith("negative rank correlation: ρ = -0.50")
+    assert (
+        Correlation(0.5, 0.05, 9).words()
+        == "no association detected: ρ = +0.50, permutation p = 0.05, 9 models"
+    )
+    assert Correlation(0.5, 0.2, 9).words(alpha=0.3).startswith("positive")
+    assert Correlation(math.nan, math.nan, 4).words() == "undefined over 4 models (constant values)"
+    assert Correlation(0.5, 0.2, 9).to_dict() == {"rho": 0.5, "p_value": 0.2, "n": 9}
+
+
+def test_rate_and_difference_formatting():
+    r = rate(3, 8)
+    assert r.pct() == f"37.5 [{100 * r.low:.1f}, {100 * r.high:.1f}]"
+    assert r.pct(2) == f"37.50 [{100 * r.low:.2f}, {100 * r.high:.2f}]"
+    assert rate(0, 0).pct() == "–"
+    assert r.to_dict() == {"k": 3, "n": 8, "value": 0.375, "low": r.low, "high": r.high}
+    d = paired_difference([True, True, False, True], [False, True, False, False])
+    assert d.pts() == f"+50.0 [{100 * d.low:+.1f}, {100 * d.high:+.1f}] pts"
+    assert d.pts(2) == f"+50.00 [{100 * d.low:+.2f}, {100 * d.high:+.2f}] pts"
+    assert d.to_dict()["diff"] == 0.5 and d.to_dict()["a_only"] == 2 and d.to_dict()["deff"] == 1.0
+
+
+def test_binomial_helpers_at_their_edges():
+    from robustprune.stats import _betainc, _binom_cdf
+
+    assert _binom_cdf(-1, 3) == 0.0 and _binom_cdf(3, 3) == 1.0 and _binom_cdf(0, 1) == 0.5
+    assert _binom_cdf(2, 3) == pytest.approx(7 / 8)
+    assert (
+        mcnemar_exact(0, 0) == 1.0
+        and mcnemar_exact(1, 0) == 1.0
+        and mcnemar_exact(5, 0) == pytest.approx(1 / 16)
+    )
+    assert _betainc(2, 3, 0.0) == 0.0 and _betainc(2, 3, 1.0) == 1.0
+    assert clopper_pearson(0, 0) == (0.0, 1.0)
+    assert clopper_pearson(1, 1)[1] == 1.0 and clopper_pearson(0, 1)[0] == 0.0
+    assert clopper_pearson(1, 1)[0] == pytest.approx(0.025, abs=1e-9)  # Beta(1, 1) quantile: 0.025
+    assert score_p_value(1, 0) == pytest.approx(2 * (1 - scipy_stats.norm.cdf(1.0)))
+    assert score_p_value(0, 0) == 1.0 and score_p_value(0.5, 0.0) < 1.0
+    assert score_p_value(3, 3) == 1.0
+
+
+def test_exact_coverage_enumerates_every_outcome_once():
+    """An interval that always covers ((−1, 1), or exactly [δ, δ]) has coverage 1 to rounding: every
+    trinomial outcome counted once with its probability (none missing, none extra); one that never
+    covers has 0."""
+    n, pb, pc = 6, 0.3, 0.2
+    delta = pb - pc
+
+    def everything(b, c, n):  # noqa: ANN001, ANN202
+        return -np.ones(len(b)), np.ones(len(b))
+
+    def exact(b, c, n):  # noqa: ANN001, ANN202
+        return np.full(len(b), delta), np.full(len(b), delta)
+
+    def nothing(b, c, n):  # noqa: ANN001, ANN202
+        return np.full(len(b), 0.5), np.full(len(b), 0.6)
+
+    assert exact_paired_coverage(everything, n, pb, pc) == pytest.approx(1.0, abs=1e-9)
+    assert exact_paired_coverage(exact, n, pb, pc) == pytest.approx(1.0, abs=1e-9)
+    assert exact_paired_coverage(nothing, n, pb, pc) == 0.0
+    assert exact_paired_coverage(everything, n, 0.0, 0.4) == pytest.approx(1.0, abs=1e-9)  # p_b = 0
+
+
+def test_tango_statistic_where_its_variance_vanishes():
+    """Var 0: T = +inf above, −inf below, 0 at the null value itself (not NaN); small positive variances
+    use the formula."""
+    from robustprune.stats import tango_statistic
+
+    assert float(tango_statistic(0, 0, 5, 0.0)) == 0.0
+    assert float(tango_statistic(0, 0, 1, -1.0)) == math.inf  # num = 1, var = 0
+    assert float(tango_statistic(0, 0, 1, 1.0)) == -math.inf
+    b, c, n, d = 1, 0, 2, 0.1  # var = n(2q + d(1 − d)) < 1
+    w = -b - c + (2 * n - b + c) * d
+    q = (math.sqrt(w * w + 8 * n * c * d * (1 - d)) - w) / (4 * n)
+    var = n * (2 * q + d * (1 - d))
+    assert 0 < var < 1
+    assert float(tango_statistic(b, c, n, d)) == pytest.approx((b - c - n * d) / math.sqrt(var))
+
+
+def test_tango_interval_at_the_extremes_and_its_endpoints_are_roots():
+    """All discordant pairs one way: the interval reaches exactly −1 (or 1) and never beyond; elsewhere
+    each finite endpoint solves |T| = z."""
+    from robustprune.stats import tango_statistic
+
+    z = 1.959963984540054
+    low, high = tango_interval([0, 3], [3, 0], [3, 3])
+    assert low[0] == -1.0 and high[1] == 1.0 and high[0] > -1.0 and low[1] < 1.0
+    for n in range(1, 7):
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                lo, hi = (float(v[0]) for v in tango_interval([b], [c], [n]))
+                est = (b - c) / n
+                assert -1.0 <= lo <= est <= hi <= 1.0
+                if -1.0 < lo < est:
+                    assert float(tango_statistic(b, c, n, lo)) == pytest.approx(z, abs=1e-6)
+                if est < hi < 1.0:
+                    assert float(tango_statistic(b, c, n, hi)) == pytest.approx(-z, abs=1e-6)
+
+
+def test_min_detectable_moves_in_steps_of_two_and_the_empty_paired_deff():
+    """b − c has the parity of m = b + c: with 9 discordant pairs 7 one-way (8 vs 1) is the smallest
+    declared split (6 is not a possible difference); an empty comparison has design effect 1."""
+    assert min_detectable(9, 100) == pytest.approx(0.07)
+    assert paired_difference([], []).deff == 1.0
+    assert clustered_paired_difference([], [], []).deff == 1.0
+
+
+@pytest.mark.parametrize("n", [5, 9, 10, 13, 17])
+def test_wilson_bounds_are_exactly_0_and_1_at_the_extremes(n):
+    """k = 0 has low exactly 0 and k = n high exactly 1 (and never beyond 1), although the closed form
+    rounds to 2.8e-17 (n = 5, 10, 17) or 1 ± 1.1e-16 (n = 9, 13) there; the same for effective counts."""
+    from robustprune.stats import wilson_interval_float
+
+    for f in (wilson_interval, wilson_interval_float):
+        assert f(0, n)[0] == 0.0 and f(n, n)[1] == 1.0
+        assert f(n - 1, n)[1] <= 1.0 and f(1, n)[0] >= 0.0
+
+
+def test_spearman_defaults_resample_20000_times_with_seed_0_above_8_pairs():
+    """Nine pairs (one more than exact_up_to = 8) take the seeded Monte Carlo p: (1 + hits) / 20,001 with
+    seed 0, the same as asking for those settings explicitly."""
+    x, y = [3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7, 1, 8, 2, 8, 1, 8, 2]
+    c = spearman(x, y)
+    assert c == spearman(x, y, seed=0, resamples=20_000, exact_up_to=8)
+    assert c.p_value * 20_001 == pytest.approx(round(c.p_value * 20_001)) and c.n == 9
+    assert c.p_value != spearman(x, y, seed=1).p_value
