@@ -106,8 +106,8 @@ def schedule(
 
 def epoch_steps(n_examples: int, batch_size: int, bucket: int = 50) -> int:
     """Optimiser steps in one epoch of ``n_examples``: the batches of
-    :func:`robustprune.finetune.length_bucketed_batches` (a partial batch closes every window of ``bucket``
-    batches)."""
+    :func:`robustprune.finetune.length_bucketed_batches`, window by window of ``bucket`` batches (a window
+    holds whole batches, so only the last batch of the epoch is partial: ceil(n / batch_size))."""
     if n_examples < 1 or batch_size < 1:
         raise ValueError(f"an epoch needs examples and a batch size, got {n_examples} and {batch_size}")
     window = batch_size * bucket
