@@ -15,16 +15,15 @@ constraint that calls it; several constraints (and recipes) may share one encode
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from robustprune.attacks.textattack_env import import_textattack
-from robustprune.attacks.wrapper import ForwardStats
+from robustprune.attacks.wrapper import ForwardStats, RowCache
+from robustprune.batching import encode_batch, mean_pool, run_length_sorted
 
 SentenceEncoder = import_textattack().constraints.semantics.sentence_encoders.SentenceEncoder
 
@@ -51,8 +50,7 @@ class MeanPooledEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache = RowCache(cache_size)
         self.stats = ForwardStats()
         self.requested = 0
 
@@ -70,28 +68,23 @@ class MeanPooledEncoder:
         self._cache.clear()
 
     def _forward(self, texts: list[str]) -> torch.Tensor:
-        """Mean-pooled embeddings of ``texts`` (no cache), batched, counted and timed."""
+        """Mean-pooled embeddings of ``texts`` (no cache), in length-sorted batches, counted and timed."""
         device = next(self.model.parameters()).device
-        out = []
         self.stats.calls += 1
         self.stats.texts += len(texts)
-        for start in range(0, len(texts), self.batch_size):
+
+        def forward(batch: list[str]) -> torch.Tensor:
             t0 = time.perf_counter()
-            enc = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
+            enc = encode_batch(self.tokenizer, batch, max_length=self.max_length, device=device)
             t1 = time.perf_counter()
             with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu())
+                pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"]).cpu()
             self.stats.tokenize_seconds += t1 - t0
             self.stats.forward_seconds += time.perf_counter() - t1
-        return torch.cat(out) if out else torch.empty(0, 0)
+            return pooled
+
+        out = run_length_sorted(texts, forward, batch_size=self.batch_size)
+        return out if out is not None else torch.empty(0, 0)
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """``(len(sentences), d)`` embeddings; each distinct uncached text is encoded once."""
@@ -99,18 +92,9 @@ class MeanPooledEncoder:
         self.requested += len(sentences)
         if self.cache_size <= 0:
             return self._forward(sentences)
-        with self._lock:  # shared by the attack tasks of a process, which may run in threads
-            known = {s: self._cache[s] for s in sentences if s in self._cache}
-        missing = list(dict.fromkeys(s for s in sentences if s not in known))
-        if missing:
-            known.update(zip(missing, self._forward(missing), strict=True))
-        with self._lock:
-            for s in dict.fromkeys(sentences):
-                self._cache[s] = known[s]
-                self._cache.move_to_end(s)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return torch.stack([known[s] for s in sentences]) if sentences else torch.empty(0, 0)
+        if not sentences:
+            return torch.empty(0, 0)
+        return self._cache.rows(sentences, self._forward)
 
 
 # how a windowed check treats texts shorter than the window (see EncoderSimilarity)
