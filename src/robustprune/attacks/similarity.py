@@ -15,20 +15,19 @@ constraint that calls it; several constraints (and recipes) may share one encode
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from robustprune.attacks.textattack_env import import_textattack
-from robustprune.attacks.wrapper import ForwardStats, RowCache
-from robustprune.batching import encode_batch, mean_pool, run_length_sorted
+from robustprune.attacks.wrapper import CountedTextModel, ForwardStats
+from robustprune.batching import mean_pool
 
 SentenceEncoder = import_textattack().constraints.semantics.sentence_encoders.SentenceEncoder
 
 
-class MeanPooledEncoder:
+class MeanPooledEncoder(CountedTextModel):
     """Encode sentences with a HF encoder: mean of the last hidden states over real tokens.
 
     ``cache_size`` embeddings (0 disables the cache) are kept, keyed by the exact text;
@@ -45,14 +44,9 @@ class MeanPooledEncoder:
         batch_size: int = 64,
         cache_size: int = 1 << 16,
     ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.cache_size = cache_size
-        self._cache = RowCache(cache_size)
-        self.stats = ForwardStats()
-        self.requested = 0
+        super().__init__(
+            model, tokenizer, max_length=max_length, batch_size=batch_size, cache_size=cache_size
+        )
 
     @classmethod
     def from_dir(cls, directory: Path, **options) -> MeanPooledEncoder:
@@ -63,38 +57,17 @@ class MeanPooledEncoder:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         return cls(model, tokenizer, **options)
 
-    def clear_cache(self) -> None:
-        """Forget every cached embedding."""
-        self._cache.clear()
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_pool(self.model(**encoded).last_hidden_state, encoded["attention_mask"]).cpu()
 
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        """Mean-pooled embeddings of ``texts`` (no cache), in length-sorted batches, counted and timed."""
-        device = next(self.model.parameters()).device
-        self.stats.calls += 1
-        self.stats.texts += len(texts)
-
-        def forward(batch: list[str]) -> torch.Tensor:
-            t0 = time.perf_counter()
-            enc = encode_batch(self.tokenizer, batch, max_length=self.max_length, device=device)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"]).cpu()
-            self.stats.tokenize_seconds += t1 - t0
-            self.stats.forward_seconds += time.perf_counter() - t1
-            return pooled
-
-        out = run_length_sorted(texts, forward, batch_size=self.batch_size)
-        return out if out is not None else torch.empty(0, 0)
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, 0)
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """``(len(sentences), d)`` embeddings; each distinct uncached text is encoded once."""
-        sentences = list(sentences)
-        self.requested += len(sentences)
-        if self.cache_size <= 0:
-            return self._forward(sentences)
-        if not sentences:
-            return torch.empty(0, 0)
-        return self._cache.rows(sentences, self._forward)
+        if not sentences and self.cache_size > 0:
+            return torch.empty(0, 0)  # nothing to count (a cacheless encoder counts the empty call)
+        return self._scored(list(sentences))
 
 
 # how a windowed check treats texts shorter than the window (see EncoderSimilarity)

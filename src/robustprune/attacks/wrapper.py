@@ -87,7 +87,64 @@ class RowCache:
         return torch.stack([known[t] for t in texts])
 
 
-class FastClassifierWrapper(ModelWrapper):
+class CountedTextModel:
+    """A model + tokenizer scored in length-sorted batches, with an optional :class:`RowCache` and counters.
+
+    ``stats`` counts the texts actually run through the model and times tokenization and forwards;
+    ``requested`` counts every text asked for, cache hits included. Subclasses say what a batch's rows are
+    (:meth:`_rows`) and what no text gives (:meth:`_empty`).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, *, max_length: int, batch_size: int, cache_size: int
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache = RowCache(cache_size)
+        self.stats = ForwardStats()
+        self.requested = 0
+
+    def clear_cache(self) -> None:
+        """Forget every cached row."""
+        self._cache.clear()
+
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _empty(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _scored(self, texts: list[str]) -> torch.Tensor:
+        """Rows of ``texts``: through the cache when it is on, each distinct uncached text run once."""
+        self.requested += len(texts)
+        if self.cache_size <= 0 or not texts:
+            return self._forward(texts)
+        return self._cache.rows(texts, self._forward)
+
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        """Rows of ``texts`` (no cache), in length-sorted batches of ``batch_size``, counted and timed."""
+        self.stats.calls += 1
+        self.stats.texts += len(texts)
+        device = next(self.model.parameters()).device
+
+        def forward(batch: list[str]) -> torch.Tensor:
+            t0 = time.perf_counter()
+            encoded = encode_batch(self.tokenizer, batch, max_length=self.max_length, device=device)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                rows = self._rows(encoded)
+            self.stats.tokenize_seconds += t1 - t0
+            self.stats.forward_seconds += time.perf_counter() - t1
+            return rows
+
+        out = run_length_sorted(texts, forward, batch_size=self.batch_size)
+        return out if out is not None else self._empty()
+
+
+class FastClassifierWrapper(CountedTextModel, ModelWrapper):
     """textattack ``ModelWrapper`` around ``AutoModelForSequenceClassification`` + its tokenizer.
 
     ``__call__(texts)`` returns a ``(len(texts), num_labels)`` float tensor of logits on the CPU
@@ -111,18 +168,9 @@ class FastClassifierWrapper(ModelWrapper):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.cache_size = cache_size
-        self._cache = RowCache(cache_size)
-        self.stats = ForwardStats()
-        self.requested = 0  # texts asked for, cache hits included (stats.texts: texts run through the model)
-
-    def clear_cache(self) -> None:
-        """Forget every cached logit row."""
-        self._cache.clear()
+        super().__init__(
+            model, tokenizer, max_length=max_length, batch_size=batch_size, cache_size=cache_size
+        )
 
     @property
     def num_labels(self) -> int | None:
@@ -132,30 +180,13 @@ class FastClassifierWrapper(ModelWrapper):
 
     def __call__(self, text_input_list: Sequence[str]) -> torch.Tensor:
         """Logits for each text (textattack passes ``AttackedText.tokenizer_input``: plain strings)."""
-        texts = list(text_input_list)
-        self.requested += len(texts)
-        if self.cache_size <= 0 or not texts:
-            return self._forward(texts)
-        return self._cache.rows(texts, self._forward)
+        return self._scored(list(text_input_list))
 
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        """Logits of ``texts`` (no cache), in length-sorted batches of ``batch_size``, counted and timed."""
-        self.stats.calls += 1
-        self.stats.texts += len(texts)
-        device = next(self.model.parameters()).device
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**encoded).logits.float().cpu()
 
-        def forward(batch: list[str]) -> torch.Tensor:
-            t0 = time.perf_counter()
-            encoded = encode_batch(self.tokenizer, batch, max_length=self.max_length, device=device)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                logits = self.model(**encoded).logits.float().cpu()
-            self.stats.tokenize_seconds += t1 - t0
-            self.stats.forward_seconds += time.perf_counter() - t1
-            return logits
-
-        out = run_length_sorted(texts, forward, batch_size=self.batch_size)
-        return out if out is not None else torch.empty(0, self.num_labels or 0)
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, self.num_labels or 0)
 
     def _tokenize(self, inputs: Sequence[str]) -> list[list[str]]:
         """Word pieces of each input (textattack's ``tokenize`` helper, used by some search methods)."""
