@@ -11,8 +11,6 @@ parameters removed and latency ratios.
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 from prefect import flow
 
@@ -20,7 +18,7 @@ import flows  # noqa: F401
 from plumbing.dvc_sync import worker_sync
 from plumbing.runners import default_task_runner
 from robustprune.cap.report import summarize
-from robustprune.checkpoints import write_json
+from robustprune.checkpoints import keep_only_dirs, write_json
 from robustprune.config import Params
 from tasks.cap import cap_banks, cap_latency, cap_stage, cap_structured_step, check_inputs, run_stages
 from tasks.common import Layout, load, log_metrics, section, stage_run
@@ -70,9 +68,7 @@ def _cap(params: Params, layout: Layout) -> dict:
         cap_dir = layout.root / "models" / "cap"
         cap_dir.mkdir(parents=True, exist_ok=True)
         names = set(cap.model_names())
-        for stale in cap_dir.iterdir():
-            if stale.is_dir() and stale.name not in names and not stale.name.startswith("."):
-                shutil.rmtree(stale)
+        keep_only_dirs(cap_dir, names)
         write_json(cap_dir / "index.json", sorted(names))
         write_json(layout.reports / "cap.json", report)
         mlflow.log_artifact(str(layout.reports / "cap.json"), artifact_path="cap")
