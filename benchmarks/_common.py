@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,3 +81,23 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "loadavg_start": [round(x, 2) for x in load],
     }
+
+
+def write_results(path: Path, report: dict[str, Any]) -> int:
+    """Write a benchmark's results file (indented JSON), say where, and return the exit status 0."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def print_markdown(results: Path | None, render: Callable[[dict[str, Any]], str]) -> bool:
+    """``--markdown RESULTS``: print ``render`` of that results file; whether there was one to print."""
+    import json
+
+    if results is None:
+        return False
+    print(render(json.loads(results.read_text())), end="")
+    return True

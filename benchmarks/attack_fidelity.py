@@ -39,7 +39,7 @@ from pathlib import Path
 import _common  # noqa: F401 - paths and the offline environment, as every benchmark
 import numpy as np
 import torch
-from _common import ROOT
+from _common import ROOT, print_markdown
 
 # name -> TextFooler options; "today" is the recipe before issue #14
 VARIANTS: dict[str, dict] = {
@@ -308,8 +308,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())), end="")
+    if print_markdown(args.markdown, markdown):
         return 0
     if args.merge:
         report = merge(args.merge, args.out)
