@@ -42,10 +42,10 @@ import torch
 
 from robustprune.attacks.components import (
     LowercaseStopwordModification,
+    greedy_wir_attack,
     is_one_word,
     polarity_constraints,
     sentence_encoder,
-    untargeted_goal,
 )
 from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
 from robustprune.attacks.textattack_env import import_textattack
@@ -215,9 +215,6 @@ def build(
         max_candidates=max_candidates,
         max_length=mlm_max_length,
     )
-    return _ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        transformation,
-        _ta.search_methods.GreedyWordSwapWIR(wir_method="unk"),
+    return greedy_wir_attack(
+        model_wrapper, constraints, transformation, wir_method="unk", query_budget=query_budget
     )

@@ -40,10 +40,10 @@ from collections.abc import Mapping
 from robustprune.attacks.components import (
     LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    greedy_wir_attack,
     is_one_word,
     polarity_constraints,
     sentence_encoder,
-    untargeted_goal,
     word_embedding,
     words_from_text,
 )
@@ -158,9 +158,6 @@ def build(
             window_size=None,
         ),
     ]
-    return _ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        transformation,
-        _ta.search_methods.GreedyWordSwapWIR(wir_method="delete"),
+    return greedy_wir_attack(
+        model_wrapper, constraints, transformation, wir_method="delete", query_budget=query_budget
     )

@@ -69,10 +69,10 @@ from __future__ import annotations
 from robustprune.attacks.components import (
     LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    greedy_wir_attack,
     part_of_speech,
     polarity_constraints,
     sentence_encoder,
-    untargeted_goal,
     word_embedding,
 )
 from robustprune.attacks.similarity import (
@@ -149,9 +149,5 @@ def build(
             short_text_threshold=short_text_threshold,
         ),
     ]
-    return ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding),
-        ta.search_methods.GreedyWordSwapWIR(wir_method="delete"),
-    )
+    swap = OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding)
+    return greedy_wir_attack(model_wrapper, constraints, swap, wir_method="delete", query_budget=query_budget)
