@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from robustprune.attacks.similarity import MeanPooledEncoder
+from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
 from robustprune.attacks.tagger import ContextTagger
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources, WordVectors
@@ -376,6 +376,29 @@ def sentence_encoder(
         return encoder
     return MeanPooledEncoder.from_dir(
         resources.encoder_dir, cache_size=cache_size, max_length=max_length, batch_size=batch_size
+    )
+
+
+def common_constraints(resources: AttackResources, polarity_constraint: Mapping | None) -> list[Constraint]:
+    """The constraints every word-swap recipe opens with: no word swapped twice, no stopword swapped
+    (lower-cased, the bundle's list), then the optional polarity check (:func:`polarity_constraints`)."""
+    return [
+        _ta.constraints.pre_transformation.RepeatModification(),
+        LowercaseStopwordModification(resources.stopwords),
+        *polarity_constraints(resources, polarity_constraint),
+    ]
+
+
+def whole_text_similarity(
+    resources: AttackResources, encoder: MeanPooledEncoder | None, threshold: float, metric: str
+) -> EncoderSimilarity:
+    """Sentence similarity of the whole perturbed text to the original (BERT-Attack's and TextBugger's)."""
+    return EncoderSimilarity(
+        sentence_encoder(resources, encoder),
+        threshold=threshold,
+        metric=metric,
+        compare_against_original=True,
+        window_size=None,
     )
 
 

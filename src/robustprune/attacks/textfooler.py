@@ -67,11 +67,10 @@ Deviations from the paper (all forced by the offline setting):
 from __future__ import annotations
 
 from robustprune.attacks.components import (
-    LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    common_constraints,
     greedy_wir_attack,
     part_of_speech,
-    polarity_constraints,
     sentence_encoder,
     word_embedding,
 )
@@ -134,9 +133,7 @@ def build(
         allow_verb_noun_swap=allow_verb_noun_swap,
     )
     constraints = [
-        ta.constraints.pre_transformation.RepeatModification(),
-        LowercaseStopwordModification(resources.stopwords),
-        *polarity_constraints(resources, polarity_constraint),
+        *common_constraints(resources, polarity_constraint),
         ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=min_cos_sim),
         pos_constraint,
         EncoderSimilarity(
