@@ -22,14 +22,7 @@ import torch
 from prefect import task
 from prefect.logging import get_run_logger
 
-from robustprune.checkpoints import (
-    load_masks,
-    load_tensors,
-    read_json,
-    save_masks,
-    save_tensors,
-    write_json,
-)
+from robustprune.checkpoints import load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
 from robustprune.config import Params
 from robustprune.lm import (
     build_protocol,
