@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -61,21 +62,29 @@ def tiny_vocab() -> list[str]:
     return special + POSITIVE + NEGATIVE + FILLER + [".", ","]
 
 
-def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
-    """BertForSequenceClassification: vocab ~100, hidden 32, 2 layers, 4 heads."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_bert_config(**overrides: Any):
+    """The tiny BERT's ``BertConfig``: vocab 99, hidden 32, 2 layers, 4 heads, FFN 40, 64 positions; then
+    ``overrides``."""
+    from transformers import BertConfig
 
-    torch.manual_seed(seed)
-    cfg = BertConfig(
+    sizes = dict(
         vocab_size=99,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=intermediate,
+        intermediate_size=40,
         max_position_embeddings=64,
-        num_labels=num_labels,
     )
+    return BertConfig(**{**sizes, **overrides})
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
+    """BertForSequenceClassification: vocab ~100, hidden 32, 2 layers, 4 heads."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = tiny_bert_config(intermediate_size=intermediate, num_labels=num_labels)
     return BertForSequenceClassification(cfg).eval()
 
 

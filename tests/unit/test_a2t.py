@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import synthetic_reviews, tiny_bert
+from tests.conftest import synthetic_reviews, tiny_bert, tiny_bert_config
 from tests.unit.test_attacks import bow_encoder, resources, ta, tok  # noqa: F401 - fixtures
 
 
@@ -64,19 +64,10 @@ def test_attack_has_a2ts_components(ta, tok, resources, bow_encoder):  # noqa: F
 def _sensitive_bert():
     """A one-layer BERT initialised wide (std 1): its predictions differ between texts and flip under word
     swaps (the 0.02 default gives one prediction for every text: nothing to attack)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
-        initializer_range=1.0,
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, initializer_range=1.0)).eval()
 
 
 def test_a2t_trains_on_successful_adversarial_texts(ta, tok, resources, bow_encoder, tmp_path):  # noqa: F811
