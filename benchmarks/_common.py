@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,17 +22,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+RESOURCES = ROOT / ".cache" / "resources"  # the unpacked offline resources (tasks' Layout.resources default)
 for _p in (ROOT / "src", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "NLTK_DATA": str(ROOT / "nltk_data"),
-}.items():
-    os.environ.setdefault(_k, _v)
+from plumbing.environment import set_defaults  # noqa: E402 - after the paths above
+
+set_defaults(ROOT)
 
 
 def set_threads(n: int) -> int:
@@ -85,3 +81,23 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "loadavg_start": [round(x, 2) for x in load],
     }
+
+
+def write_results(path: Path, report: dict[str, Any]) -> int:
+    """Write a benchmark's results file (indented JSON), say where, and return the exit status 0."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def print_markdown(results: Path | None, render: Callable[[dict[str, Any]], str]) -> bool:
+    """``--markdown RESULTS``: print ``render`` of that results file; whether there was one to print."""
+    import json
+
+    if results is None:
+        return False
+    print(render(json.loads(results.read_text())), end="")
+    return True

@@ -34,12 +34,13 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import _common  # noqa: F401 - paths and the offline environment, as every benchmark
 import numpy as np
 import torch
-from _common import ROOT
+from _common import ROOT, print_markdown
 
 # name -> TextFooler options; "today" is the recipe before issue #14
 VARIANTS: dict[str, dict] = {
@@ -308,8 +309,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())), end="")
+    if print_markdown(args.markdown, markdown):
         return 0
     if args.merge:
         report = merge(args.merge, args.out)
@@ -369,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
             ContextTagger(base_tagger.backend, name=base_tagger.name),
         )
 
+    def attacked(name: str, label: str, attack, extra: Callable[[], dict]) -> dict:  # noqa: ANN001
+        """Run ``attack`` on the examples and summarise it; ``extra()`` (read after the run) adds the row's
+        labels and counters after its model name."""
+        print(f"{name} / {label}", flush=True)
+        results, wall, cpu = run(attack, examples)
+        return summarise(results, scorer, wall, cpu, {"model": name, **extra()})
+
     for m_i, name in enumerate(args.models):
         path = model_dir(name)
         net = load_classifier(path).eval()
@@ -386,22 +393,18 @@ def main(argv: list[str] | None = None) -> int:
             attack = build_attack(
                 "textfooler", wrapper, resources, encoder=encoder, tagger=tagger, **VARIANTS[variant]
             )
-            print(f"{name} / textfooler / {variant}", flush=True)
-            results, wall, cpu = run(attack, examples)
-            row = summarise(
-                results,
-                scorer,
-                wall,
-                cpu,
-                {
-                    "model": name,
+            row = attacked(
+                name,
+                f"textfooler / {variant}",
+                attack,
+                lambda: {  # read after the run (its counts), within this iteration: B023 does not apply
                     "recipe": "textfooler",
-                    "variant": variant,
-                    "options": VARIANTS[variant],
-                    "pos_tagger": pos_label(attack),
-                    "tagger_stats": vars(tagger.stats).copy(),
-                    "encoder_texts": encoder.stats.texts,
-                    "victim_texts": wrapper.stats.texts,
+                    "variant": variant,  # noqa: B023
+                    "options": VARIANTS[variant],  # noqa: B023
+                    "pos_tagger": pos_label(attack),  # noqa: B023
+                    "tagger_stats": vars(tagger.stats).copy(),  # noqa: B023
+                    "encoder_texts": encoder.stats.texts,  # noqa: B023
+                    "victim_texts": wrapper.stats.texts,  # noqa: B023
                 },
             )
             wrapper.stats.reset()
@@ -422,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
                 attack = build_attack(
                     "textfooler", wrapper, resources, encoder=encoder, tagger=tagger, **options
                 )
-                print(f"{name} / textfooler / threshold {t}", flush=True)
-                results, wall, cpu = run(attack, examples)
-                row = summarise(
-                    results, scorer, wall, cpu, {"model": name, "recipe": "textfooler", "options": options}
+                row = attacked(
+                    name,
+                    f"textfooler / threshold {t}",
+                    attack,
+                    lambda: {"recipe": "textfooler", "options": options},  # noqa: B023
                 )
                 row["variant"] = f"{args.defaults} @ {t}"
                 row["vs_today"] = paired_vs(row, model_rows[TODAY])
@@ -441,14 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             attack = build_attack(
                 "bert-attack", wrapper, resources, encoder=encoder, masked_lm=load_mlm(resources.mlm_dir)
             )
-            print(f"{name} / bert-attack", flush=True)
-            results, wall, cpu = run(attack, examples)
-            row = summarise(
-                results,
-                scorer,
-                wall,
-                cpu,
-                {"model": name, "recipe": "bert-attack", "variant": "paper recipe"},
+            row = attacked(
+                name, "bert-attack", attack, lambda: {"recipe": "bert-attack", "variant": "paper recipe"}
             )
             row["post_filter"] = post_filter(row, args.post_filter)
             report["bert_attack"].append(row)

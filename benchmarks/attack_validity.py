@@ -40,7 +40,7 @@ from pathlib import Path
 
 import _common
 import numpy as np
-from _common import ROOT
+from _common import ROOT, print_markdown
 
 RESULTS = ROOT / "benchmarks" / "results" / "attack_validity.json"
 RECIPES = ("textfooler", "bert-attack", "textbugger")
@@ -759,8 +759,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())), end="")
+    if print_markdown(args.markdown, markdown):
         return 0
     if args.csv:
         write_part(args.out, "csv_audit", csv_audit(args))

@@ -9,7 +9,6 @@ table and writes ``benchmarks/results/kernels.json``. Standalone: ``python bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
+from _common import write_results  # noqa: E402
 
 from robustprune.pruning import accumulate_xtx, output_error, parse_pattern, sparsegpt_prune  # noqa: E402
 
@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(args.out, report)
 
 
 if __name__ == "__main__":

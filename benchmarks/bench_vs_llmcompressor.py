@@ -23,7 +23,6 @@ Needs llm-compressor, which pins its own torch/transformers, so run it from a se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
+from _common import write_results  # noqa: E402
 
 from robustprune.pruning import (  # noqa: E402
     Pattern,
@@ -288,10 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "hessian_scaling": hessian_checks,
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_results(args.out, report)
 
 
 if __name__ == "__main__":

@@ -30,18 +30,16 @@ from typing import Any
 
 import _common  # noqa: F401,E402 - paths and the offline environment, as every benchmark
 import torch
-from _common import ROOT  # noqa: E402
+from _common import RESOURCES, ROOT  # noqa: E402
 
 from robustprune.checkpoints import read_json, write_json  # noqa: E402
 from robustprune.config import Params, load_params  # noqa: E402
 from robustprune.lm import (  # noqa: E402
+    build_protocol,
     convert_gguf,
     load_causal_lm,
-    load_lm_tokenizer,
     load_protocol,
     perplexity,
-    perplexity_protocol,
-    protocol_texts,
     save_protocol,
 )
 from robustprune.modeling import measured_sparsity, resolve_device  # noqa: E402
@@ -89,16 +87,7 @@ def protocol(params: Params, model: str, seed: int, directory: Path) -> tuple[to
     lm = params.lm
     path = directory / f"protocol-s{seed}.safetensors"
     if not path.is_file():
-        data = perplexity_protocol(
-            protocol_texts(lm.text, ROOT / ".cache" / "resources"),
-            load_lm_tokenizer(model),
-            seed=params.seed,
-            eval_tokens=lm.eval_tokens,
-            window=lm.window,
-            calib_chunks=lm.calib_chunks,
-            calib_len=lm.calib_len,
-            calib_seed=seed,
-        )
+        data = build_protocol(lm, model, RESOURCES, seed=params.seed, calib_seed=seed)
         save_protocol(path, data)
     return load_protocol(path, lm.calib_batch_size)
 
@@ -298,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         from robustprune.resources import download, extract
 
         download("smollm2")
-        args.model = str(extract("smollm2", ROOT / ".cache" / "resources" / "smollm2"))
+        args.model = str(extract("smollm2", RESOURCES / "smollm2"))
     args.protocols.mkdir(parents=True, exist_ok=True)
     res = run(args)
     if not args.only_protocols:

@@ -11,19 +11,15 @@ parameters removed and latency ratios.
 
 from __future__ import annotations
 
-import shutil
-
-import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
 from plumbing.dvc_sync import worker_sync
 from plumbing.runners import default_task_runner
 from robustprune.cap.report import summarize
-from robustprune.checkpoints import write_json
 from robustprune.config import Params
 from tasks.cap import cap_banks, cap_latency, cap_stage, cap_structured_step, check_inputs, run_stages
-from tasks.common import Layout, load, log_metrics, section, stage_run
+from tasks.common import Layout, load, log_metrics, publish_models, section, stage_run
 
 
 @flow(name="cap", log_prints=True, task_runner=default_task_runner())
@@ -66,16 +62,7 @@ def _cap(params: Params, layout: Layout) -> dict:
         report = summarize(params.model_dump(mode="json")["cap"], banks, runs, structured, latency)
         for bsz, row in (latency or {}).get("batches", {}).items():
             log_metrics({f"cap-f.speedup_b{bsz}": row["speedup"]})
-        # the out directory holds exactly the models params.yaml asks for
-        cap_dir = layout.root / "models" / "cap"
-        cap_dir.mkdir(parents=True, exist_ok=True)
-        names = set(cap.model_names())
-        for stale in cap_dir.iterdir():
-            if stale.is_dir() and stale.name not in names and not stale.name.startswith("."):
-                shutil.rmtree(stale)
-        write_json(cap_dir / "index.json", sorted(names))
-        write_json(layout.reports / "cap.json", report)
-        mlflow.log_artifact(str(layout.reports / "cap.json"), artifact_path="cap")
+        publish_models(layout, "cap", cap.model_names(), report)  # exactly the models params.yaml asks for
     return report
 
 

@@ -28,13 +28,12 @@ import hashlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import flows  # noqa: F401  (offline, telemetry-free environment defaults)
+from plumbing.cli import exit_2_when_invalid, raise_problems, scaleout_problems
 from plumbing.cli import main as run_stage
-from plumbing.cli import scaleout_problems
 from plumbing.services import preflight
 from plumbing.signals import run_stoppable
 from robustprune.config import (
@@ -42,7 +41,6 @@ from robustprune.config import (
     BUILTIN_LMS,
     FINETUNED_NAME,
     PRUNE_METHODS,
-    ConfigError,
     Params,
     combo_label,
     parse_params,
@@ -360,22 +358,14 @@ def is_causal_lm(model: str) -> bool:
 
 def validate(raw: dict[str, Any], source: str, root: Path, stage: str) -> Params:
     """params (in memory) and the inputs they name, as ``python -m flows.<stage>`` checks them; exit 2."""
-    t0 = time.perf_counter()
-    try:
+    with exit_2_when_invalid():
         params = parse_params(raw, source)
         problems = scaleout_problems(params, str(root / "params.yaml"), str(root), False)
         try:
             preflight(params, root, stage)
         except PreflightError as e:
             problems.append(str(e))
-        if problems:
-            raise PreflightError("\n".join(problems))
-    except (ConfigError, PreflightError) as e:
-        print(
-            f"error: invalid configuration, nothing was run or written ({time.perf_counter() - t0:.1f}s):\n{e}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
+        raise_problems(problems)
     return params
 
 

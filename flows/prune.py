@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
 from plumbing.dvc_sync import worker_sync
 from plumbing.runners import default_task_runner
-from robustprune.checkpoints import write_json
+from robustprune.checkpoints import keep_only_dirs, write_json
 from tasks.common import child_run, combo_name, load, section, stage_run
 from tasks.prune import prune_branch
 
@@ -56,10 +54,8 @@ def prune_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                     )
                 mlflow.log_artifact(str(layout.pruned_model(method, sparsity) / "layers.json"))
             results[name] = metrics
-        wanted = {combo_name(m, s) for m, s in params.prune.combos}
-        for stale in layout.pruned.iterdir() if layout.pruned.exists() else []:
-            if stale.is_dir() and stale.name not in wanted and not stale.name.startswith("."):
-                shutil.rmtree(stale)  # a combination no longer in params.yaml: keep outs == params
+        # a combination no longer in params.yaml: keep outs == params
+        keep_only_dirs(layout.pruned, (combo_name(m, s) for m, s in params.prune.combos))
         write_json(layout.reports / "prune.json", results)
     return results
 

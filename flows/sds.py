@@ -7,16 +7,12 @@ model. ``reports/sds.json`` records prune -> reactivate -> re-prune for the repo
 
 from __future__ import annotations
 
-import shutil
-
-import mlflow
 from prefect import flow
 
 import flows  # noqa: F401
 from plumbing.dvc_sync import worker_sync
 from plumbing.runners import default_task_runner
-from robustprune.checkpoints import write_json
-from tasks.common import load, log_metrics, section, stage_run
+from tasks.common import load, log_metrics, publish_models, section, stage_run
 from tasks.sds import sds_reactivate, sds_reprune
 
 
@@ -45,16 +41,7 @@ def sds_flow(params_path: str = "params.yaml", root: str = ".") -> dict:
                     f"{final['name']}.sparsity": final["measured_sparsity"],
                 }
             )
-        # the out directory always exists (DVC tracks it even when no combination is asked for), and holds
-        # exactly the combinations params.yaml asks for
-        sds_dir = layout.root / "models" / "sds"
-        sds_dir.mkdir(parents=True, exist_ok=True)
-        for stale in sds_dir.iterdir():
-            if stale.is_dir() and stale.name not in out and not stale.name.startswith("."):
-                shutil.rmtree(stale)
-        write_json(sds_dir / "index.json", sorted(out))
-        write_json(layout.reports / "sds.json", out)
-        mlflow.log_artifact(str(layout.reports / "sds.json"), artifact_path="sds")
+        publish_models(layout, "sds", out, out)  # exactly the combinations params.yaml asks for
     return out
 
 

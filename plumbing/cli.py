@@ -23,7 +23,7 @@ import contextlib
 import io
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from plumbing.dvc_stages import stage_inputs
@@ -76,8 +76,7 @@ def validate_or_exit(params_path: str, root: str, stage: str) -> None:
     """Exit 2 with one line per problem when params.yaml or the inputs it names are bad."""
     if (params_path, root, stage) in _validated:
         return
-    t0 = time.perf_counter()
-    try:
+    with exit_2_when_invalid():
         params = load_params(params_path)
         dvc_yaml = REPO / ("lm/dvc.yaml" if stage == "lm" else "dvc.yaml")
         pool = params.runtime.work_pool
@@ -102,15 +101,28 @@ def validate_or_exit(params_path: str, root: str, stage: str) -> None:
             problems.append(str(e))
         if remote and stage != "pipeline":  # a standalone stage on the pool: the pool and its deployment
             problems += check_work_pool(prefect_api(), pool, remote_deployments(stage, pool))
-        if problems:
-            raise PreflightError("\n".join(problems))
+        raise_problems(problems)
+    _validated.add((params_path, root, stage))
+
+
+@contextlib.contextmanager
+def exit_2_when_invalid() -> Iterator[None]:
+    """Exit 2 with the problems (and the seconds the checks took) when the block finds params or inputs bad."""
+    t0 = time.perf_counter()
+    try:
+        yield
     except (ConfigError, PreflightError) as e:
         print(
             f"error: invalid configuration, nothing was run or written ({time.perf_counter() - t0:.1f}s):\n{e}",
             file=sys.stderr,
         )
         raise SystemExit(2) from None
-    _validated.add((params_path, root, stage))
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One :class:`PreflightError` naming every problem, one a line; nothing when there is none."""
+    if problems:
+        raise PreflightError("\n".join(problems))
 
 
 def scaleout_problems(params, params_path: str, root: str, remote: bool) -> list[str]:  # noqa: ANN001 - Params

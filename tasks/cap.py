@@ -204,6 +204,17 @@ def _bank_dict(
     return out
 
 
+def _fit_and_test(result, outcomes: list[int], predictions: list[int]) -> dict:  # noqa: ANN001
+    """The record's tail every CAP step shares: the training loss (``TrainResult``) and the test outcomes."""
+    return {
+        "final_loss": result.tail_loss(),
+        "loss_parts": result.parts,
+        "test_accuracy": float(np.mean(outcomes)),
+        "test_correct": outcomes,
+        "test_predictions": predictions,
+    }
+
+
 def _test_outcomes(params: Params, layout: Layout, model, tokenizer) -> tuple[list[int], list[int]]:  # noqa: ANN001
     """(per-row correctness, per-row predicted class) on the test split."""
     test = load_splits(layout.data).test
@@ -394,11 +405,7 @@ def cap_stage(
         "steps": result.steps,
         "train_seconds": result.seconds,
         "snapshot_seconds": snapshot_seconds,
-        "final_loss": result.tail_loss(),
-        "loss_parts": result.parts,
-        "test_accuracy": float(np.mean(outcomes)),
-        "test_correct": outcomes,
-        "test_predictions": predictions,
+        **_fit_and_test(result, outcomes, predictions),
     }
     with atomic_dir(work) as tmp:
         save_tensors(tmp / "state.safetensors", state)
@@ -534,11 +541,7 @@ def cap_structured_step(
         "importance_seconds": importance_seconds,
         "train_seconds": result.seconds,
         "steps": result.steps,
-        "final_loss": result.tail_loss(),
-        "loss_parts": result.parts,
-        "test_accuracy": float(np.mean(outcomes)),
-        "test_correct": outcomes,
-        "test_predictions": predictions,
+        **_fit_and_test(result, outcomes, predictions),
     }
     with atomic_dir(work) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)

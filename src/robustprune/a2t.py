@@ -43,9 +43,9 @@ import torch
 from robustprune.attacks.components import (
     LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    greedy_wir_attack,
     part_of_speech,
     sentence_encoder,
-    untargeted_goal,
     word_embedding,
 )
 from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
@@ -121,11 +121,14 @@ def build_attack(
         _ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=min_cos_sim),
     ]
     max_len = getattr(model_wrapper, "max_length", None)
-    return _ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
+    swap = OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding)
+    return greedy_wir_attack(
+        model_wrapper,
         constraints,
-        OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding),
-        _ta.search_methods.GreedyWordSwapWIR(wir_method="gradient", truncate_words_to=max_len),
+        swap,
+        wir_method="gradient",
+        query_budget=query_budget,
+        truncate_words_to=max_len,
     )
 
 

@@ -22,7 +22,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,18 @@ def sweep_stale(dest: str | Path) -> list[Path]:
             p.unlink(missing_ok=True)
         touched.append(p)
     return touched
+
+
+def keep_only_dirs(parent: str | Path, names: Iterable[str]) -> list[str]:
+    """Delete the sub-directories of ``parent`` not in ``names`` (hidden ones, ``.name``, are kept), so a stage's
+    out directory holds exactly what params.yaml asks for; returns the removed names, sorted."""
+    parent, keep = Path(parent), set(names)
+    removed = []
+    for child in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if child.is_dir() and child.name not in keep and not child.name.startswith("."):
+            shutil.rmtree(child)
+            removed.append(child.name)
+    return removed
 
 
 @contextmanager

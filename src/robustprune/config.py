@@ -387,6 +387,21 @@ def sparsity_label(value: float | str) -> str:
     return f"{n}:{m}" if n is not None else f"{s:g}"
 
 
+def _no_repeats(v: list, what: str) -> list:
+    """``v`` unchanged, or a ValueError naming the ``what`` given more than once."""
+    dup = sorted({x for x in v if v.count(x) > 1})
+    if dup:
+        raise ValueError(f"{what} repeated: {dup}")
+    return v
+
+
+def _parsed_sparsities(v: list[float | str]) -> list[float | str]:
+    """``v`` unchanged when every entry is a sparsity (a fraction or an N:M pattern), else its ValueError."""
+    for x in v:
+        parse_sparsity(x)
+    return v
+
+
 class PruneConfig(_Section):
     methods: Annotated[list[PruneMethodName], Field(min_length=1)] = list(PRUNE_METHODS)
     sparsities: Annotated[list[float | str], Field(min_length=1)] = [0.75, 0.875, "2:4"]
@@ -399,12 +414,7 @@ class PruneConfig(_Section):
     @field_validator("sparsities")
     @classmethod
     def _sparsities(cls, v: list[float | str]) -> list[float | str]:
-        for x in v:
-            parse_sparsity(x)
-        labels = [sparsity_label(x) for x in v]
-        dup = sorted({s for s in labels if labels.count(s) > 1})
-        if dup:
-            raise ValueError(f"sparsities repeated: {dup}")
+        _no_repeats([sparsity_label(x) for x in _parsed_sparsities(v)], "sparsities")
         return v
 
     @field_validator("modules")
@@ -470,9 +480,7 @@ class SdsConfig(_Section):
     @field_validator("sparsities")
     @classmethod
     def _sparsities(cls, v: list[float | str]) -> list[float | str]:
-        for x in v:
-            parse_sparsity(x)
-        return v
+        return _parsed_sparsities(v)
 
     @property
     def combos(self) -> list[tuple[str, str]]:
@@ -491,10 +499,21 @@ def _increasing(v: list[float]) -> list[float]:
 
 
 def _unique_modules(v: list[str]) -> list[str]:
-    dup = sorted({m for m in v if v.count(m) > 1})
-    if dup:
-        raise ValueError(f"modules repeated: {dup}")
-    return v
+    return _no_repeats(v, "modules")
+
+
+class _StagedModules(_Section):
+    """CAP's sections with staged ``sparsities`` (strictly increasing) and ``modules`` (each named once)."""
+
+    @field_validator("sparsities", check_fields=False)
+    @classmethod
+    def _sparsities(cls, v: list[float]) -> list[float]:
+        return _increasing(v)
+
+    @field_validator("modules", check_fields=False)
+    @classmethod
+    def _modules(cls, v: list[str]) -> list[str]:
+        return _unique_modules(v)
 
 
 class CapWeights(_Section):
@@ -506,7 +525,7 @@ class CapWeights(_Section):
     sup: Annotated[float, Field(ge=0)] = 10.0
 
 
-class CapStructuredConfig(_Section):
+class CapStructuredConfig(_StagedModules):
     """CAP-f: heads and FFN neurons removed in steps, retrained with CAP's loss after each."""
 
     sparsities: Annotated[list[_Fraction], Field(max_length=20)] = [0.25, 0.5]  # [] = no structured run
@@ -517,16 +536,6 @@ class CapStructuredConfig(_Section):
     modules: list[Literal["prc", "fic", "snc"]] = ["prc", "fic", "snc"]
     weights: CapWeights = CapWeights(unsup=0.3, sup=3.0)  # the reference's CAP-f script
     kd_temperature: Annotated[float, Field(gt=0)] = 1.0
-
-    @field_validator("sparsities")
-    @classmethod
-    def _sparsities(cls, v: list[float]) -> list[float]:
-        return _increasing(v)
-
-    @field_validator("modules")
-    @classmethod
-    def _modules(cls, v: list[str]) -> list[str]:
-        return _unique_modules(v)
 
 
 class CapLatencyConfig(_Section):
@@ -549,7 +558,7 @@ class CapAblationSettings(_Section):
     weights: CapWeights | None = None  # its ce / kd (unsup / sup only matter for module ablations)
 
 
-class CapConfig(_Section):
+class CapConfig(_StagedModules):
     """CAP (contrastive pruning during fine-tuning): one staged unstructured run per module set, CAP-f."""
 
     # the student's start: the dense soup (cheap) | the pre-trained encoder with a fresh seeded head, the
@@ -592,16 +601,6 @@ class CapConfig(_Section):
     ablation_settings: CapAblationSettings = CapAblationSettings()
     structured: CapStructuredConfig = CapStructuredConfig()
     latency: CapLatencyConfig = CapLatencyConfig()
-
-    @field_validator("sparsities")
-    @classmethod
-    def _sparsities(cls, v: list[float]) -> list[float]:
-        return _increasing(v)
-
-    @field_validator("modules")
-    @classmethod
-    def _modules(cls, v: list[str]) -> list[str]:
-        return _unique_modules(v)
 
     @field_validator("ablations")
     @classmethod
@@ -735,10 +734,7 @@ class AttackConfig(_Section):
     @field_validator("recipes")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        dup = sorted({r for r in v if v.count(r) > 1})
-        if dup:
-            raise ValueError(f"recipes repeated: {dup}")
-        return v
+        return _no_repeats(v, "recipes")
 
 
 BUILTIN_LMS = ("smollm2",)
@@ -788,9 +784,7 @@ class LMConfig(_Section):
     @field_validator("sparsities")
     @classmethod
     def _sparsities(cls, v: list[float | str]) -> list[float | str]:
-        for x in v:
-            parse_sparsity(x)
-        return v
+        return _parsed_sparsities(v)
 
     @field_validator("text")
     @classmethod

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -452,6 +453,25 @@ def make_splits(
                 hint = f"data.{split}_size={size!r} of {n} rows gives 0 rows; raise it or provide more rows"
             raise DataError(f"split {split!r} is empty: {hint}")
     return Splits(**frames, label_names=label_names)
+
+
+def splits_as_configured(
+    df: pd.DataFrame,
+    label_names: Sequence[str],
+    cfg: Any,
+    seed: int,
+    existing: Mapping[str, pd.DataFrame] | None = None,
+) -> Splits:
+    """:func:`make_splits` with the sizes of the ``data`` params section (``robustprune.config.DataConfig``)."""
+    return make_splits(
+        df,
+        label_names,
+        validation_size=cfg.validation_size,
+        test_size=cfg.test_size,
+        seed=seed,
+        max_train_examples=cfg.max_train_examples,
+        existing=existing,
+    )
 
 
 # --------------------------------------------------------------------------- storage

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustprune.batching import encode_batch, mean_pool, run_length_sorted
+
 
 @torch.inference_mode()
 def forward_with_representations(
@@ -35,28 +37,18 @@ def forward_with_representations(
     logits equal that function's.
     """
     model.eval().to(device)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    logits: np.ndarray | None = None
-    reps: torch.Tensor | None = None
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        enc = {k: v.to(device) for k, v in enc.items()}
+
+    def forward(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = encode_batch(tokenizer, batch, max_length=max_length, device=device)
         out = model(**enc, output_hidden_states=True)
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        pooled = torch.stack(
-            [(h.float() * mask).sum(1) / mask.sum(1).clamp_min(1e-9) for h in out.hidden_states]
-        )
-        if logits is None:
-            logits = np.zeros((len(texts), out.logits.shape[1]), dtype=np.float32)
-            reps = torch.zeros(pooled.shape[0], len(texts), pooled.shape[2])
-        logits[idx] = out.logits.float().cpu().numpy()
-        reps[:, torch.as_tensor(idx)] = pooled.cpu()
-    if logits is None or reps is None:
+        pooled = torch.stack([mean_pool(h, enc["attention_mask"]) for h in out.hidden_states], dim=1)
+        return out.logits.float().cpu(), pooled.cpu()  # rows first: (b, labels), (b, layers + 1, hidden)
+
+    rows = run_length_sorted(texts, forward, batch_size=batch_size)
+    if rows is None:
         return np.zeros((0, 0), dtype=np.float32), torch.zeros(0, 0, 0)
-    return logits, reps
+    logits, reps = rows
+    return logits.numpy(), reps.transpose(0, 1).contiguous()
 
 
 def layer_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

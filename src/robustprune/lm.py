@@ -328,6 +328,21 @@ def protocol_texts(text: str, resources_dir: Path) -> list[str]:
     return [d for d in docs if d]
 
 
+def build_protocol(lm: Any, model: str | Path, resources_dir: Path, *, seed: int, calib_seed: int) -> LMData:
+    """The protocol the ``lm`` params section (``robustprune.config.LMConfig``) defines for ``model``'s tokenizer:
+    its text, evaluation tokens, window and calibration chunks, with calibration seed ``calib_seed``."""
+    return perplexity_protocol(
+        protocol_texts(lm.text, resources_dir),
+        load_lm_tokenizer(model),
+        seed=seed,
+        eval_tokens=lm.eval_tokens,
+        window=lm.window,
+        calib_chunks=lm.calib_chunks,
+        calib_len=lm.calib_len,
+        calib_seed=calib_seed,
+    )
+
+
 def save_protocol(path: Path, data: LMData) -> Path:
     """Write a protocol's evaluation ids and calibration chunks (``(chunks, len)``) as safetensors, atomically."""
     calib = torch.cat([b["input_ids"] for b in data.calib_batches])

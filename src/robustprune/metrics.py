@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustprune.batching import encode_batch, run_length_sorted
 from robustprune.interrupt import raise_if_stopped
 
 
@@ -38,19 +39,17 @@ def predict_logits(
     model_max_length), which is what makes CPU inference fast on short snippets.
     """
     model.eval().to(device)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out: np.ndarray | None = None
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
+
+    def forward(batch: list[str]) -> torch.Tensor:
         raise_if_stopped()  # evaluations run in task-runner worker threads: stop between batches
-        idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
-        if out is None:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        enc = encode_batch(tokenizer, batch, max_length=max_length, device=device)
+        return model(**enc).logits.float().cpu()
+
+    def bar(batches: list) -> tqdm:
+        return tqdm(batches, desc=desc, disable=not progress, leave=False)
+
+    out = run_length_sorted(texts, forward, batch_size=batch_size, batches=bar)
+    return out.numpy() if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def accuracy(logits: np.ndarray, labels: Sequence[int]) -> Accuracy:

@@ -95,18 +95,11 @@ def _check_data(params: Params) -> list[str]:
     cfg = params.data
     if cfg.kind != "file":
         return []
-    from robustprune.data import DataError, LabelError, load_table, make_splits
+    from robustprune.data import DataError, LabelError, load_table, splits_as_configured
 
     try:
         df, names = load_table(Path(cfg.source), cfg.text_column, cfg.label_column)
-        make_splits(
-            df,
-            names,
-            validation_size=cfg.validation_size,
-            test_size=cfg.test_size,
-            seed=params.seed,
-            max_train_examples=cfg.max_train_examples,
-        )
+        splits_as_configured(df, names, cfg, params.seed)
     except LabelError as e:
         return [f"data.label_column = {cfg.label_column!r} (in {cfg.source}): {e}"]
     except DataError as e:

@@ -1012,13 +1012,7 @@ def plot_accuracy(points: Sequence[dict], dest: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Accuracy vs sparsity")
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(dest)
-    return dest
+    return _save(fig, dest)
 
 
 def _save(fig, dest: Path) -> Path:  # noqa: ANN001 - matplotlib figure
@@ -1228,13 +1222,7 @@ def attack_plot(rows: Sequence[dict], dest: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy under attack (%)")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(dest)
-    return dest
+    return _save(fig, dest)
 
 
 # ------------------------------------------------------------------------------------ causal-LM track
@@ -1344,10 +1332,4 @@ def lm_plot(rows: Sequence[dict], dest: Path) -> Path:
     ax.set_ylabel("perplexity (log scale)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(dest)
-    return dest
+    return _save(fig, dest)

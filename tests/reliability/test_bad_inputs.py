@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.reliability.corpus import CASES, Case, materialise, root_of, write_base
+from tests.unit.test_cli import split_importtime
 
 pytestmark = pytest.mark.reliability
 
@@ -149,10 +150,7 @@ def test_real_command_exits_2_and_writes_nothing(name: str, base: Path, tmp_path
         text=True,
         timeout=300,
     )
-    errors = [line for line in res.stderr.splitlines() if not line.startswith("import time:")]
-    imported = {
-        line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")
-    }
+    errors, imported = split_importtime(res.stderr)
     assert res.returncode == 2, res.stderr[-3000:]
     assert any(all(part in line for part in case.expected) for line in errors), errors
     assert snapshot(tmp_path, base) == before

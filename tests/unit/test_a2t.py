@@ -6,8 +6,28 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import synthetic_reviews, tiny_bert
+from tests.conftest import synthetic_reviews, tiny_bert, tiny_bert_config
 from tests.unit.test_attacks import bow_encoder, resources, ta, tok  # noqa: F401 - fixtures
+
+
+def _attack_bundle(resources, bundle, *, mlm: bool = False) -> None:  # noqa: ANN001, F811
+    """``models/attack`` as the attack_resources stage writes it, from the shared test resources."""
+    import shutil
+
+    from robustprune.attacks.bundle import save_bundle
+
+    bundle.mkdir(parents=True)
+    shutil.copytree(resources.encoder_dir, bundle / "encoder")
+    if mlm:
+        shutil.copytree(resources.mlm_dir, bundle / "mlm")
+    save_bundle(
+        bundle,
+        vectors=resources.vectors,
+        pos=resources.pos,
+        stopwords=resources.stopwords,
+        lookalikes=resources.lookalikes,
+        info={},
+    )
 
 
 def test_get_grad_is_the_embedding_gradient_and_leaves_the_model_alone(ta, tok):  # noqa: F811
@@ -44,19 +64,10 @@ def test_attack_has_a2ts_components(ta, tok, resources, bow_encoder):  # noqa: F
 def _sensitive_bert():
     """A one-layer BERT initialised wide (std 1): its predictions differ between texts and flip under word
     swaps (the 0.02 default gives one prediction for every text: nothing to attack)."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
-        initializer_range=1.0,
-    )
-    return BertForSequenceClassification(cfg).eval()
+    return BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, initializer_range=1.0)).eval()
 
 
 def test_a2t_trains_on_successful_adversarial_texts(ta, tok, resources, bow_encoder, tmp_path):  # noqa: F811
@@ -115,7 +126,6 @@ def test_soup_can_rank_with_the_a2t_proxy_through_the_attack_shard_task(ta, tok,
     cache) on validation rows; its cache key has one more part (the a2t code), the other recipes' keys none."""
     import pandas as pd
 
-    from robustprune.attacks.bundle import save_bundle
     from robustprune.config import parse_params
     from robustprune.data import Splits, save_splits
     from tasks.attack import _shard_key, attack_shard
@@ -130,19 +140,7 @@ def test_soup_can_rank_with_the_a2t_proxy_through_the_attack_shard_task(ta, tok,
         }
     )
     save_splits(Splits(frame, frame, frame, ("neg", "pos")), layout.data)
-    bundle = tmp_path / "models" / "attack"
-    bundle.mkdir(parents=True)
-    import shutil
-
-    shutil.copytree(resources.encoder_dir, bundle / "encoder")
-    save_bundle(
-        bundle,
-        vectors=resources.vectors,
-        pos=resources.pos,
-        stopwords=resources.stopwords,
-        lookalikes=resources.lookalikes,
-        info={},
-    )
+    _attack_bundle(resources, tmp_path / "models" / "attack")
     model_dir = tmp_path / "victim"
     _sensitive_bert().save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
@@ -172,11 +170,8 @@ def test_a2t_is_a_soup_recipe_but_not_an_attack_stage_recipe():
 
 def _tiny_layout(tmp_path, tok, resources):  # noqa: ANN001, ANN202, F811
     """A project root with prepared data, a base encoder and an attack bundle (with its MLM)."""
-    import shutil
-
     import pandas as pd
 
-    from robustprune.attacks.bundle import save_bundle
     from robustprune.data import Splits, save_splits
     from tasks.common import Layout
 
@@ -191,18 +186,7 @@ def _tiny_layout(tmp_path, tok, resources):  # noqa: ANN001, ANN202, F811
     save_splits(Splits(frame, frame.iloc[:8], frame.iloc[:8], ("neg", "pos")), layout.data)
     tiny_bert().bert.save_pretrained(layout.base_model)
     tok.save_pretrained(layout.base_model)
-    bundle = tmp_path / "models" / "attack"
-    bundle.mkdir(parents=True)
-    shutil.copytree(resources.encoder_dir, bundle / "encoder")
-    shutil.copytree(resources.mlm_dir, bundle / "mlm")
-    save_bundle(
-        bundle,
-        vectors=resources.vectors,
-        pos=resources.pos,
-        stopwords=resources.stopwords,
-        lookalikes=resources.lookalikes,
-        info={},
-    )
+    _attack_bundle(resources, tmp_path / "models" / "attack", mlm=True)
     return layout
 
 

@@ -84,13 +84,16 @@ def _check_pruned(model: torch.nn.Module, before: dict[str, torch.Tensor], out, 
     assert all(rep.alpha in (0.0, 0.5) and set(rep.alpha_errors) == {0.0, 0.5} for rep in out.blocks)
 
 
+def _prune_checked(model, batches, *, per_block: int) -> None:  # noqa: ANN001
+    """Prune ``model`` in place through the driver and check it (:func:`_check_pruned`)."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _check_pruned(model, before, prune_model(model, batches, OPTS), per_block=per_block)
+
+
 @pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra", "mpnet"])
 def test_encoder_classifiers_through_the_driver(family: str) -> None:
-    model = _classifier(family)
-    batches = _batches(with_mask=True)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = prune_model(model, batches, OPTS)
-    _check_pruned(model, before, out, per_block=6)
+    model, batches = _classifier(family), _batches(with_mask=True)
+    _prune_checked(model, batches, per_block=6)
     with torch.no_grad():
         assert torch.isfinite(model(**batches[0]).logits).all()
     # the head refit: only the head's weights change, and its output error on the calibration texts drops
@@ -108,10 +111,7 @@ def test_encoder_classifiers_through_the_driver(family: str) -> None:
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3"])
 def test_causal_lms_through_the_driver(family: str) -> None:
-    model = _causal_lm(family)
-    batches = _batches(with_mask=False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    out = prune_model(model, batches, OPTS)
-    _check_pruned(model, before, out, per_block=7)
+    model, batches = _causal_lm(family), _batches(with_mask=False)
+    _prune_checked(model, batches, per_block=7)
     with torch.no_grad():
         assert torch.isfinite(model(batches[0]["input_ids"]).logits).all()

@@ -18,7 +18,7 @@ import pytest
 from robustprune import resources
 from robustprune.attacks import counterfit, embeddings, lookalike, stopwords, wordnet
 from robustprune.resources import RESOURCES, ResourceError
-from tests.conftest import synthetic_reviews, tiny_tokenizer
+from tests.conftest import synthetic_reviews, tiny_bert_config, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -374,19 +374,11 @@ def test_mask_tokens_follows_bert_recipe() -> None:
 
 def _tiny_encoder(directory: Path) -> Path:
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     tokenizer = tiny_tokenizer(directory)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(directory)
+    BertModel(tiny_bert_config(vocab_size=len(tokenizer))).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

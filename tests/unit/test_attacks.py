@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from robustprune.attacks.types import AttackResources, WordVectors
-from tests.conftest import POSITIVE, tiny_bert, tiny_tokenizer, tiny_vocab
+from tests.conftest import POSITIVE, tiny_bert, tiny_bert_config, tiny_tokenizer, tiny_vocab
 
 
 class NetworkUsed(AssertionError):
@@ -148,22 +148,16 @@ STOPWORDS = frozenset({"the", "is", "a", "and", "this", "very", "quite"})
 @pytest.fixture(scope="module")
 def resources(tmp_path_factory, tok) -> AttackResources:
     """Synthetic resources: vectors with good~fine, WordNet-like POS, a tiny random encoder and MLM."""
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     root = tmp_path_factory.mktemp("resources")
     enc_dir, mlm_dir = root / "encoder", root / "mlm"
     tiny_bert().bert.save_pretrained(enc_dir)
     tok.save_pretrained(enc_dir)
     torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tiny_vocab()),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
+    BertForMaskedLM(tiny_bert_config(vocab_size=len(tiny_vocab()), num_hidden_layers=1)).save_pretrained(
+        mlm_dir
     )
-    BertForMaskedLM(cfg).save_pretrained(mlm_dir)
     tok.save_pretrained(mlm_dir)
     return AttackResources(
         vectors=synthetic_vectors(WORDS, {"good": "fine", "witty": "great"}),

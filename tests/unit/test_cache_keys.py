@@ -53,3 +53,25 @@ def test_every_cached_stage_keys_its_code_with_the_one_helper(name: str) -> None
     path = ROOT / "tasks" / f"{name}.py"
     assert _source_hashes_outside_code_digest(path) == [], f"{path.name} hashes source files itself"
     assert "code_digest(" in path.read_text(), f"{path.name} keys no cache on its code"
+
+
+def test_publish_models_leaves_exactly_the_asked_models_and_logs_the_report(tmp_path, monkeypatch):
+    import mlflow
+
+    from robustprune.checkpoints import read_json
+    from tasks.common import Layout, publish_models
+
+    logged = []
+    monkeypatch.setattr(
+        mlflow, "log_artifact", lambda path, artifact_path=None: logged.append((path, artifact_path))
+    )
+    layout = Layout(tmp_path)
+    for name in ("old", "keep"):
+        (tmp_path / "models" / "sds" / name).mkdir(parents=True)
+    publish_models(layout, "sds", {"keep": {}, "new": {}}, {"keep": 1})
+    assert sorted(p.name for p in (tmp_path / "models" / "sds").iterdir()) == ["index.json", "keep"]
+    assert read_json(tmp_path / "models" / "sds" / "index.json") == ["keep", "new"]
+    assert read_json(layout.reports / "sds.json") == {"keep": 1}
+    assert logged == [(str(layout.reports / "sds.json"), "sds")]
+    publish_models(layout, "cap", [], {})  # no model asked for: the out directory still exists
+    assert read_json(tmp_path / "models" / "cap" / "index.json") == []

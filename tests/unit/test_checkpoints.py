@@ -144,3 +144,14 @@ def test_interrupted_swap_keeps_the_previous_directory(tmp_path: Path, monkeypat
     monkeypatch.setattr(ck.os, "replace", real)
     assert (dest / "w.bin").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_keep_only_dirs_removes_unasked_subdirectories_only(tmp_path):
+    from robustprune.checkpoints import keep_only_dirs
+
+    for name in ("kept", "stale", ".hidden"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "index.json").write_text("[]")
+    assert keep_only_dirs(tmp_path, iter(["kept", "absent"])) == ["stale"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "index.json", "kept"]
+    assert keep_only_dirs(tmp_path / "missing", []) == []  # no out directory yet: nothing to do

@@ -46,6 +46,15 @@ def test_bad_arguments_exit_2_with_one_line_naming_the_option(argv, option, caps
     assert e.value.code == 2 and len(err) == 1 and option in err[0], err
 
 
+def split_importtime(stderr: str) -> tuple[list[str], set[str]]:
+    """The lines of a ``python -X importtime`` run's stderr that are not its import times, and the modules
+    it imported."""
+    lines = stderr.splitlines()
+    errors = [line for line in lines if not line.startswith("import time:")]
+    imported = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+    return errors, imported
+
+
 def test_a_bad_argument_costs_no_heavy_import():
     res = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "flows.cli", "prune", "org/model", "--sparsity", "2"],
@@ -54,10 +63,7 @@ def test_a_bad_argument_costs_no_heavy_import():
         text=True,
         timeout=120,
     )
-    errors = [line for line in res.stderr.splitlines() if not line.startswith("import time:")]
-    imported = {
-        line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")
-    }
+    errors, imported = split_importtime(res.stderr)
     assert res.returncode == 2 and len(errors) == 1 and "argument --sparsity" in errors[0], res.stderr[-2000:]
     assert not {"torch", "prefect", "mlflow", "transformers"} & imported
 

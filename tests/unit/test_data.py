@@ -346,3 +346,19 @@ def test_classification_target_rule(labels: list[int], ok: bool, expected: str) 
     with pytest.raises(data.LabelError, match=None) as info:
         data.check_classification_target(np.array(labels), names)
     assert expected in str(info.value)
+
+
+def test_splits_as_configured_uses_the_data_sections_sizes_and_the_seed():
+    from types import SimpleNamespace
+
+    from robustprune.data import make_splits, splits_as_configured
+
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    cfg = SimpleNamespace(validation_size=6, test_size=0.25, max_train_examples=12)
+    got = splits_as_configured(df, ("neg", "pos"), cfg, seed=4)
+    want = make_splits(df, ("neg", "pos"), validation_size=6, test_size=0.25, seed=4, max_train_examples=12)
+    assert (len(got.train), len(got.validation), len(got.test)) == (12, 6, 10)
+    for split in ("train", "validation", "test"):
+        assert getattr(got, split)["text"].tolist() == getattr(want, split)["text"].tolist()
+    other = splits_as_configured(df, ("neg", "pos"), cfg, seed=5)
+    assert other.test["text"].tolist() != want.test["text"].tolist()

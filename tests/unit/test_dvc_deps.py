@@ -9,10 +9,11 @@ shipped, never what they are.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
+
+from tests.unit.test_layers import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,19 +52,7 @@ def _file(module: str) -> Path | None:
 
 
 def _imports(path: Path, module: str) -> set[str]:
-    out = set()
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}
-    return out
+    return imported_names(path, module, from_modules=True)
 
 
 def stage_modules(stage: str) -> set[str]:

@@ -35,10 +35,11 @@ def project_modules(layers: dict[str, tuple[Path, int]] = LAYERS) -> dict[str, P
     return out
 
 
-def imported_names(path: Path, module: str) -> set[str]:
+def imported_names(path: Path, module: str, *, from_modules: bool = False) -> set[str]:
     """Every dotted name ``path`` imports (``from a import b`` gives ``a.b``: the module ``a.b`` if there is one,
-    else an attribute of ``a``), relative imports resolved. Parent packages imported on the way are not
-    counted (``import a.b.c`` runs ``a/__init__.py`` too, whatever the statement's form)."""
+    else an attribute of ``a``, and ``a`` itself too with ``from_modules``), relative imports resolved. Parent
+    packages imported on the way are not counted (``import a.b.c`` runs ``a/__init__.py`` too, whatever the
+    statement's form)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
@@ -50,6 +51,8 @@ def imported_names(path: Path, module: str) -> set[str]:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([node.module] if node.module else []))
             out |= {f"{base}.{a.name}" if a.name != "*" else base for a in node.names}
+            if from_modules:
+                out.add(base)
     return out
 
 

@@ -288,3 +288,29 @@ def test_batched_calibration_gives_the_same_masks() -> None:
         four = prune_model(tiny_llama(), [{"input_ids": ids[i : i + 4]} for i in range(0, 8, 4)], opts)
         agree = sum(int((one.masks[k] == four.masks[k]).sum()) for k in one.masks)
         assert agree / sum(m.numel() for m in one.masks.values()) >= 0.99
+
+
+def test_build_protocol_is_the_params_sections_protocol(corpus: Corpus, tmp_path: Path) -> None:
+    """``build_protocol`` passes every ``lm`` setting and both seeds through (a swapped seed changes the split)."""
+    from types import SimpleNamespace
+
+    from robustprune.lm import build_protocol
+
+    texts, tok = corpus
+    (tmp_path / "docs.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    tok.save_pretrained(tmp_path / "tok")
+    lm = SimpleNamespace(
+        text=str(tmp_path / "docs.txt"), eval_tokens=48, window=16, calib_chunks=6, calib_len=8
+    )
+    got = build_protocol(lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=5)
+    want = _split(corpus, eval_tokens=48, calib_chunks=6, seed=3, calib_seed=5)
+    assert got.eval_doc_indices == want.eval_doc_indices and got.calib_starts == want.calib_starts
+    assert torch.equal(got.eval_ids, want.eval_ids)
+    assert len(got.calib_batches) == len(want.calib_batches) > 0
+    assert all(
+        torch.equal(a["input_ids"], b["input_ids"])
+        for a, b in zip(got.calib_batches, want.calib_batches, strict=True)
+    )
+    assert (
+        build_protocol(lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=6).calib_starts != want.calib_starts
+    )

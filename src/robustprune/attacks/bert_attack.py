@@ -41,13 +41,12 @@ import numpy as np
 import torch
 
 from robustprune.attacks.components import (
-    LowercaseStopwordModification,
+    common_constraints,
+    greedy_wir_attack,
     is_one_word,
-    polarity_constraints,
-    sentence_encoder,
-    untargeted_goal,
+    whole_text_similarity,
 )
-from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
+from robustprune.attacks.similarity import MeanPooledEncoder
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
 from robustprune.attacks.wrapper import ForwardStats
@@ -196,17 +195,9 @@ def build(
         masked_lm = load_mlm(resources.mlm_dir)
     mlm, mlm_tokenizer = masked_lm
     constraints = [
-        _ta.constraints.pre_transformation.RepeatModification(),
-        LowercaseStopwordModification(resources.stopwords),
-        *polarity_constraints(resources, polarity_constraint),
+        *common_constraints(resources, polarity_constraint),
         _ta.constraints.overlap.MaxWordsPerturbed(max_percent=max_percent),
-        EncoderSimilarity(
-            sentence_encoder(resources, encoder),
-            threshold=sim_threshold,
-            metric=sim_metric,
-            compare_against_original=True,
-            window_size=None,
-        ),
+        whole_text_similarity(resources, encoder, sim_threshold, sim_metric),
     ]
     transformation = BertAttackMaskedLMSwap(
         mlm,
@@ -215,9 +206,6 @@ def build(
         max_candidates=max_candidates,
         max_length=mlm_max_length,
     )
-    return _ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        transformation,
-        _ta.search_methods.GreedyWordSwapWIR(wir_method="unk"),
+    return greedy_wir_attack(
+        model_wrapper, constraints, transformation, wir_method="unk", query_budget=query_budget
     )

@@ -17,7 +17,8 @@ Each one replaces a stock component that downloads something or crashes offline
 * :class:`PolarityConstraint` (issue #28, off by default) rejects a swap whose two words have opposite
   polarity in VADER's or AFINN's lexicon or are WordNet antonyms (:mod:`robustprune.attacks.validity`);
   :func:`polarity_constraints` builds it from a recipe's ``polarity_constraint`` option;
-* :func:`sentence_encoder` loads the shared mean-pooled encoder, :func:`untargeted_goal` the goal.
+* :func:`sentence_encoder` loads the shared mean-pooled encoder, :func:`untargeted_goal` the goal,
+  :func:`greedy_wir_attack` the attack the recipes assemble from them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from robustprune.attacks.similarity import MeanPooledEncoder
+from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
 from robustprune.attacks.tagger import ContextTagger
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources, WordVectors
@@ -378,6 +379,29 @@ def sentence_encoder(
     )
 
 
+def common_constraints(resources: AttackResources, polarity_constraint: Mapping | None) -> list[Constraint]:
+    """The constraints every word-swap recipe opens with: no word swapped twice, no stopword swapped
+    (lower-cased, the bundle's list), then the optional polarity check (:func:`polarity_constraints`)."""
+    return [
+        _ta.constraints.pre_transformation.RepeatModification(),
+        LowercaseStopwordModification(resources.stopwords),
+        *polarity_constraints(resources, polarity_constraint),
+    ]
+
+
+def whole_text_similarity(
+    resources: AttackResources, encoder: MeanPooledEncoder | None, threshold: float, metric: str
+) -> EncoderSimilarity:
+    """Sentence similarity of the whole perturbed text to the original (BERT-Attack's and TextBugger's)."""
+    return EncoderSimilarity(
+        sentence_encoder(resources, encoder),
+        threshold=threshold,
+        metric=metric,
+        compare_against_original=True,
+        window_size=None,
+    )
+
+
 def untargeted_goal(model_wrapper, *, query_budget: int | None = None, batch_size: int | None = None):
     """textattack's untargeted classification goal: any label but the true one.
 
@@ -390,4 +414,23 @@ def untargeted_goal(model_wrapper, *, query_budget: int | None = None, batch_siz
         model_wrapper,
         query_budget=float("inf") if query_budget is None else query_budget,
         model_batch_size=batch_size,
+    )
+
+
+def greedy_wir_attack(
+    model_wrapper,
+    constraints: list,
+    transformation,
+    *,
+    wir_method: str,
+    query_budget: int | None = None,
+    **wir,
+):  # noqa: ANN001 - textattack objects
+    """The recipes' ``textattack.Attack``: the untargeted goal, greedy word swap by word importance ranking
+    (``wir_method``: "delete", "unk", "gradient"; ``wir`` more ``GreedyWordSwapWIR`` options)."""
+    return _ta.Attack(
+        untargeted_goal(model_wrapper, query_budget=query_budget),
+        constraints,
+        transformation,
+        _ta.search_methods.GreedyWordSwapWIR(wir_method=wir_method, **wir),
     )

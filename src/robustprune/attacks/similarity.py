@@ -15,21 +15,19 @@ constraint that calls it; several constraints (and recipes) may share one encode
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from robustprune.attacks.textattack_env import import_textattack
-from robustprune.attacks.wrapper import ForwardStats
+from robustprune.attacks.wrapper import CountedTextModel, ForwardStats
+from robustprune.batching import mean_pool
 
 SentenceEncoder = import_textattack().constraints.semantics.sentence_encoders.SentenceEncoder
 
 
-class MeanPooledEncoder:
+class MeanPooledEncoder(CountedTextModel):
     """Encode sentences with a HF encoder: mean of the last hidden states over real tokens.
 
     ``cache_size`` embeddings (0 disables the cache) are kept, keyed by the exact text;
@@ -46,15 +44,9 @@ class MeanPooledEncoder:
         batch_size: int = 64,
         cache_size: int = 1 << 16,
     ):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.stats = ForwardStats()
-        self.requested = 0
+        super().__init__(
+            model, tokenizer, max_length=max_length, batch_size=batch_size, cache_size=cache_size
+        )
 
     @classmethod
     def from_dir(cls, directory: Path, **options) -> MeanPooledEncoder:
@@ -65,52 +57,17 @@ class MeanPooledEncoder:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         return cls(model, tokenizer, **options)
 
-    def clear_cache(self) -> None:
-        """Forget every cached embedding."""
-        self._cache.clear()
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_pool(self.model(**encoded).last_hidden_state, encoded["attention_mask"]).cpu()
 
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        """Mean-pooled embeddings of ``texts`` (no cache), batched, counted and timed."""
-        device = next(self.model.parameters()).device
-        out = []
-        self.stats.calls += 1
-        self.stats.texts += len(texts)
-        for start in range(0, len(texts), self.batch_size):
-            t0 = time.perf_counter()
-            enc = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu())
-            self.stats.tokenize_seconds += t1 - t0
-            self.stats.forward_seconds += time.perf_counter() - t1
-        return torch.cat(out) if out else torch.empty(0, 0)
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, 0)
 
     def encode(self, sentences: Sequence[str]) -> torch.Tensor:
         """``(len(sentences), d)`` embeddings; each distinct uncached text is encoded once."""
-        sentences = list(sentences)
-        self.requested += len(sentences)
-        if self.cache_size <= 0:
-            return self._forward(sentences)
-        with self._lock:  # shared by the attack tasks of a process, which may run in threads
-            known = {s: self._cache[s] for s in sentences if s in self._cache}
-        missing = list(dict.fromkeys(s for s in sentences if s not in known))
-        if missing:
-            known.update(zip(missing, self._forward(missing), strict=True))
-        with self._lock:
-            for s in dict.fromkeys(sentences):
-                self._cache[s] = known[s]
-                self._cache.move_to_end(s)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return torch.stack([known[s] for s in sentences]) if sentences else torch.empty(0, 0)
+        if not sentences and self.cache_size > 0:
+            return torch.empty(0, 0)  # nothing to count (a cacheless encoder counts the empty call)
+        return self._scored(list(sentences))
 
 
 # how a windowed check treats texts shorter than the window (see EncoderSimilarity)

@@ -38,16 +38,15 @@ import random
 from collections.abc import Mapping
 
 from robustprune.attacks.components import (
-    LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    common_constraints,
+    greedy_wir_attack,
     is_one_word,
-    polarity_constraints,
-    sentence_encoder,
-    untargeted_goal,
+    whole_text_similarity,
     word_embedding,
     words_from_text,
 )
-from robustprune.attacks.similarity import EncoderSimilarity, MeanPooledEncoder
+from robustprune.attacks.similarity import MeanPooledEncoder
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.attacks.types import AttackResources
 from robustprune.registry import TEXTBUGGER
@@ -147,20 +146,9 @@ def build(
         ]
     )
     constraints = [
-        _ta.constraints.pre_transformation.RepeatModification(),
-        LowercaseStopwordModification(resources.stopwords),
-        *polarity_constraints(resources, polarity_constraint),
-        EncoderSimilarity(
-            sentence_encoder(resources, encoder),
-            threshold=sim_threshold,
-            metric=sim_metric,
-            compare_against_original=True,
-            window_size=None,
-        ),
+        *common_constraints(resources, polarity_constraint),
+        whole_text_similarity(resources, encoder, sim_threshold, sim_metric),
     ]
-    return _ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        transformation,
-        _ta.search_methods.GreedyWordSwapWIR(wir_method="delete"),
+    return greedy_wir_attack(
+        model_wrapper, constraints, transformation, wir_method="delete", query_budget=query_budget
     )

@@ -67,12 +67,11 @@ Deviations from the paper (all forced by the offline setting):
 from __future__ import annotations
 
 from robustprune.attacks.components import (
-    LowercaseStopwordModification,
     OneWordEmbeddingSwap,
+    common_constraints,
+    greedy_wir_attack,
     part_of_speech,
-    polarity_constraints,
     sentence_encoder,
-    untargeted_goal,
     word_embedding,
 )
 from robustprune.attacks.similarity import (
@@ -134,9 +133,7 @@ def build(
         allow_verb_noun_swap=allow_verb_noun_swap,
     )
     constraints = [
-        ta.constraints.pre_transformation.RepeatModification(),
-        LowercaseStopwordModification(resources.stopwords),
-        *polarity_constraints(resources, polarity_constraint),
+        *common_constraints(resources, polarity_constraint),
         ta.constraints.semantics.WordEmbeddingDistance(embedding=embedding, min_cos_sim=min_cos_sim),
         pos_constraint,
         EncoderSimilarity(
@@ -149,9 +146,5 @@ def build(
             short_text_threshold=short_text_threshold,
         ),
     ]
-    return ta.Attack(
-        untargeted_goal(model_wrapper, query_budget=query_budget),
-        constraints,
-        OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding),
-        ta.search_methods.GreedyWordSwapWIR(wir_method="delete"),
-    )
+    swap = OneWordEmbeddingSwap(max_candidates=max_candidates, embedding=embedding)
+    return greedy_wir_attack(model_wrapper, constraints, swap, wir_method="delete", query_budget=query_budget)

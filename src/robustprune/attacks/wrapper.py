@@ -22,12 +22,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from robustprune.attacks.textattack_env import import_textattack
+from robustprune.batching import encode_batch, run_length_sorted
 
 ModelWrapper = import_textattack().models.wrappers.ModelWrapper
 
@@ -51,12 +52,104 @@ class ForwardStats:
         self.texts, self.calls, self.tokenize_seconds, self.forward_seconds = 0, 0, 0.0, 0.0
 
 
-class FastClassifierWrapper(ModelWrapper):
+class RowCache:
+    """The rows (logits, embeddings) of the last ``size`` distinct texts, least recently used dropped first.
+
+    Shared by the attack tasks of a process, which may run in threads: look-ups and updates hold a lock,
+    the forward of the missing texts runs unlocked.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        """Forget every row."""
+        self._rows.clear()
+
+    def rows(self, texts: list[str], forward: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """``(len(texts), ...)`` rows; ``forward`` runs once on the distinct texts not cached (non-empty)."""
+        with self._lock:
+            known = {t: self._rows[t] for t in texts if t in self._rows}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known.update(zip(missing, forward(missing), strict=True))
+        with self._lock:
+            for t in dict.fromkeys(texts):
+                self._rows[t] = known[t]
+                self._rows.move_to_end(t)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+        return torch.stack([known[t] for t in texts])
+
+
+class CountedTextModel:
+    """A model + tokenizer scored in length-sorted batches, with an optional :class:`RowCache` and counters.
+
+    ``stats`` counts the texts actually run through the model and times tokenization and forwards;
+    ``requested`` counts every text asked for, cache hits included. Subclasses say what a batch's rows are
+    (:meth:`_rows`) and what no text gives (:meth:`_empty`).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, tokenizer, *, max_length: int, batch_size: int, cache_size: int
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.cache_size = cache_size
+        self._cache = RowCache(cache_size)
+        self.stats = ForwardStats()
+        self.requested = 0
+
+    def clear_cache(self) -> None:
+        """Forget every cached row."""
+        self._cache.clear()
+
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _empty(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _scored(self, texts: list[str]) -> torch.Tensor:
+        """Rows of ``texts``: through the cache when it is on, each distinct uncached text run once."""
+        self.requested += len(texts)
+        if self.cache_size <= 0 or not texts:
+            return self._forward(texts)
+        return self._cache.rows(texts, self._forward)
+
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        """Rows of ``texts`` (no cache), in length-sorted batches of ``batch_size``, counted and timed."""
+        self.stats.calls += 1
+        self.stats.texts += len(texts)
+        device = next(self.model.parameters()).device
+
+        def forward(batch: list[str]) -> torch.Tensor:
+            t0 = time.perf_counter()
+            encoded = encode_batch(self.tokenizer, batch, max_length=self.max_length, device=device)
+            t1 = time.perf_counter()
+            with torch.inference_mode():
+                rows = self._rows(encoded)
+            self.stats.tokenize_seconds += t1 - t0
+            self.stats.forward_seconds += time.perf_counter() - t1
+            return rows
+
+        out = run_length_sorted(texts, forward, batch_size=self.batch_size)
+        return out if out is not None else self._empty()
+
+
+class FastClassifierWrapper(CountedTextModel, ModelWrapper):
     """textattack ``ModelWrapper`` around ``AutoModelForSequenceClassification`` + its tokenizer.
 
     ``__call__(texts)`` returns a ``(len(texts), num_labels)`` float tensor of logits on the CPU
     (textattack's classification goal function applies the softmax, as it does for the stock
-    wrapper).  Texts are scored in chunks of ``batch_size``, each padded to its longest member and
+    wrapper).  Texts are scored in length-sorted batches of ``batch_size``, each padded to its longest member and
     truncated at ``max_length`` tokens, under ``torch.inference_mode``.
     """
 
@@ -75,19 +168,9 @@ class FastClassifierWrapper(ModelWrapper):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.stats = ForwardStats()
-        self.requested = 0  # texts asked for, cache hits included (stats.texts: texts run through the model)
-
-    def clear_cache(self) -> None:
-        """Forget every cached logit row."""
-        self._cache.clear()
+        super().__init__(
+            model, tokenizer, max_length=max_length, batch_size=batch_size, cache_size=cache_size
+        )
 
     @property
     def num_labels(self) -> int | None:
@@ -97,46 +180,13 @@ class FastClassifierWrapper(ModelWrapper):
 
     def __call__(self, text_input_list: Sequence[str]) -> torch.Tensor:
         """Logits for each text (textattack passes ``AttackedText.tokenizer_input``: plain strings)."""
-        texts = list(text_input_list)
-        self.requested += len(texts)
-        if self.cache_size <= 0 or not texts:
-            return self._forward(texts)
-        with self._lock:  # the cache may be shared by tasks running in threads; forwards run unlocked
-            known = {t: self._cache[t] for t in texts if t in self._cache}
-        missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            known.update(zip(missing, self._forward(missing), strict=True))
-        with self._lock:
-            for t in dict.fromkeys(texts):
-                self._cache[t] = known[t]
-                self._cache.move_to_end(t)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        return torch.stack([known[t] for t in texts])
+        return self._scored(list(text_input_list))
 
-    def _forward(self, texts: list[str]) -> torch.Tensor:
-        """Logits of ``texts`` (no cache), in chunks of ``batch_size``, counted and timed."""
-        self.stats.calls += 1
-        self.stats.texts += len(texts)
-        device = next(self.model.parameters()).device
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            t0 = time.perf_counter()
-            encoded = self.tokenizer(
-                texts[start : start + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(device)
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                chunks.append(self.model(**encoded).logits.float().cpu())
-            self.stats.tokenize_seconds += t1 - t0
-            self.stats.forward_seconds += time.perf_counter() - t1
-        if not chunks:
-            return torch.empty(0, self.num_labels or 0)
-        return torch.cat(chunks)
+    def _rows(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**encoded).logits.float().cpu()
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(0, self.num_labels or 0)
 
     def _tokenize(self, inputs: Sequence[str]) -> list[list[str]]:
         """Word pieces of each input (textattack's ``tokenize`` helper, used by some search methods)."""
