@@ -52,3 +52,17 @@ def test_predictions_from_correctness_for_binary_labels_only():
         predictions_from_correct([True], [2], 3)
     with pytest.raises(ValueError, match="class ids"):
         class_balance([0, 2], [0, 1], 2)
+
+
+def test_class_share_uses_the_reports_recall_rule_when_labels_are_known():
+    """One near-constant rule: with labels, class_share judges by recall (< 10% on a class), not by the share."""
+    from robustprune.degeneracy import class_share
+
+    labels = [0] * 30 + [1] * 70
+    preds = [0, 0] + [1] * 28 + [1] * 56 + [0] * 14  # class 0 recall 2/30; class 1 predicted on 84% of rows
+    assert class_share(preds, labels).near_constant and not class_share(preds).near_constant
+    perfect_skewed = [0] * 10 + [1] * 90  # reads its input perfectly; one class is 90% of the rows
+    assert (
+        not class_share(perfect_skewed, perfect_skewed).near_constant
+        and class_share(perfect_skewed).near_constant
+    )
