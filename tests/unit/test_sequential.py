@@ -522,50 +522,6 @@ def test_refit_head_option_runs_after_the_last_block_with_its_alpha(bert, calib_
 
 
 @pytest.mark.parametrize(
-    ("arch", "method", "kw"),
-    [
-        ("bert", "rakp", {"alpha": 1.0, "refit_head": True}),
-        ("bert", "sparsegpt", {"track_dense": False}),
-        ("llama", "rakp", {"alpha": None, "alpha_criterion": "output", "output_stride": 2}),
-    ],
-)
-@pytest.mark.parametrize("from_disk", [False, True])
-def test_pipeline_block_tasks_give_prune_models_result(tmp_path, calib_batches, arch, method, kw, from_disk):
-    """The prune stage's per-block engine (tasks.prune) computes each block once, from the previous task's
-    inputs in memory or, after a restart, from the files (extras included); either way the masks and every
-    weight equal prune_model's."""
-    from tasks import prune as engine
-
-    model = tiny_llama() if arch == "llama" else tiny_bert()
-    model.save_pretrained(tmp_path / "src")
-    batches = (
-        calib_batches if arch == "bert" else [{"input_ids": b["input_ids"][:, :8]} for b in calib_batches]
-    )
-    batches = batches + batches[::-1]
-    opts = _opts(method, TWO_FOUR, **kw)
-    ref = copy.deepcopy(model)
-    want = prune_model(ref, batches, opts)
-
-    source = engine.Source.of(tmp_path / "src")
-    assert source.kind == ("causal-lm" if arch == "llama" else "classifier")
-    work = tmp_path / "work"
-    state = engine.start_branch(work, source, batches, opts, torch.device("cpu"))
-    for i in range(state["num_blocks"]):
-        if from_disk:
-            engine._LIVE.clear()  # as if each task ran in a fresh process
-        engine.run_block(work, source, opts, i, torch.device("cpu"))
-    if from_disk:
-        engine._LIVE.clear()
-    got, masks, reports, head = engine.assemble(work, source, opts, torch.device("cpu"))
-    assert masks.keys() == want.masks.keys() and all(torch.equal(masks[k], want.masks[k]) for k in masks)
-    for (k, x), y in zip(ref.state_dict().items(), got.state_dict().values(), strict=True):
-        assert torch.equal(x, y), k
-    assert [r["alpha"] for r in reports] == [b.alpha for b in want.blocks]
-    assert (head is None) == (want.head is None)
-    assert not engine._LIVE
-
-
-@pytest.mark.parametrize(
     ("config", "files", "kind"),
     [
         ({"architectures": ["LlamaForCausalLM"]}, (), "causal-lm"),
