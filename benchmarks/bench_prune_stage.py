@@ -40,6 +40,7 @@ from _common import RESOURCES, RESULTS, ROOT, provenance, set_threads
 from robustprune.checkpoints import load_masks, read_json, save_tensors, write_json
 from robustprune.config import load_params, sparsity_label
 from robustprune.options import prune_options
+from robustprune.pruning.branch import close_branch
 from tasks import prune as new_prune
 from tasks.common import Layout, combo_name
 
@@ -135,7 +136,7 @@ def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str
     """The prune flow's task sequence for every combination, from scratch; seconds and result digests."""
     shutil.rmtree(layout.prune_work, ignore_errors=True)
     shutil.rmtree(layout.pruned, ignore_errors=True)
-    new_prune._LIVE.clear()
+    close_branch()  # a branch held from an earlier round
     out = {"combos": {}}
     t_stage = time.perf_counter()
     for method, sparsity in combos:

@@ -76,13 +76,15 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "pruning_driver": (
         [
+            "src/robustprune/pruning/block.py",
+            "src/robustprune/pruning/branch.py",
             "src/robustprune/pruning/layerwise.py",
             "src/robustprune/pruning/rakp_alpha.py",
             "src/robustprune/pruning/rakp_head.py",
             "src/robustprune/pruning/sequential.py",
             "src/robustprune/pruning/streams.py",
         ],
-        ["tests/unit/test_sequential.py", "tests/unit/test_pruning_masks.py"],
+        ["tests/unit/test_sequential.py", "tests/unit/test_branch.py", "tests/unit/test_pruning_masks.py"],
     ),
     "sds_layer": (  # the layer-level tests (test_sds.py's model-level ones exercise the driver, sds.py)
         ["src/robustprune/sds_layer.py"],
