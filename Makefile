@@ -62,7 +62,7 @@ repro: setup  ## the same pipeline stage by stage through `dvc repro`
 	$(BIN)/dvc repro
 
 test: setup  ## run the whole test suite (unit + integration + reliability on tiny configs)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-fast: setup  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not integration and not slow and not reliability"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -246,6 +247,13 @@ def make_checkout(root: Path, params: dict) -> Path:
     return root
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every pytest-xdist worker of this session sees: the controller's base temp (the parent of
+    each worker's own, removed by the controller when the session passes); a plain run's own base temp."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, prefect_harness):
     """The real pipeline flow, run once on the tiny project; tests read what it produced.
@@ -254,16 +262,31 @@ def pipeline_run(tmp_path_factory, prefect_harness):
     one: the pipeline records each stage in dvc.lock as it finishes, so the DVC, scale-out and reliability
     tests start from this run's outputs and lock instead of running the stages again. Read it only: a test
     that re-runs a stage or edits a file works on a copy (``copy_project``).
-    """
-    import flows  # noqa: F401
-    from flows.pipeline import pipeline
-    from robustprune.config import load_params
 
-    root = tmp_path_factory.mktemp("tiny-project")
-    params = write_tiny_project(root)
-    make_checkout(root, load_params(params).model_dump(mode="json"))
-    result = pipeline(params_path=str(params), root=str(root))
-    return root, params, result
+    Once per session, not once per worker: under pytest-xdist the first worker that needs it runs it (on its
+    own Prefect API) in a directory every worker sees, under a file lock, and writes the flow's result last;
+    the others wait on the lock and read that result. So nothing may depend on the run's Prefect state
+    (flow runs, persisted task results): those belong to whichever worker ran it.
+    """
+    from filelock import FileLock
+
+    shared = shared_dir(tmp_path_factory)
+    root, done = shared / "tiny-project", shared / "tiny-project.result.json"
+    with FileLock(str(shared / "tiny-project.lock")):
+        if not done.exists():
+            import flows  # noqa: F401
+            from flows.pipeline import pipeline
+            from robustprune.config import load_params
+
+            shutil.rmtree(root, ignore_errors=True)  # a run that failed in another worker
+            root.mkdir()
+            params = write_tiny_project(root)
+            make_checkout(root, load_params(params).model_dump(mode="json"))
+            result = pipeline(params_path=str(params), root=str(root))
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(done)
+    return root, root / "params.yaml", json.loads(done.read_text())
 
 
 #: what a project copy shares with its source by hard link instead of copying: files nothing writes in place
@@ -290,8 +313,84 @@ def copy_project(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
     return dst
 
 
+#: `make test` runs on two pytest-xdist workers (``-n 2 --dist loadgroup --no-loadscope-reorder``, scheduled
+#: by ``pytest_xdist_make_scheduler`` below). A file named in ``GROUP`` is one unit of work (its module
+#: fixtures are made once, on one worker); the reliability files that read ``finished`` share one unit, so it
+#: is made once; every other test is a unit of its own, handed to whichever worker is free. Units start in
+#: collection order, which ``_schedule`` sets: the scale-out file first (its worker makes the shared tiny
+#: run) while the other worker runs what needs no tiny run and the first half of the unit tests; then the
+#: long files, longest first; the rest of the unit tests fill in at the end. The seconds are each file's share
+#: of `make test`'s `--durations` on 2 cores.
+FIRST = (
+    "tests/integration/test_scaleout.py",  # ~165 s, with the shared tiny run
+    "tests/integration/test_lm_flow.py",  # ~30 s, no tiny run
+    "tests/reliability/test_interrupt.py",
+)
+LAST = (  # after the first half of the unit tests, longest first
+    "tests/integration/test_dvc.py",  # ~120 s
+    "tests/reliability/test_kill.py",  # the `finished` unit: ~180 s in all
+    "tests/reliability/test_stop.py",
+    "tests/reliability/test_bad_inputs.py",
+    "tests/reliability/test_reproducible.py",
+    "tests/integration/test_pipeline.py",  # ~90 s
+    "tests/integration/test_own_model.py",  # ~75 s
+    "tests/integration/test_scaleout_dvc.py",  # ~70 s
+    "tests/integration/test_cap.py",  # ~50 s
+    "tests/integration/test_scaleout_dask.py",  # ~45 s
+)
+#: unit-test files whose module fixtures load something sizeable (attack resources, MLM heads): one unit each
+FIXTURED = tuple(
+    f"tests/unit/test_{n}.py" for n in ("attack_resources", "attack_validity", "attacks", "augment", "lm")
+)
+GROUP = {f: Path(f).stem for f in (*FIRST, *LAST, *FIXTURED)} | {
+    f"tests/reliability/test_{n}.py": "finished" for n in ("kill", "stop", "bad_inputs", "reproducible")
+}
+
+
+def _path(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201
+    """``--dist loadgroup`` by ``GROUP``: a file named there is one unit, every other test a unit of its own.
+
+    pytest-xdist's own loadgroup reads ``xdist_group`` marks by renaming node ids, which pytest 9.2's node
+    ids no longer allow (every test became a unit of its own and module fixtures ran on both workers)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            f = nodeid.split("::", 1)[0]
+            return GROUP.get(f, nodeid)
+
+    return FileGroups(config, log)
+
+
+def _schedule(items: list[pytest.Item]) -> None:
+    """Order ``items`` in place for the two workers (see ``FIRST``)."""
+    path = _path
+    rank = {f: n for n, f in enumerate(FIRST)}
+    rank |= {f: len(FIRST) + 1 + n for n, f in enumerate(LAST)}
+    rest = [i for i in items if path(i) not in rank]
+    files = list(dict.fromkeys(path(i) for i in rest))
+    early = set(files[: len(files) // 2])
+
+    def key(item: pytest.Item) -> int:
+        f = path(item)
+        if f in rank:
+            return rank[f]
+        return len(FIRST) if f in early else len(FIRST) + len(LAST) + 1
+
+    items.sort(key=key)  # stable: the order inside a file is kept
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` run only where CUDA is visible (``pytest -m gpu`` on a CUDA host)."""
+    """Order the tests for two xdist workers (``_schedule``); tests marked ``gpu`` run only where
+    CUDA is visible (``pytest -m gpu`` on a CUDA host)."""
+    _schedule(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
