@@ -76,7 +76,9 @@ def main() -> None:
         work = Path(tmp)
         for sp in ("0.875", "2:4"):
             rows.append(
-                measure("tiny-bert (tests/conftest.py)", magnitude_prune_rows(tiny_bert(), sp), sp, work / "t")
+                measure(
+                    "tiny-bert (tests/conftest.py)", magnitude_prune_rows(tiny_bert(), sp), sp, work / "t"
+                )
             )
         if args.minilm:
             from robustprune import resources
