@@ -328,9 +328,19 @@ def protocol_texts(text: str, resources_dir: Path) -> list[str]:
     return [d for d in docs if d]
 
 
-def build_protocol(lm: Any, model: str | Path, resources_dir: Path, *, seed: int, calib_seed: int) -> LMData:
+def build_protocol(
+    lm: Any,
+    model: str | Path,
+    resources_dir: Path,
+    *,
+    seed: int,
+    calib_seed: int,
+    calib_batch_size: int = 1,
+    rng: RngKind = "python",
+) -> LMData:
     """The protocol the ``lm`` params section (``robustprune.config.LMConfig``) defines for ``model``'s tokenizer:
-    its text, evaluation tokens, window and calibration chunks, with calibration seed ``calib_seed``."""
+    its text, evaluation tokens, window and calibration chunks, with calibration seed ``calib_seed``
+    (``calib_batch_size`` chunks a batch; ``rng`` as :func:`perplexity_protocol`'s)."""
     return perplexity_protocol(
         protocol_texts(lm.text, resources_dir),
         load_lm_tokenizer(model),
@@ -340,6 +350,8 @@ def build_protocol(lm: Any, model: str | Path, resources_dir: Path, *, seed: int
         calib_chunks=lm.calib_chunks,
         calib_len=lm.calib_len,
         calib_seed=calib_seed,
+        calib_batch_size=calib_batch_size,
+        rng=rng,
     )
 
 

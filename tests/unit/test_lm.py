@@ -314,6 +314,12 @@ def test_build_protocol_is_the_params_sections_protocol(corpus: Corpus, tmp_path
     assert (
         build_protocol(lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=6).calib_starts != want.calib_starts
     )
+    other = build_protocol(
+        lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=5, calib_batch_size=4, rng="numpy"
+    )
+    numpy = _split(corpus, eval_tokens=48, calib_chunks=6, seed=3, calib_seed=5, rng="numpy")
+    assert other.calib_starts == numpy.calib_starts != want.calib_starts
+    assert [b["input_ids"].shape[0] for b in other.calib_batches] == [4, 2]
 
 
 def test_protocol_file_is_built_once_per_settings(corpus: Corpus, tmp_path: Path, monkeypatch) -> None:
