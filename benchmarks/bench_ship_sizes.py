@@ -27,20 +27,6 @@ import _common
 import torch
 
 
-def magnitude_prune(model: torch.nn.Module, sparsity: str) -> torch.nn.Module:
-    """Every block Linear pruned by |w| within each row (unstructured, exact count) or each group of 4 (2:4)."""
-    from robustprune.modeling import prunable_linears
-
-    for lin in prunable_linears(model).values():
-        w = lin.weight.data
-        if sparsity == "2:4":
-            groups = w.view(w.shape[0], -1, 4)
-            groups.scatter_(2, groups.abs().argsort(dim=2)[:, :, :2], 0.0)
-        else:
-            w.scatter_(1, w.abs().argsort(dim=1)[:, : int(w.shape[1] * float(sparsity))], 0.0)
-    return model
-
-
 def measure(name: str, model: torch.nn.Module, sparsity: str, work: Path) -> dict:
     from robustprune import export
     from robustprune.modeling import prunable_linears
@@ -83,13 +69,16 @@ def main() -> None:
     args = ap.parse_args()
     from robustprune.modeling import load_classifier
     from tests.conftest import tiny_bert
+    from tests.helpers import magnitude_prune_rows
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for sp in ("0.875", "2:4"):
             rows.append(
-                measure("tiny-bert (tests/conftest.py)", magnitude_prune(tiny_bert(), sp), sp, work / "t")
+                measure(
+                    "tiny-bert (tests/conftest.py)", magnitude_prune_rows(tiny_bert(), sp), sp, work / "t"
+                )
             )
         if args.minilm:
             from robustprune import resources
@@ -97,7 +86,7 @@ def main() -> None:
             directory = resources.extract("minilm", Path(tmp) / "minilm")
             for sp in ("0.875", "2:4"):
                 torch.manual_seed(0)
-                model = magnitude_prune(load_classifier(directory, num_labels=2), sp)
+                model = magnitude_prune_rows(load_classifier(directory, num_labels=2), sp)
                 rows.append(measure("all-MiniLM-L6-v2 classifier (magnitude)", model, sp, work / "m"))
         for d in args.model:
             sp = json.loads((Path(d) / "metrics.json").read_text())["sparsity_target"]

@@ -27,18 +27,11 @@ from typing import Any
 
 import _common  # noqa: F401 - sets sys.path and the offline environment first
 import torch
-from _common import ROOT, provenance, timed
+from _common import RESOURCES, ROOT, provenance, timed
 
 from robustprune.checkpoints import read_json, write_json  # noqa: E402
-from robustprune.lm import (  # noqa: E402
-    LMData,
-    convert_gguf,
-    load_causal_lm,
-    load_lm_tokenizer,
-    perplexity,
-    perplexity_protocol,
-    speech_texts,
-)
+from robustprune.config import LMConfig  # noqa: E402
+from robustprune.lm import LMData, build_protocol, convert_gguf, load_causal_lm, perplexity  # noqa: E402
 from robustprune.modeling import measured_sparsity  # noqa: E402
 from robustprune.options import alpha_spec  # noqa: E402
 from robustprune.profiling import PeakRSS  # noqa: E402
@@ -70,15 +63,9 @@ def prepare(
         with timed() as t:
             convert_gguf(gguf, hf_dir)
         print(f"converted {gguf.name} -> {hf_dir} in {t['seconds']:.1f} s", flush=True)
-    speeches = extract("political_speeches", ROOT / ".cache" / "resources" / "political_speeches")
-    tokenizer = load_lm_tokenizer(hf_dir)
-    data = perplexity_protocol(
-        speech_texts(speeches),
-        tokenizer,
-        rng=rng,
-        calib_chunks=calib_chunks,
-        calib_batch_size=calib_batch_size,
-        calib_seed=calib_seed,
+    lm = LMConfig(text="political_speeches", calib_chunks=calib_chunks)  # the lm section's protocol
+    data = build_protocol(
+        lm, hf_dir, RESOURCES, seed=0, calib_seed=calib_seed, calib_batch_size=calib_batch_size, rng=rng
     )
     summary = {
         "rng": rng,

@@ -34,14 +34,7 @@ from _common import RESOURCES, ROOT  # noqa: E402
 
 from robustprune.checkpoints import read_json, write_json  # noqa: E402
 from robustprune.config import Params, load_params  # noqa: E402
-from robustprune.lm import (  # noqa: E402
-    build_protocol,
-    convert_gguf,
-    load_causal_lm,
-    load_protocol,
-    perplexity,
-    save_protocol,
-)
+from robustprune.lm import convert_gguf, load_causal_lm, load_protocol, perplexity, protocol_file  # noqa: E402
 from robustprune.modeling import measured_sparsity, resolve_device  # noqa: E402
 from robustprune.options import prune_options, sds_options  # noqa: E402
 from robustprune.pruning.sequential import prune_model  # noqa: E402
@@ -83,13 +76,9 @@ def model_dir(spec: str, work: Path) -> str:
 
 
 def protocol(params: Params, model: str, seed: int, directory: Path) -> tuple[torch.Tensor, list[dict]]:
-    """Evaluation ids and calibration batches for one calibration seed (built once, then read back)."""
-    lm = params.lm
-    path = directory / f"protocol-s{seed}.safetensors"
-    if not path.is_file():
-        data = build_protocol(lm, model, RESOURCES, seed=params.seed, calib_seed=seed)
-        save_protocol(path, data)
-    return load_protocol(path, lm.calib_batch_size)
+    """Evaluation ids and calibration batches for one calibration seed (built once per settings, then read back)."""
+    path = protocol_file(params.lm, model, RESOURCES, directory, seed=params.seed, calib_seed=seed)
+    return load_protocol(path, params.lm.calib_batch_size)
 
 
 class Results:

@@ -24,14 +24,7 @@ from prefect.logging import get_run_logger
 
 from robustprune.checkpoints import load_masks, load_tensors, read_json, save_masks, save_tensors, write_json
 from robustprune.config import Params
-from robustprune.lm import (
-    build_protocol,
-    convert_gguf,
-    load_causal_lm,
-    load_protocol,
-    perplexity,
-    save_protocol,
-)
+from robustprune.lm import convert_gguf, load_causal_lm, load_protocol, perplexity, protocol_file
 from robustprune.modeling import measured_sparsity, prunable_linears, resolve_device
 from robustprune.options import prune_options as build_prune_options
 from robustprune.options import sds_options
@@ -71,33 +64,10 @@ def lm_model(params: Params, layout: Layout) -> str:
 @task(name="lm-protocol", tags=["cpu"])
 def lm_protocol(params: Params, layout: Layout, model: str, calib_seed: int) -> str:
     """Evaluation tokens and calibration chunks for one calibration seed, saved as safetensors."""
-    lm = params.lm
-    path = lm_dirs(layout)["data"] / f"protocol-s{calib_seed}.safetensors"
-    meta_path = path.with_suffix(".json")
-    settings = {
-        "model": model,
-        "text": lm.text,
-        "seed": params.seed,
-        "eval_tokens": lm.eval_tokens,
-        "window": lm.window,
-        "calib_chunks": lm.calib_chunks,
-        "calib_len": lm.calib_len,
-        "calib_seed": calib_seed,
-    }
-    if path.is_file() and meta_path.is_file() and read_json(meta_path).get("settings") == settings:
-        return str(path)
-    data = build_protocol(lm, model, layout.resources, seed=params.seed, calib_seed=calib_seed)
-    save_protocol(path, data)
-    write_json(
-        meta_path,
-        {
-            "settings": settings,
-            "eval_docs": len(data.eval_doc_indices),
-            "eval_available_tokens": data.eval_available_tokens,
-            "calib_docs": len(data.calib_doc_indices),
-        },
+    data = lm_dirs(layout)["data"]
+    return str(
+        protocol_file(params.lm, model, layout.resources, data, seed=params.seed, calib_seed=calib_seed)
     )
-    return str(path)
 
 
 def _protocol(path: str, batch_size: int = 1) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from robustprune.records import Record
 
 
 @dataclass(frozen=True)
-class ClassBalance:
+class ClassBalance(Record):
     """Per-class recall and predicted share (index = class id; NaN recall for a class with no example),
     Cohen's κ, and whether the model is near-constant under ``min_recall``."""
 
@@ -28,10 +30,6 @@ class ClassBalance:
     kappa: float
     min_recall: float
     near_constant: bool
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON / MLflow)."""
-        return asdict(self)
 
     def describe(self, label_names: Sequence[str] | None = None) -> str:
         """``"recall fresh 98.6 / rotten 1.4, κ 0.02"``."""
@@ -91,7 +89,7 @@ NEAR_CONSTANT_SHARE = 0.9  # without labels: one class on at least this share of
 
 
 @dataclass(frozen=True)
-class ClassShare:
+class ClassShare(Record):
     """The most predicted class, its share of the ``n`` rows, and whether the model is near-constant: by
     :func:`class_balance`'s recall rule when the labels are known, else one class on ≥ ``NEAR_CONSTANT_SHARE``."""
 
@@ -99,10 +97,6 @@ class ClassShare:
     share: float
     n: int
     near_constant: bool
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON)."""
-        return asdict(self)
 
 
 def class_share(

@@ -12,13 +12,14 @@ version (a robust model moves its representation little).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from robustprune.batching import encode_batch, mean_pool, run_length_sorted
+from robustprune.records import Record
 
 
 @torch.inference_mode()
@@ -59,17 +60,13 @@ def layer_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Fidelity:
+class Fidelity(Record):
     """Mean cosine over examples, per layer (0 = embeddings), their mean, and the last layer's."""
 
     per_layer: list[float]
     mean: float
     last: float
     n: int
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON)."""
-        return asdict(self)
 
 
 def summarize_cosine(cos: torch.Tensor) -> Fidelity:

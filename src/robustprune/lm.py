@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustprune.checkpoints import atomic_dir, save_tensors
+from robustprune.checkpoints import atomic_dir, read_json, save_tensors, write_json
 from robustprune.modeling import quiet_transformers
 
 RngKind = Literal["python", "numpy"]
@@ -328,9 +328,19 @@ def protocol_texts(text: str, resources_dir: Path) -> list[str]:
     return [d for d in docs if d]
 
 
-def build_protocol(lm: Any, model: str | Path, resources_dir: Path, *, seed: int, calib_seed: int) -> LMData:
+def build_protocol(
+    lm: Any,
+    model: str | Path,
+    resources_dir: Path,
+    *,
+    seed: int,
+    calib_seed: int,
+    calib_batch_size: int = 1,
+    rng: RngKind = "python",
+) -> LMData:
     """The protocol the ``lm`` params section (``robustprune.config.LMConfig``) defines for ``model``'s tokenizer:
-    its text, evaluation tokens, window and calibration chunks, with calibration seed ``calib_seed``."""
+    its text, evaluation tokens, window and calibration chunks, with calibration seed ``calib_seed``
+    (``calib_batch_size`` chunks a batch; ``rng`` as :func:`perplexity_protocol`'s)."""
     return perplexity_protocol(
         protocol_texts(lm.text, resources_dir),
         load_lm_tokenizer(model),
@@ -340,6 +350,8 @@ def build_protocol(lm: Any, model: str | Path, resources_dir: Path, *, seed: int
         calib_chunks=lm.calib_chunks,
         calib_len=lm.calib_len,
         calib_seed=calib_seed,
+        calib_batch_size=calib_batch_size,
+        rng=rng,
     )
 
 
@@ -347,6 +359,40 @@ def save_protocol(path: Path, data: LMData) -> Path:
     """Write a protocol's evaluation ids and calibration chunks (``(chunks, len)``) as safetensors, atomically."""
     calib = torch.cat([b["input_ids"] for b in data.calib_batches])
     return save_tensors(path, {"eval_ids": data.eval_ids, "calib_ids": calib})
+
+
+def protocol_file(
+    lm: Any, model: str | Path, resources_dir: Path, directory: Path, *, seed: int, calib_seed: int
+) -> Path:
+    """``directory/protocol-s<calib_seed>.safetensors``: :func:`build_protocol`'s tokens, built and saved once,
+    then reused while the settings they were built with (``protocol-s<calib_seed>.json`` beside them) are the
+    same; rebuilt when a setting changed or the settings file is missing. Read it with :func:`load_protocol`."""
+    path = Path(directory) / f"protocol-s{calib_seed}.safetensors"
+    meta_path = path.with_suffix(".json")
+    settings = {
+        "model": str(model),
+        "text": lm.text,
+        "seed": seed,
+        "eval_tokens": lm.eval_tokens,
+        "window": lm.window,
+        "calib_chunks": lm.calib_chunks,
+        "calib_len": lm.calib_len,
+        "calib_seed": calib_seed,
+    }
+    if path.is_file() and meta_path.is_file() and read_json(meta_path).get("settings") == settings:
+        return path
+    data = build_protocol(lm, model, resources_dir, seed=seed, calib_seed=calib_seed)
+    save_protocol(path, data)
+    write_json(
+        meta_path,
+        {
+            "settings": settings,
+            "eval_docs": len(data.eval_doc_indices),
+            "eval_available_tokens": data.eval_available_tokens,
+            "calib_docs": len(data.calib_doc_indices),
+        },
+    )
+    return path
 
 
 def load_protocol(

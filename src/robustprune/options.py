@@ -6,10 +6,32 @@ so a profile means the same run whichever of them executes it.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
 from robustprune.config import LMConfig, PruneConfig, SdsConfig, parse_sparsity
 from robustprune.pruning import Pattern
 from robustprune.pruning.layerwise import PruneOptions, RakpOptions
 from robustprune.sds import SDSOptions
+
+T = TypeVar("T")
+
+
+def section_options(
+    cls: type[T], section: BaseModel, *, not_options: Collection[str] = (), **values: Any
+) -> T:
+    """The options dataclass ``cls`` from a validated params section: each of the section's keys (except
+    ``not_options``: the keys that choose what runs, not how) is passed as the field of the same name;
+    ``values`` set fields as converted (they win over a key of the same name). A key ``cls`` has no field
+    for raises ValueError: a setting in params.yaml must reach its solver."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type] - cls is a dataclass
+    keys = [k for k in type(section).model_fields if k not in not_options]
+    if stray := [k for k in keys if k not in names]:
+        raise ValueError(f"{type(section).__name__} keys {stray} are no field of {cls.__name__}")
+    return cls(**{**{k: getattr(section, k) for k in keys}, **values})
 
 
 def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> PruneOptions:
@@ -26,33 +48,19 @@ def prune_options(cfg: PruneConfig | LMConfig, method: str, sparsity: str) -> Pr
         dampening=cfg.dampening,
         modules=cfg.modules if isinstance(cfg, PruneConfig) else None,
         track_dense=cfg.track_dense,
-        rakp=RakpOptions(
+        rakp=section_options(
+            RakpOptions,
+            rk,
             alpha=rk.alpha if isinstance(rk.alpha, float) else None,
             alpha_depth=tuple(rk.alpha_depth) if rk.alpha == "depth" else None,
             alpha_grid=tuple(rk.alpha_grid),
-            holdout_fraction=rk.holdout_fraction,
-            alpha_criterion=rk.alpha_criterion,
-            output_stride=rk.output_stride,
-            ridge=rk.ridge,
-            refit_head=rk.refit_head,
-            next_input=rk.next_input,
         ),
     )
 
 
 def sds_options(cfg: SdsConfig) -> SDSOptions:
     """SDS's reactivation / adjustment options from an ``sds`` section (``sds:`` or ``lm.sds:``)."""
-    return SDSOptions(
-        l1=cfg.l1,
-        regularizer=cfg.regularizer,
-        group_size=cfg.group_size,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        optimizer=cfg.optimizer,
-        init=cfg.init,
-        final_adjust_steps=cfg.final_adjust_steps,
-        adjust_lr=cfg.adjust_lr,
-    )
+    return section_options(SDSOptions, cfg, not_options=("methods", "sparsities"))
 
 
 def alpha_spec(text: str) -> dict[str, object]:

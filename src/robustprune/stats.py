@@ -26,12 +26,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import permutations
 from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from robustprune.records import Record
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no measurable difference"
 
@@ -43,7 +45,7 @@ def _z(confidence: float) -> float:
 
 
 @dataclass(frozen=True)
-class Rate:
+class Rate(Record):
     """``k`` of ``n`` with its ``confidence`` Wilson interval (fractions in [0, 1]); NaN when ``n`` is 0."""
 
     k: int
@@ -51,10 +53,6 @@ class Rate:
     value: float
     low: float
     high: float
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON / MLflow)."""
-        return asdict(self)
 
     def pct(self, digits: int = 1) -> str:
         """``"81.2 [78.7, 83.5]"``: percent with the interval, or ``"–"`` for no example."""
@@ -238,7 +236,7 @@ def min_detectable(m: int, n: int, alpha: float = 0.05) -> float | None:
 
 
 @dataclass(frozen=True)
-class PairedDifference:
+class PairedDifference(Record):
     """A − B on the same ``n`` examples (fractions), its Tango interval, the score test's p and the verdict.
 
     ``a_only``: examples A gets right and B wrong; ``b_only``: the reverse. ``mde``: the smallest
@@ -256,10 +254,6 @@ class PairedDifference:
     verdict: str
     mde: float | None
     deff: float = 1.0
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON / MLflow)."""
-        return asdict(self)
 
     def pts(self, digits: int = 1) -> str:
         """``"+4.0 [+1.2, +6.9] pts"`` in percentage points."""
@@ -392,16 +386,12 @@ def _ranks(values: Sequence[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class Correlation:
+class Correlation(Record):
     """Spearman's rho over ``n`` pairs with its two-sided permutation p-value (NaN where undefined)."""
 
     rho: float
     p_value: float
     n: int
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON / MLflow)."""
-        return asdict(self)
 
     def words(self, alpha: float = 0.05) -> str:
         """How the report states it: a correlation, never a mechanism."""

@@ -19,6 +19,7 @@ from robustprune import resources
 from robustprune.attacks import counterfit, embeddings, lookalike, stopwords, wordnet
 from robustprune.resources import RESOURCES, ResourceError
 from tests.conftest import synthetic_reviews, tiny_bert_config, tiny_tokenizer
+from tests.helpers import wheel_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -446,8 +447,7 @@ def _lf(data: bytes) -> str:
 
 @pytest.fixture
 def toy_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
+    wheels = wheel_dir(tmp_path, monkeypatch)
     with tarfile.open(wheels / "toy_pkg-2.0.tar.gz", "w:gz") as archive:
         for name, data in SDIST_FILES.items():
             info = tarfile.TarInfo(name)
@@ -456,7 +456,6 @@ def toy_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         link = tarfile.TarInfo("toy-2.0/toy/data/wn/link")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         archive.addfile(link)
-    monkeypatch.setenv(resources.WHEELS_ENV, str(wheels))
     members = ("toy-2.0/toy/data/wn/data.noun", "toy-2.0/toy/data/wn/LICENSE")
     entry = resources._resource(
         "toy_wn",

@@ -567,6 +567,22 @@ def test_lexical_pos_and_lowercase_stopwords(ta) -> None:
     assert LowercaseStopwordModification(STOPWORDS)._get_modifiable_indices(text) == {1, 3}
 
 
+def test_word_constraints_apply_to_word_swaps_only(ta, tagger, polar_resources) -> None:
+    """The part-of-speech and polarity constraints judge the word a swap puts in place: textattack checks them
+    for a word swap, not for a deletion."""
+    from textattack.transformations import WordDeletion, WordSwapRandomCharacterDeletion
+
+    from robustprune.attacks.components import ContextualPartOfSpeech, LexicalPartOfSpeech, PolarityConstraint
+
+    for c in (
+        LexicalPartOfSpeech(POS),
+        ContextualPartOfSpeech(tagger),
+        PolarityConstraint(polar_resources.polarity),
+    ):
+        assert c.check_compatibility(WordSwapRandomCharacterDeletion())
+        assert not c.check_compatibility(WordDeletion())
+
+
 def test_char_bugs_are_deterministic_and_inner(ta) -> None:
     from robustprune.attacks.textbugger import CharBugSwap, char_bug, lookalike_bugs
 

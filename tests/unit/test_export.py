@@ -12,22 +12,14 @@ import torch
 from robustprune import export
 from robustprune.modeling import prunable_linears
 from tests.conftest import tiny_bert, tiny_tokenizer
+from tests.helpers import magnitude_prune_rows
 
 pytest.importorskip("compressed_tensors")
 
 
 def pruned_bert(sparsity: str):
     """A tiny BERT classifier with every block Linear pruned to ``sparsity`` by magnitude (exact counts)."""
-    model = tiny_bert(intermediate=40)
-    for lin in prunable_linears(model).values():
-        w = lin.weight.data
-        if sparsity == "2:4":
-            groups = w.view(w.shape[0], -1, 4)
-            groups.scatter_(2, groups.abs().argsort(dim=2)[:, :, :2], 0.0)
-        else:
-            k = int(w.shape[1] * float(sparsity))
-            w.scatter_(1, w.abs().argsort(dim=1)[:, :k], 0.0)
-    return model
+    return magnitude_prune_rows(tiny_bert(intermediate=40), sparsity)
 
 
 @pytest.mark.parametrize("sparsity, fmt", [("0.875", "sparse-bitmask"), ("2:4", "sparse-24-bitmask")])

@@ -314,3 +314,46 @@ def test_build_protocol_is_the_params_sections_protocol(corpus: Corpus, tmp_path
     assert (
         build_protocol(lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=6).calib_starts != want.calib_starts
     )
+    other = build_protocol(
+        lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=5, calib_batch_size=4, rng="numpy"
+    )
+    numpy = _split(corpus, eval_tokens=48, calib_chunks=6, seed=3, calib_seed=5, rng="numpy")
+    assert other.calib_starts == numpy.calib_starts != want.calib_starts
+    assert [b["input_ids"].shape[0] for b in other.calib_batches] == [4, 2]
+
+
+def test_protocol_file_is_built_once_per_settings(corpus: Corpus, tmp_path: Path, monkeypatch) -> None:
+    """``protocol_file`` saves ``build_protocol``'s tokens, reuses them while every setting is the same and
+    rebuilds them when one changed (a stale protocol would measure another split)."""
+    from types import SimpleNamespace
+
+    from robustprune import lm as lm_module
+
+    texts, tok = corpus
+    (tmp_path / "docs.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    tok.save_pretrained(tmp_path / "tok")
+    lm = SimpleNamespace(
+        text=str(tmp_path / "docs.txt"), eval_tokens=48, window=16, calib_chunks=6, calib_len=8
+    )
+    built = []
+    build = lm_module.build_protocol
+    monkeypatch.setattr(lm_module, "build_protocol", lambda *a, **k: built.append(k) or build(*a, **k))
+
+    def protocol(**over):  # noqa: ANN003, ANN202
+        args = {"seed": 3, "calib_seed": 5, **over}
+        return lm_module.protocol_file(lm, tmp_path / "tok", tmp_path, tmp_path / "p", **args)
+
+    path = protocol()
+    assert path == tmp_path / "p" / "protocol-s5.safetensors" and len(built) == 1
+    eval_ids, calib = lm_module.load_protocol(path, 2)
+    want = build(lm, tmp_path / "tok", tmp_path, seed=3, calib_seed=5)
+    assert torch.equal(eval_ids, want.eval_ids)
+    assert torch.equal(
+        torch.cat([b["input_ids"] for b in calib]), torch.cat([b["input_ids"] for b in want.calib_batches])
+    )
+    assert protocol() == path and len(built) == 1  # same settings: read back
+    protocol(seed=4)
+    assert len(built) == 2  # the shuffle seed changed
+    lm.calib_len = 4
+    protocol(seed=4)
+    assert len(built) == 3  # a section setting changed

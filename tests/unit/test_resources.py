@@ -11,6 +11,7 @@ import pytest
 
 from robustprune import resources
 from robustprune.resources import RESOURCES, Resource, ResourceError
+from tests.helpers import wheel_dir
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -31,12 +32,10 @@ FILES = {
 @pytest.fixture
 def toy_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A synthetic wheel in a wheel dir, two registry entries pointing into it."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
+    wheels = wheel_dir(tmp_path, monkeypatch)
     with zipfile.ZipFile(wheels / "toy_pkg-1.0-py3-none-any.whl", "w") as archive:
         for name, data in FILES.items():
             archive.writestr(name, data)
-    monkeypatch.setenv(resources.WHEELS_ENV, str(wheels))
     model = {n: _digest(d) for n, d in FILES.items() if n.startswith("toypkg/model/")}
     entries = {
         "toy_model": resources._resource("toy_model", "toy-pkg==1.0", ("toypkg/model/",), model, "toy model"),

@@ -115,7 +115,15 @@ def _coarse(pos: frozenset[str], allow_verb_noun_swap: bool) -> frozenset[str]:
     return pos
 
 
-class LexicalPartOfSpeech(Constraint):
+class WordSwapConstraint(Constraint):
+    """A constraint on the words a swap puts in place: meaningful for word swaps only (as textattack's
+    ``PartOfSpeech``), so textattack skips it for other transformations."""
+
+    def check_compatibility(self, transformation) -> bool:
+        return transformation_consists_of_word_swaps(transformation)
+
+
+class LexicalPartOfSpeech(WordSwapConstraint):
     """A swap keeps a part of speech: the new word shares a WordNet category with the old one.
 
     TextFooler (Jin et al. 2019, Sec. 3.1 step 2) keeps candidates whose part of speech, tagged in
@@ -158,10 +166,6 @@ class LexicalPartOfSpeech(Constraint):
                 return False
         return True
 
-    def check_compatibility(self, transformation) -> bool:
-        """Meaningful for word swaps only (as textattack's PartOfSpeech)."""
-        return transformation_consists_of_word_swaps(transformation)
-
     def extra_repr_keys(self) -> list[str]:
         """Shown in ``print(attack)``."""
         return ["allow_verb_noun_swap", *super().extra_repr_keys()]
@@ -189,7 +193,7 @@ def can_replace_pos(a: str, b: str, allow_verb_noun_swap: bool) -> bool:
     return a == b or (allow_verb_noun_swap and {a, b} <= {"NOUN", "VERB"})
 
 
-class ContextualPartOfSpeech(Constraint):
+class ContextualPartOfSpeech(WordSwapConstraint):
     """A swap keeps the part of speech of the word it replaces, both tagged in context.
 
     TextFooler (Jin et al. 2019, Sec. 3.1 step 2) and textattack's ``PartOfSpeech`` (which
@@ -249,10 +253,6 @@ class ContextualPartOfSpeech(Constraint):
         """One transformed text (textattack's single-text entry point)."""
         return bool(self._check_constraint_many([transformed_text], reference_text))
 
-    def check_compatibility(self, transformation) -> bool:
-        """Meaningful for word swaps only (as textattack's PartOfSpeech)."""
-        return transformation_consists_of_word_swaps(transformation)
-
     def extra_repr_keys(self) -> list[str]:
         """Shown in ``print(attack)``."""
         return ["allow_verb_noun_swap", *super().extra_repr_keys()]
@@ -288,7 +288,7 @@ def pos_label(attack) -> str | None:
     return None
 
 
-class PolarityConstraint(Constraint):
+class PolarityConstraint(WordSwapConstraint):
     """Reject a word swap that changes the label: the replaced and the replacement word have opposite
     polarity in VADER's or AFINN's lexicon, or are WordNet antonyms (each of ``checks``, with the
     thresholds of ``rule``; :func:`robustprune.attacks.validity.word_checks`, the audit's word checks).
@@ -332,10 +332,6 @@ class PolarityConstraint(Constraint):
             if self.label_changing(ref[i], replacement):
                 return False
         return True
-
-    def check_compatibility(self, transformation) -> bool:
-        """Meaningful for word swaps only."""
-        return transformation_consists_of_word_swaps(transformation)
 
     def extra_repr_keys(self) -> list[str]:
         """Shown in ``print(attack)``."""

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from robustprune.attacks.runner import NO_WORDS, OUTCOMES, ExampleResult
+from robustprune.records import Record
 
 
 @dataclass(frozen=True)
-class AttackSummary:
+class AttackSummary(Record):
     """Counts and textattack's aggregate metrics of one attack run (rates as fractions)."""
 
     num_examples: int
@@ -42,10 +43,6 @@ class AttackSummary:
     avg_queries: float
     avg_words_perturbed: float
     avg_seconds: float
-
-    def to_dict(self) -> dict:
-        """Plain dict (for JSON / MLflow)."""
-        return asdict(self)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from robustprune.attacks.textattack_env import import_textattack
 from robustprune.interrupt import raise_if_stopped
+from robustprune.records import Record
 
 OUTCOMES = ("succeeded", "failed", "skipped")
 NO_WORDS = "no words"
@@ -27,7 +28,7 @@ MISCLASSIFIED = "misclassified"
 
 
 @dataclass(frozen=True)
-class ExampleResult:
+class ExampleResult(Record):
     """The attack on one example.
 
     ``words_perturbed_fraction``: words of the original text changed in the final text over the
@@ -47,10 +48,6 @@ class ExampleResult:
     words_perturbed_fraction: float
     seconds: float
     reason: str | None = None
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON-serialisable)."""
-        return asdict(self)
 
 
 def check_labels(
