@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,11 @@ def render(dvc_file: str, root: Path = ROOT) -> str:
             default_flow_style=False,
         )
         body_lines = body.splitlines()
-        notes = [f"    # {n}" for n in stage.notes]
+        notes = [
+            f"    # {line}"
+            for p, why in stage.unlisted.items()
+            for line in textwrap.wrap(f"not a dep: {_rel(p, Layout(root))}, {why}", 104)
+        ]
         lines += ([""] if i else []) + [f"  {body_lines[0]}", *notes] + [f"  {b}" for b in body_lines[1:]]
     return "\n".join(lines) + "\n"
 

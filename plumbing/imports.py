@@ -7,6 +7,7 @@ and the dvc.yaml generator (:mod:`plumbing.dvc_stages`) share.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def imported_names(path: Path, module: str, *, from_modules: bool = False) -> se
     statement's form). Every ``import`` counts, also those inside functions."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _import_nodes(str(path), path.stat().st_mtime_ns):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -33,6 +34,12 @@ def imported_names(path: Path, module: str, *, from_modules: bool = False) -> se
             if from_modules:
                 out.add(base)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _import_nodes(path: str, mtime_ns: int) -> list[ast.Import | ast.ImportFrom]:  # noqa: ARG001 - the cache key
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"), path)
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
 
 
 def module_file(root: Path, module: str) -> Path | None:

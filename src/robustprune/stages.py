@@ -50,11 +50,10 @@ NOT_COMPUTING_PARAMS: dict[str, str] = {
     "runtime": "device, task runner, work pool, MLflow experiment, progress bars: where and how a stage runs",
 }
 
-#: Layout paths a stage may touch that DVC does not track (why)
+#: top-level directories a stage may touch that DVC does not track (why)
 SCRATCH: dict[str, str] = {
-    "resources": "the unpacked offline resources (.cache/resources or $ROBUSTPRUNE_RESOURCES): a cache of the "
-    "resource archives, rebuilt on demand",
-    "prune_work": "the prune stage's resumable block state (.cache/prune-work): deleted when a branch is done",
+    ".cache": "resumable work state (prune-work, sds-work, soup-work, lm-work), the unpacked offline resources "
+    "(or $ROBUSTPRUNE_RESOURCES) and build records: caches keyed by content, rebuilt on demand",
 }
 
 
@@ -80,8 +79,10 @@ class Stage:
     #: the dvc.yaml that holds the stage, relative to the root, and the stage's ``wdir`` relative to it
     dvc_file: str = "dvc.yaml"
     wdir: str = ""
-    #: one comment line per entry, written above the stage's ``cmd``
-    notes: tuple[str, ...] = ()
+    #: paths the stage's code may touch that dvc.yaml leaves out on purpose (path -> why; a comment in dvc.yaml)
+    unlisted: Mapping[Path, str] = field(default_factory=dict)
+    #: params keys a function the stage reaches reads on a path the stage never takes (key -> why)
+    unread: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def module(self) -> str:
@@ -105,24 +106,28 @@ def manifests(layout: Layout) -> dict[str, Stage]:
     combos = ("prune.methods", "prune.sparsities", "sds.methods", "sds.sparsities")
     cap_models = ("cap.sparsities", "cap.modules", "cap.ablations", "cap.structured.sparsities")
     dense = ("finetune.variants", "model.finetuned", "soup.ingredients")  # which dense models there are
-    plots = ("accuracy_vs_sparsity", "attack_vs_sparsity", "transfer_vs_sparsity", "fidelity_vs_robustness")
+    plots = (
+        "accuracy_vs_sparsity",
+        "attack_vs_sparsity",
+        "transfer_vs_sparsity",
+        "fidelity_vs_robustness",
+        "robustness_frontier",
+    )
     stages = (
         Stage(
             "prepare",
-            params=("seed", "data", "model"),
+            params=("seed", "data", "model", "soup.ingredients"),  # given ingredients: the first is the base
             outs=(lay.data, lay.base_model),
             metrics=(rep / "prepare.json",),
         ),
         Stage(
             "finetune",
-            notes=(
-                "augment / a2t variants (none in params.yaml) also read models/attack (built first: "
-                "flows/pipeline.py);",
-                "their task cache key hashes it. A profile that uses them should list models/attack here too.",
-            ),
+            unlisted={
+                lay.attack: "read by augment / a2t variants only (none in params.yaml; built first: "
+                "flows/pipeline.py); their task cache key hashes it. A profile that uses them should list it too."
+            },
             inputs=(lay.data, lay.base_model),
             params=(
-                "seed",
                 "finetune",
                 "model.finetuned",
                 "soup.ingredients",
@@ -146,6 +151,10 @@ def manifests(layout: Layout) -> dict[str, Stage]:
                 "data.max_length",
                 "evaluate.batch_size",
             ),
+            unread={
+                "attack.query_budget": "the shared attack-shard task reads it for the attack stage only "
+                "(query_budget='attack'); the soup passes soup.attack.query_budget"
+            },
             outs=(lay.soup,),
             metrics=(rep / "soup.json",),
         ),
@@ -158,22 +167,17 @@ def manifests(layout: Layout) -> dict[str, Stage]:
         ),
         Stage(
             "prune",
-            inputs=(lay.soup, lay.finetuned, lay.calibration),
-            params=(
-                "prune",
-                "soup.prune_source",
-                "model.finetuned",
-                "soup.ingredients",
-                "calibrate.batch_size",
-            ),
+            inputs=(lay.soup, lay.finetuned, lay.calibration, lay.data),
+            params=("prune", "soup.prune_source", *dense, "calibrate.batch_size"),
             outs=(lay.pruned, rep / "prune.json"),
         ),
         Stage(
             "sds",
-            inputs=(lay.soup, lay.pruned, lay.calibration, lay.data),
+            inputs=(lay.soup, lay.finetuned, lay.pruned, lay.calibration, lay.data),
             params=(
                 "sds",
-                "model.finetuned",
+                "soup.prune_source",
+                *dense,
                 "prune",
                 "calibrate.batch_size",
                 "evaluate.batch_size",
@@ -183,8 +187,8 @@ def manifests(layout: Layout) -> dict[str, Stage]:
         ),
         Stage(
             "cap",
-            inputs=(lay.base_model, lay.soup, lay.data),
-            params=("cap", "soup.prune_source", "model.finetuned", "data.max_length", "evaluate.batch_size"),
+            inputs=(lay.base_model, lay.soup, lay.finetuned, lay.data),
+            params=("cap", "soup.prune_source", *dense, "data.max_length", "evaluate.batch_size"),
             outs=(lay.cap, rep / "cap.json"),
         ),
         Stage(
@@ -194,9 +198,9 @@ def manifests(layout: Layout) -> dict[str, Stage]:
                 "evaluate",
                 "data.max_length",
                 "soup.prune_source",
-                "model.finetuned",
-                "soup.ingredients",
+                *dense,
                 "attack.recipes",
+                "prune.modules",
                 *combos,
                 *cap_models,
             ),
@@ -219,6 +223,7 @@ def manifests(layout: Layout) -> dict[str, Stage]:
                 "attack.seed",
                 "attack.query_budget",
                 "attack.batch_size",
+                "attack.shard_size",
                 "attack.textfooler",
                 "attack.validity",
                 "data.max_length",
@@ -231,21 +236,27 @@ def manifests(layout: Layout) -> dict[str, Stage]:
         Stage(
             "report",
             inputs=(
+                lay.attack,  # the polarity lexicons of the validity judgements
                 rep / "attacks",
                 *(
                     rep / f"{s}.json"
                     for s in ("cap", "prepare", "finetune", "soup", "prune", "sds", "eval", "attack")
                 ),
             ),
+            unlisted={
+                m: "registered as MLflow models (tasks.tracking), not what the report says" for m in models
+            },
             params=(
                 "report",
                 "attack.recipes",
                 "attack.models",
+                "attack.more",
                 "attack.num_examples",
                 "attack.seed",
                 "attack.validity",
                 *dense,
                 *combos,
+                *cap_models,
             ),
             outs=(rep / "summary.md", *(rep / "plots" / f"{p}.png" for p in plots)),
             metrics=(rep / "metrics.json",),
@@ -266,6 +277,12 @@ def manifests(layout: Layout) -> dict[str, Stage]:
             params_file="params-lm.yaml",
             # llm-compressor's perplexities (flows/lm.py LLMC_REFERENCE): a column of reports/lm.md
             inputs=(lay.root / "benchmarks" / "results" / "smollm2_vs_llmc.json",),
+            unlisted={
+                lay.root / "models" / "lm": "the converted causal LM, a cache keyed by lm.model (gitignored)",
+                lay.root
+                / "data"
+                / "lm": "the tokenized text of the perplexity protocol, a cache (gitignored)",
+            },
             params=("seed", "lm"),
             outs=(rep / "lm.md", rep / "plots" / "lm_perplexity.png"),
             metrics=(rep / "lm.json",),
