@@ -431,3 +431,60 @@ def test_imported_names_sees_function_level_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def g():\n    from robustprune.adversarial import freelb\n")
     assert "robustprune.adversarial" in imported_names(f, "tasks.m", from_modules=True)
+
+
+def _cache_key_fns(mod: Module) -> dict[str, str]:
+    """task function -> its ``cache_key_fn`` (a function of the same module), from ``@task(cache_key_fn=...)``."""
+    out = {}
+    for name, fn in mod.defs.items():
+        for d in fn.decorator_list:
+            for kw in getattr(d, "keywords", []):
+                if kw.arg == "cache_key_fn" and isinstance(kw.value, ast.Name):
+                    out[name] = kw.value.id
+    return out
+
+
+def test_the_checks_read_the_cache_keys_of_the_tasks_a_stage_runs():
+    """A task's Prefect cache key names inputs and params too: the checks above see them (so a key hashing a
+    params key or a path its stage's manifest lacks fails them), for every cached task of every stage."""
+    seen = 0
+    for stage in STAGES.values():
+        functions = {(m.name, getattr(f, "name", "")) for m, f in reached(stage.module)}
+        for module in _closure(stage.module).values():
+            for task, key in _cache_key_fns(module).items():
+                if (module.name, task) in functions:
+                    assert (module.name, key) in functions, (stage.name, task, key)
+                    seen += 1
+    assert seen >= 4  # evaluate (model, reference), attack and soup (shard)
+
+
+def test_the_params_check_reads_a_cache_key_function(monkeypatch):
+    """Planted: evaluate's cache key hashes a params key the evaluate manifest does not name."""
+    mod = _module("tasks.evaluate")
+    fn = mod.defs["_cache_key"]
+    extra = ast.parse("params.sds.lr").body[0]
+    monkeypatch.setattr(fn, "body", [extra, *fn.body])
+    _params_read.cache_clear()
+    try:
+        assert "sds.lr" in unlisted_params(STAGES["evaluate"])
+    finally:
+        monkeypatch.undo()
+        _params_read.cache_clear()
+
+
+def test_the_code_a_cache_key_hashes_is_code_dvc_yaml_lists_for_its_stage():
+    """``code_digest("robustprune.x", ...)`` in a task of a stage: each module is one of the stage's deps (a
+    cache key that hashes code the stage does not import names the wrong inputs)."""
+    wrong = {}
+    for stage in STAGES.values():
+        deps = dvc_stages.code_deps(stage)
+        for mod, fn in reached(stage.module):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "code_digest":
+                    for arg in node.args:
+                        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                            f = module_file(ROOT, arg.value)
+                            rel = f.relative_to(ROOT).as_posix() if f else arg.value
+                            if not any(rel == d or rel.startswith(d + "/") for d in deps):
+                                wrong.setdefault(stage.name, []).append(f"{mod.name}: {arg.value}")
+    assert not wrong, f"cache keys hash code their stage's dvc.yaml deps do not list: {wrong}"
