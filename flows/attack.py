@@ -8,8 +8,6 @@ perturbed text, labels, outcome, queries), both also logged to MLflow.
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 from prefect import flow
 from prefect.logging import get_run_logger
@@ -18,7 +16,7 @@ import flows  # noqa: F401
 from plumbing.dvc_sync import worker_sync
 from plumbing.runners import default_task_runner
 from robustprune.attacks.shards import records_csv, summary_row
-from robustprune.checkpoints import write_json, write_text
+from robustprune.checkpoints import keep_only, write_json, write_text
 from tasks.attack import attack_shard, attacked_examples, model_paths, recipe_options, shards
 from tasks.common import best_ingredient, load, log_metrics, section, stage_run
 
@@ -94,14 +92,8 @@ def attack_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]
                     f"{row['wall_over_floor']:.2f}" if row["wall_over_floor"] else "-",
                 )
         attacks_dir = layout.reports / "attacks"
-        wanted = {f"{r['model']}/{r['recipe']}.csv" for r in rows}
-        if attacks_dir.is_dir():  # per-example CSVs of models or recipes no longer attacked would be stale
-            for stale in attacks_dir.glob("*/*.csv"):
-                if stale.relative_to(attacks_dir).as_posix() not in wanted:
-                    stale.unlink()
-            for d in attacks_dir.iterdir():
-                if d.is_dir() and not any(d.iterdir()):
-                    shutil.rmtree(d)
+        # per-example CSVs of models or recipes no longer attacked would be stale
+        keep_only(attacks_dir, {f"{r['model']}/{r['recipe']}.csv" for r in rows}, "*/*.csv")
         write_json(attacks_dir / "index.json", [[r["model"], r["recipe"]] for r in rows])
         write_json(layout.reports / "attack.json", rows)
     return rows

@@ -6,7 +6,9 @@
 - :mod:`plumbing.remote`: stages sent to ``runtime.work_pool`` as deployments;
 - :mod:`plumbing.runners`: the Prefect task runner ``runtime.task_runner`` asks for;
 - :mod:`plumbing.mlflow_store`: where MLflow logs, as a worker must be told it;
-- :mod:`plumbing.dvc_stages`: ``dvc status`` / ``dvc commit`` of a stage, and what dvc.yaml lists for it;
+- :mod:`plumbing.dvc_stages`: dvc.yaml generated from the stage manifests (``--write`` / ``--check``),
+  ``dvc status`` / ``dvc commit`` of a stage, and what dvc.yaml lists for it;
+- :mod:`plumbing.imports`: the project's imports read from the source (a stage's code deps, the layering test);
 - :mod:`plumbing.dvc_sync`: ``runtime.storage: dvc``, a checkout per host synchronised through a DVC remote;
 - :mod:`plumbing.services`: the preflight of the services a run needs (the Prefect API and work pool) on
   top of the library's input checks (:mod:`robustprune.preflight`).

@@ -1,4 +1,11 @@
-"""DVC at run time: is a stage up to date (``dvc status``), record it (``dvc commit``), what dvc.yaml lists.
+"""DVC: dvc.yaml generated from the stage manifests; at run time, is a stage up to date (``dvc status``),
+record it (``dvc commit``), what dvc.yaml lists.
+
+``python -m plumbing.dvc_stages --write`` writes ``dvc.yaml`` and ``lm/dvc.yaml`` from
+:func:`robustprune.stages.manifests`: each stage's ``deps`` are the code its flow imports (transitively, the
+modules that compute nothing excepted: :data:`robustprune.stages.NOT_COMPUTING`) and its inputs, its
+``params`` and outputs those of its manifest. ``--check`` exits 1 when a file is not the generated one
+(tests/unit/test_dvc_deps.py runs the same check).
 
 DVC is the cache of record: the pipeline flow skips a stage ``dvc status`` finds up to date and records a
 stage that ran with ``dvc commit``, so ``make run``, ``dvc repro`` and the flow share one ``dvc.lock``; the
@@ -7,12 +14,140 @@ watch flow asks the same question of every stage.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from plumbing.imports import import_closure, module_file
+from robustprune.layout import Layout
+from robustprune.stages import DYNAMIC_IMPORTS, NOT_COMPUTING, Stage, manifests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the comment on top of each generated file
+HEADERS = {
+    "dvc.yaml": (
+        "One stage per stage flow. `dvc repro` reproduces everything; `make run` (flows.pipeline) runs the same",
+        "stages as Prefect subflows and records them in the same dvc.lock. Outs are `persist: true` because every",
+        "flow writes atomically (temp + rename) and resumes from its own checkpoints: DVC must not delete them first.",
+    ),
+    "lm/dvc.yaml": (
+        "The causal-LM track (profile `lm`): `dvc repro lm/dvc.yaml`, or `make run-lm`. Kept out of the root",
+        "dvc.yaml so that `dvc repro` (the encoder pipeline, ~25 min on 2 cores) does not also start the",
+        "SmolLM2 track (about an hour on 2 cores, minutes on a GPU).",
+    ),
+}
+GENERATED = (
+    "GENERATED from src/robustprune/stages.py by `python -m plumbing.dvc_stages --write`: edit the manifest, not",
+    "this file (tests/unit/test_dvc_deps.py fails when they differ).",
+)
+
+
+def code_deps(stage: Stage, root: Path = ROOT) -> list[str]:
+    """The source files ``stage`` runs, relative to ``root``: its flow's project imports, transitively, less
+    :data:`NOT_COMPUTING`; a sub-package of the library whose every module is imported is listed as its
+    directory. Sorted: flows, tasks, then the library."""
+    files = {
+        module_file(root, m).relative_to(root).as_posix()
+        for m in import_closure(root, stage.module, NOT_COMPUTING, DYNAMIC_IMPORTS)
+    }
+    out = set(files)
+    for pkg in sorted((root / "src" / "robustprune").iterdir()):
+        if not (pkg / "__init__.py").is_file():
+            continue
+        members = {f.relative_to(root).as_posix() for f in pkg.rglob("*.py") if "__pycache__" not in f.parts}
+        if members <= files:
+            out = (out - members) | {pkg.relative_to(root).as_posix()}
+    rank = {"flows": 0, "tasks": 1}
+    return sorted(out, key=lambda f: (rank.get(f.split("/")[0], 2), f))
+
+
+def _rel(path: Path, layout: Layout) -> str:
+    return path.relative_to(layout.root).as_posix()
+
+
+def stage_spec(stage: Stage, root: Path = ROOT) -> dict[str, Any]:
+    """dvc.yaml's entry for ``stage`` (paths relative to ``root``, where the stage's command runs)."""
+    layout = Layout(root)
+    spec: dict[str, Any] = {"wdir": stage.wdir} if stage.wdir else {}
+    spec["cmd"] = stage.cmd
+    deps = code_deps(stage, root) + [_rel(p, layout) for p in stage.inputs]
+    spec["deps"] = list(dict.fromkeys(deps))
+    if stage.params:
+        default = stage.params_file == "params.yaml"
+        spec["params"] = list(stage.params) if default else [{stage.params_file: list(stage.params)}]
+    flags = lambda p: {"cache": False} if _rel(p, layout).startswith("reports/") else {"persist": True}  # noqa: E731
+    for key, paths in (("outs", stage.outs), ("metrics", stage.metrics)):
+        if paths:
+            spec[key] = [{_rel(p, layout): flags(p)} for p in paths]
+    if stage.plots:
+        spec["plots"] = [{_rel(p, layout): {"cache": False, **props}} for p, props in stage.plots.items()]
+    return spec
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists indented under their key, as dvc.yaml was written by hand."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:  # noqa: ARG002
+        super().increase_indent(flow, False)
+
+
+def render(dvc_file: str, root: Path = ROOT) -> str:
+    """The text of ``dvc_file`` (``dvc.yaml`` or ``lm/dvc.yaml``) generated from the manifests."""
+    stages = [s for s in manifests(Layout(root)).values() if s.dvc_file == dvc_file]
+    lines = [f"# {line}" for line in (*HEADERS.get(dvc_file, ()), *GENERATED)] + ["stages:"]
+    for i, stage in enumerate(stages):
+        body = yaml.dump(
+            {stage.name: stage_spec(stage, root)},
+            Dumper=_Dumper,
+            sort_keys=False,
+            width=1000,
+            default_flow_style=False,
+        )
+        body_lines = body.splitlines()
+        notes = [
+            f"    # {line}"
+            for p, why in stage.unlisted.items()
+            for line in textwrap.wrap(f"not a dep: {_rel(p, Layout(root))}, {why}", 104)
+        ]
+        lines += ([""] if i else []) + [f"  {body_lines[0]}", *notes] + [f"  {b}" for b in body_lines[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def dvc_files(root: Path = ROOT) -> list[str]:
+    return list(dict.fromkeys(s.dvc_file for s in manifests(Layout(root)).values()))
+
+
+def drift(root: Path = ROOT) -> list[str]:
+    """The dvc.yaml files under ``root`` that are not the generated ones."""
+    return [
+        f for f in dvc_files(root) if not (root / f).is_file() or (root / f).read_text() != render(f, root)
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m plumbing.dvc_stages", description=__doc__.split("\n\n")[1])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true", help="write dvc.yaml and lm/dvc.yaml")
+    mode.add_argument("--check", action="store_true", help="exit 1 when a file is not the generated one")
+    args = ap.parse_args(argv)
+    if args.write:
+        from robustprune.checkpoints import write_text
+
+        for f in dvc_files():
+            write_text(ROOT / f, render(f))
+            print(f"wrote {f}")
+        return 0
+    stale = drift()
+    for f in stale:
+        print(f"{f} is not generated from the stage manifests: run python -m plumbing.dvc_stages --write")
+    return 1 if stale else 0
 
 
 def dvc_repo(root: Path):  # noqa: ANN202 - dvc.repo.Repo
@@ -78,3 +213,7 @@ def stage_inputs(dvc_yaml: Path, stage: str) -> list[str] | None:
         return None
     deps = [d if isinstance(d, str) else next(iter(d)) for d in spec.get("deps", [])]
     return [d for d in deps if d.split("/", 1)[0] in ("data", "models")]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,7 +41,7 @@ from tasks.common import Layout, code_digest, sha256_files
 
 
 def attack_dir(layout: Layout) -> Path:
-    return layout.root / "models" / "attack"
+    return layout.attack
 
 
 def _add_tagger(name: str | None, layout: Layout, target: Path, logger) -> dict:  # noqa: ANN001 - logger

@@ -7,73 +7,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from plumbing.mlflow_store import PARENT_ENV, tracking_uri
 from robustprune.config import FINETUNED_NAME, Params, combo_label, load_params, sparsity_label
+from robustprune.layout import RESOURCES_ENV, Layout  # noqa: F401  (re-exported: tasks import them from here)
 
 log = logging.getLogger("robustprune")
-
-RESOURCES_ENV = "ROBUSTPRUNE_RESOURCES"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each stage reads and writes, relative to a project root (the repo, or a test's tmp dir)."""
-
-    root: Path
-
-    @property
-    def resources(self) -> Path:
-        """Unpacked offline resources: ``$ROBUSTPRUNE_RESOURCES`` if set (one copy shared by several
-        checkouts or test projects; unpacking is atomic), else ``<root>/.cache/resources``."""
-        env = os.environ.get(RESOURCES_ENV)
-        return Path(env).expanduser() if env else self.root / ".cache" / "resources"
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data" / "prepared"
-
-    @property
-    def calibration(self) -> Path:
-        return self.root / "data" / "calibration"
-
-    @property
-    def base_model(self) -> Path:
-        return self.root / "models" / "base"
-
-    @property
-    def finetuned(self) -> Path:
-        return self.root / "models" / "finetuned"
-
-    @property
-    def soup(self) -> Path:
-        return self.root / "models" / "soup"
-
-    @property
-    def pruned(self) -> Path:
-        return self.root / "models" / "pruned"
-
-    @property
-    def sds(self) -> Path:
-        return self.root / "models" / "sds"
-
-    @property
-    def cap(self) -> Path:
-        return self.root / "models" / "cap"
-
-    @property
-    def prune_work(self) -> Path:
-        return self.root / ".cache" / "prune-work"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-    def pruned_model(self, method: str, sparsity: str) -> Path:
-        return self.pruned / combo_name(method, sparsity)
 
 
 def all_models(params: Params, layout: Layout) -> list[dict]:

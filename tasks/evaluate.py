@@ -122,7 +122,7 @@ def _cache_key(_ctx: TaskRunContext, p: dict) -> str:
             Path(p["reference"]).stem if p.get("reference") else "noref",
             sha256_files(*attacked)[:12] if attacked else "noattack",
             code_digest(
-                "robustprune.metrics", "robustprune.modeling", "robustprune.fidelity", "tasks.evaluate"
+                "robustprune.batching", "robustprune.modeling", "robustprune.fidelity", "tasks.evaluate"
             ),
         ]
     )

@@ -27,7 +27,14 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from robustprune.calibration import batches
-from robustprune.checkpoints import atomic_dir, load_tensors, read_json, save_masks, write_json
+from robustprune.checkpoints import (
+    atomic_dir,
+    keep_only_dirs,
+    load_tensors,
+    read_json,
+    save_masks,
+    write_json,
+)
 from robustprune.config import FINETUNED_NAME, Params
 from robustprune.interrupt import raise_if_stopped
 from robustprune.modeling import load_tokenizer, measured_sparsity, resolve_device
@@ -114,9 +121,7 @@ def prune_setup(params: Params, layout: Layout, method: str, sparsity: str) -> d
         _logger().info("resuming %s: %d blocks already pruned", work, resumed)
     num_blocks = branch.start(_calib_batches(params, layout))
     # older keys of the same branch are stale (other inputs or options): drop them
-    for stale in work.parent.glob("*"):
-        if stale != work:
-            shutil.rmtree(stale, ignore_errors=True)
+    keep_only_dirs(work.parent, [work.name])
     return {"work": str(work), "source": str(src), "num_blocks": num_blocks, "resumed_blocks": resumed}
 
 

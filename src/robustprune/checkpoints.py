@@ -74,12 +74,29 @@ def sweep_stale(dest: str | Path) -> list[Path]:
 def keep_only_dirs(parent: str | Path, names: Iterable[str]) -> list[str]:
     """Delete the sub-directories of ``parent`` not in ``names`` (hidden ones, ``.name``, are kept), so a stage's
     out directory holds exactly what params.yaml asks for; returns the removed names, sorted."""
+    return keep_only(parent, names, "*", dirs=True)
+
+
+def keep_only(parent: str | Path, names: Iterable[str], pattern: str, *, dirs: bool = False) -> list[str]:
+    """The one stale-output sweep: delete what ``parent.glob(pattern)`` finds (directories with ``dirs``, else
+    files) whose path relative to ``parent`` is not in ``names``; hidden entries are kept, and a directory the
+    sweep leaves empty goes too. Returns the removed relative paths, sorted."""
     parent, keep = Path(parent), set(names)
     removed = []
-    for child in sorted(parent.iterdir()) if parent.is_dir() else []:
-        if child.is_dir() and child.name not in keep and not child.name.startswith("."):
+    for child in sorted(parent.glob(pattern)) if parent.is_dir() else []:
+        rel = child.relative_to(parent).as_posix()
+        if rel in keep or any(part.startswith(".") for part in child.relative_to(parent).parts):
+            continue
+        if dirs and child.is_dir():
             shutil.rmtree(child)
-            removed.append(child.name)
+        elif not dirs and child.is_file():
+            child.unlink()
+        else:
+            continue
+        removed.append(rel)
+        for d in child.relative_to(parent).parents[:-1]:  # directories the sweep emptied
+            if not any((parent / d).iterdir()):
+                (parent / d).rmdir()
     return removed
 
 

@@ -155,3 +155,22 @@ def test_keep_only_dirs_removes_unasked_subdirectories_only(tmp_path):
     assert keep_only_dirs(tmp_path, iter(["kept", "absent"])) == ["stale"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "index.json", "kept"]
     assert keep_only_dirs(tmp_path / "missing", []) == []  # no out directory yet: nothing to do
+
+
+def test_keep_only_sweeps_unasked_files_and_the_directories_it_empties(tmp_path):
+    from robustprune.checkpoints import keep_only
+
+    for rel in (
+        "m1/textfooler.csv",
+        "m1/textbugger.csv",
+        "m2/textfooler.csv",
+        "m1/notes.txt",
+        ".hidden/x.csv",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert keep_only(tmp_path, ["m1/textfooler.csv"], "*/*.csv") == ["m1/textbugger.csv", "m2/textfooler.csv"]
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [".hidden/x.csv", "m1/notes.txt", "m1/textfooler.csv"]  # other files and hidden ones stay
+    assert not (tmp_path / "m2").exists()  # emptied by the sweep
+    assert keep_only(tmp_path / "missing", [], "*/*.csv") == []

@@ -13,6 +13,8 @@ import ast
 from collections import deque
 from pathlib import Path
 
+from plumbing.imports import imported_names
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: top-level package -> (directory that holds it, layer rank)
@@ -32,27 +34,6 @@ def project_modules(layers: dict[str, tuple[Path, int]] = LAYERS) -> dict[str, P
             if parts[-1] == "__init__":
                 parts.pop()
             out[".".join(parts)] = f
-    return out
-
-
-def imported_names(path: Path, module: str, *, from_modules: bool = False) -> set[str]:
-    """Every dotted name ``path`` imports (``from a import b`` gives ``a.b``: the module ``a.b`` if there is one,
-    else an attribute of ``a``, and ``a`` itself too with ``from_modules``), relative imports resolved. Parent
-    packages imported on the way are not counted (``import a.b.c`` runs ``a/__init__.py`` too, whatever the
-    statement's form)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            out |= {f"{base}.{a.name}" if a.name != "*" else base for a in node.names}
-            if from_modules:
-                out.add(base)
     return out
 
 
