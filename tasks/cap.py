@@ -334,7 +334,7 @@ def cap_stage(
         max(cap.sparsities), cap.seed, params.evaluate.batch_size, cap.snapshots, _code_digest(),
     )  # fmt: skip
     work = _work(layout, run, f"{index}-{key}")
-    dest = layout.root / "models" / "cap" / name
+    dest = layout.cap / name
     if (work / "metrics.json").is_file():
         metrics = read_json(work / "metrics.json")
         if not _exported(dest, key):  # the export was lost: rebuild it from the saved state
@@ -445,7 +445,7 @@ def cap_structured_step(
     )  # fmt: skip
     work = _work(layout, "cap-f", f"{index}-{key}")
     final = index == len(sc.sparsities) - 1
-    dest = layout.root / "models" / "cap" / name
+    dest = layout.cap / name
     tok = load_tokenizer(source_model(params, layout))
     if (work / "metrics.json").is_file():
         metrics = read_json(work / "metrics.json")

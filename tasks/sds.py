@@ -124,7 +124,7 @@ def sds_reactivate(params: Params, layout: Layout, method: str, sparsity: str) -
 def sds_reprune(params: Params, layout: Layout, method: str, sparsity: str, reactivated: dict) -> dict:
     """SDS step 3: prune the reactivated model again (same method and pattern), optionally adjust; save."""
     logger = get_run_logger()
-    out = layout.root / "models" / "sds" / sds_name(method, sparsity)
+    out = layout.sds / sds_name(method, sparsity)
     opts = options(params, method, sparsity)
     sopts = sds_options(params.sds)
     key = _key(reactivated["key"], repr(opts), repr(sopts), _code_digest())

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from robustprune.config import Params, mlflow_uri_kind
+from robustprune.layout import Layout
 
 # what robustprune.attacks.bundle.load_bundle reads from models/attack
 ATTACK_BUNDLE_FILES = ("vectors.npz", "pos.json", "stopwords.txt", "lookalikes.json", "encoder")
@@ -82,7 +83,7 @@ def input_problems(
         if mlm != "train" and (mlm.startswith((".", "/", "~")) or Path(mlm).exists()):
             checks.append(lambda: check_model_dir(Path(mlm).expanduser(), "attack.resources.mlm"))
     if stage == "attack":
-        checks.append(lambda: _check_bundle(root / "models" / "attack"))
+        checks.append(lambda: _check_bundle(Layout(root).attack))
     if stage == "lm":
         checks.append(lambda: _check_lm(params))
     if stage_inputs:
@@ -164,7 +165,7 @@ def data_label_names(params: Params, root: Path) -> list[str] | None:
             return list(rp_data.load_table(Path(cfg.source), cfg.text_column, cfg.label_column)[1])
         except (rp_data.DataError, rp_data.LabelError, OSError):
             return None  # _check_data says why
-    labels = root / "data" / "prepared" / rp_data.LABELS_FILE
+    labels = Layout(root).data / rp_data.LABELS_FILE
     try:
         return [str(n) for n in json.loads(labels.read_text(encoding="utf-8"))["label_names"]]
     except (OSError, ValueError, KeyError, TypeError):
