@@ -63,20 +63,17 @@ def tiny_vocab() -> list[str]:
     return special + POSITIVE + NEGATIVE + FILLER + [".", ","]
 
 
+#: the tiny models' sizes (BERT and Llama): vocab 99, hidden 32, 2 layers, 4 heads, 64 positions
+TINY_SIZES: dict[str, int] = dict(
+    vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64
+)
+
+
 def tiny_bert_config(**overrides: Any):
-    """The tiny BERT's ``BertConfig``: vocab 99, hidden 32, 2 layers, 4 heads, FFN 40, 64 positions; then
-    ``overrides``."""
+    """The tiny BERT's ``BertConfig``: ``TINY_SIZES`` with an FFN of 40; then ``overrides``."""
     from transformers import BertConfig
 
-    sizes = dict(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=40,
-        max_position_embeddings=64,
-    )
-    return BertConfig(**{**sizes, **overrides})
+    return BertConfig(**{**TINY_SIZES, "intermediate_size": 40, **overrides})
 
 
 def tiny_bert(num_labels: int = 2, seed: int = 0, intermediate: int = 40):
@@ -94,15 +91,7 @@ def tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    cfg = LlamaConfig(**TINY_SIZES, intermediate_size=64, num_key_value_heads=2)
     return LlamaForCausalLM(cfg).eval()
 
 
