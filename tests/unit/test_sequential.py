@@ -638,3 +638,27 @@ def test_alpha_head_reads_every_stride_th_position(llama):
     head = alpha_head(llama, _opts("rakp", alpha=None, alpha_criterion="output", output_stride=3))
     hidden = torch.randn(2, 12, llama.config.hidden_size, generator=torch.Generator().manual_seed(0))
     assert head(hidden, torch.ones(2, 12, dtype=torch.long)).shape[0] == 2 * 4
+
+
+def test_prune_model_passes_its_device_to_the_branch(bert, calib_batches, monkeypatch):
+    """prune_model(device=...) is the device block 0's inputs are captured on (the torch.device passed on
+    as is, not the driver's default)."""
+    from robustprune.pruning import branch as branch_mod
+
+    seen = []
+    real = branch_mod.capture_block_inputs
+    monkeypatch.setattr(
+        branch_mod, "capture_block_inputs", lambda m, b, *a, **k: seen.append((a, k)) or real(m, b, *a, **k)
+    )
+    dev = torch.device("cpu")
+    prune_model(bert, calib_batches, _opts("sparsegpt", track_dense=False), device=dev)
+    assert len(seen) == 1 and seen[0][0][0] is dev
+
+
+def test_prune_model_shows_progress_only_when_asked(bert, calib_batches, capsys):
+    """No progress bar on stderr by default (benchmarks and tasks log their own); progress=True shows one."""
+    opts = _opts("magnitude", track_dense=False)
+    prune_model(copy.deepcopy(bert), calib_batches, opts)
+    assert capsys.readouterr().err == ""
+    prune_model(bert, calib_batches, opts, progress=True)
+    assert "prune magnitude" in capsys.readouterr().err
