@@ -3,8 +3,9 @@
 The driver is the library's :class:`robustprune.pruning.branch.Branch` on a
 :class:`~robustprune.pruning.branch.DirStore` in ``.cache/prune-work/<combo>/<key>/``, where the key hashes
 everything the result depends on (source model, calibration set, solver options, code). These tasks only
-map a branch's steps to Prefect tasks: set-up (block 0's inputs), one task per block, finalize (the pruned
-model saved as a Hugging Face directory, with its masks and reports). A block task finds the branch its
+map a branch's steps to Prefect tasks: set-up (the branch's :class:`BranchPlan`, read from params once, and
+block 0's inputs), one task per block, finalize (the pruned model saved as a Hugging Face directory, with its
+masks and reports); the block tasks and finalize take the plan, not params. A block task finds the branch its
 process already holds by the work directory (:func:`robustprune.pruning.branch.open_branch`): the model
 and the inputs the previous block task left in memory are used, the files are still written for a resume,
 and no live module is passed between tasks. A run killed at any point and started again skips every
@@ -66,7 +67,7 @@ class BranchPlan:
     device: str  # runtime.device
     calibration: Path  # the calibration set's file
     batch_size: int  # calibrate.batch_size
-    modules: str  # prune.modules: the Linears whose sparsity the metrics measure
+    modules: str | None  # prune.modules: the Linears whose sparsity the metrics measure
     work: Path  # .cache/prune-work/<combo>/<key>/
     output: Path  # models/pruned/<combo>/
     key: str  # the branch's content key (robustprune.pruning.branch.branch_key)
