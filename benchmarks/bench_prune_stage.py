@@ -42,7 +42,7 @@ from robustprune.config import load_params, sparsity_label
 from robustprune.options import prune_options
 from robustprune.pruning.branch import close_branch
 from tasks import prune as new_prune
-from tasks.common import Layout, combo_name
+from tasks.common import Layout, combo_name, label_names
 
 DEFAULT_OLD_REV = "b158ac4~1"  # the parent of the commit that carried inputs and extras between tasks
 
@@ -90,6 +90,14 @@ def lm_source(params, work: Path) -> tuple[Path, list[dict]]:  # noqa: ANN001
     return model, calib
 
 
+def source_labels(source: Path) -> list[str]:
+    """The label names the source's config carries, in id order (finalize writes them back unchanged)."""
+    from transformers import AutoConfig
+
+    id2label = AutoConfig.from_pretrained(str(source)).id2label
+    return [str(id2label[i]) for i in sorted(id2label)]
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -124,8 +132,16 @@ def tensor_digests(path: Path) -> dict[str, str]:
     return out
 
 
-def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str, str]]) -> dict:  # noqa: ANN001
-    """The prune flow's task sequence for every combination, from scratch; seconds and result digests."""
+def run_stage(
+    module: ModuleType,
+    params,  # noqa: ANN001
+    layout: Layout,
+    combos: list[tuple[str, str]],
+    labels: list[str],
+) -> dict:
+    """The prune flow's task sequence for every combination, from scratch; seconds and result digests.
+    ``labels``: the label names finalize writes into the saved model's config (the flow's come from the
+    prepare stage's data)."""
     shutil.rmtree(layout.prune_work, ignore_errors=True)
     shutil.rmtree(layout.pruned, ignore_errors=True)
     close_branch()  # a branch held from an earlier round
@@ -136,9 +152,14 @@ def run_stage(module: ModuleType, params, layout: Layout, combos: list[tuple[str
         t0 = time.perf_counter()
         setup = module.prune_setup.fn(params, layout, method, sparsity)
         assert not setup.get("cached"), "a cache hit: the scratch project was not clean"
-        for i in range(setup["num_blocks"]):
-            module.prune_block_task.fn(params, layout, method, sparsity, setup["work"], i)
-        module.prune_finalize.fn(params, layout, method, sparsity, setup["work"], time.time())
+        if "plan" in setup:  # today's tasks: set-up plans the branch, the others take the plan
+            for i in range(setup["num_blocks"]):
+                module.prune_block_task.fn(setup["plan"], i)
+            module.prune_finalize.fn(setup["plan"], labels, time.time())
+        else:  # --old-rev: every task reads params
+            for i in range(setup["num_blocks"]):
+                module.prune_block_task.fn(params, layout, method, sparsity, setup["work"], i)
+            module.prune_finalize.fn(params, layout, method, sparsity, setup["work"], time.time())
         seconds = time.perf_counter() - t0
         d = layout.pruned_model(method, sparsity)
         masks = load_masks(d / "masks.safetensors")
@@ -185,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     (layout.root / "models").mkdir(parents=True, exist_ok=True)
     if track == "lm":
         source, calib = lm_source(params, work)
+        labels = source_labels(source)
         cfg = params.lm
         combos = (
             [(m, sparsity_label(s)) for m, s in (c.split("@") for c in args.combos)]
@@ -205,16 +227,20 @@ def main(argv: list[str] | None = None) -> int:
                 os.symlink(ROOT / sub, link)
         source = new_prune.source_model(params, Layout(ROOT))
         calib = new_prune._calib_batches(params, Layout(ROOT))
+        labels = label_names(Layout(ROOT))
         cfg = params.prune
         combos = (
             [(m, sparsity_label(s)) for m, s in (c.split("@") for c in args.combos)]
             if args.combos
             else cfg.combos
         )
-    for module in (old, new_prune):  # the stage reads the profile's source, options and calibration
-        module.source_model = lambda _p, _l, src=source: Path(src)
-        module.options = lambda _p, m, s, cfg=cfg: prune_options(cfg, m, s)
-        module._calib_batches = lambda _p, _l, calib=calib: calib
+    # the stage reads the profile's source, options and calibration: through these names in the old module,
+    # through the library functions plan_branch and prune_setup call in today's
+    old.source_model = new_prune.source_model = lambda _p, _l, src=source: Path(src)
+    old.options = lambda _p, m, s, cfg=cfg: prune_options(cfg, m, s)
+    new_prune.prune_options = lambda _cfg, m, s, cfg=cfg: prune_options(cfg, m, s)
+    old._calib_batches = lambda _p, _l, calib=calib: calib
+    new_prune.load_batches = lambda _path, _batch_size, calib=calib: calib
     old.load_classifier = lambda path: new_prune.Source.of(path).load()  # a causal LM too
     old.get_run_logger = lambda: logging.getLogger("old-prune")
     print(
@@ -225,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for label in ("old", "new") if r % 2 == 0 else ("new", "old"):
             print(f"round {r} {label}:", flush=True)
-            res = run_stage(old if label == "old" else new_prune, params, layout, combos)
+            res = run_stage(old if label == "old" else new_prune, params, layout, combos, labels)
             runs.append({"round": r, "code": label, **res})
             print(f"round {r} {label}: {res['seconds']:.1f} s", flush=True)
     shutil.rmtree(layout.prune_work, ignore_errors=True)

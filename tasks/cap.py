@@ -49,8 +49,8 @@ from robustprune.modeling import (
     measured_sparsity,
     resolve_device,
 )
+from robustprune.sources import source_model
 from tasks.common import Layout, code_digest, model_digest, sha256_files
-from tasks.prune import source_model
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -28,6 +28,7 @@ from robustprune.config import Params
 from robustprune.data import load_splits
 from robustprune.fidelity import forward_with_representations, layer_cosine, summarize_cosine
 from robustprune.modeling import load_classifier, load_tokenizer, measured_sparsity, resolve_device
+from robustprune.sources import source_model
 from tasks.common import Layout, all_models, code_digest, model_digest, sha256_files
 
 
@@ -38,8 +39,6 @@ def models_to_evaluate(params: Params, layout: Layout) -> list[dict]:
 
 def dense_reference(params: Params, layout: Layout) -> dict:
     """The dense model that gets pruned (``soup.prune_source``), as an :func:`all_models` entry."""
-    from tasks.prune import source_model
-
     path = str(source_model(params, layout))
     return next(m for m in all_models(params, layout) if m["path"] == path)
 

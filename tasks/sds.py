@@ -27,8 +27,9 @@ from robustprune.modeling import load_classifier, load_tokenizer, measured_spars
 from robustprune.options import sds_options
 from robustprune.pruning.sequential import prune_model
 from robustprune.sds import adjust_model, reactivate_model
+from robustprune.sources import source_model
 from tasks.common import Layout, code_digest, combo_name, model_digest, sha256_files
-from tasks.prune import _calib_batches, options, source_model
+from tasks.prune import _calib_batches, options
 
 
 def sds_name(method: str, sparsity: str) -> str:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from robustprune.checkpoints import load_tensors
 
 
 def sample_texts(texts: Sequence[str], num_samples: int, seed: int) -> list[str]:
@@ -32,3 +35,8 @@ def batches(calib: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, t
             b = {k: v[:, :width] for k, v in b.items()}
         out.append(b)
     return out
+
+
+def load_batches(path: str | Path, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The calibration set saved at ``path`` (safetensors), in :func:`batches` of ``batch_size``."""
+    return batches(load_tensors(path), batch_size)

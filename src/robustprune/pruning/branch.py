@@ -23,6 +23,8 @@ most one held at a time), so no live module crosses a task boundary.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,6 +368,16 @@ class Branch:
 
 
 # ------------------------------------------------------------- the branch of this process, found by its dir
+def branch_key(model: str, calib: str, opts: PruneOptions, batch_size: int, code: str) -> str:
+    """A branch's content key, from the digests of what its result depends on: the source weights
+    (``model``), the calibration data (``calib``) and its batching, the options and the code."""
+    key_src = json.dumps(
+        {"model": model, "calib": calib, "opts": repr(opts), "batch": batch_size, "code": code},
+        sort_keys=True,
+    )
+    return hashlib.sha256(key_src.encode()).hexdigest()[:16]
+
+
 _OPEN: dict[Path, Branch] = {}  # at most one: the branch this process works on (its model is in memory)
 
 
