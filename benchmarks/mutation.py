@@ -84,7 +84,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "src/robustprune/pruning/sequential.py",
             "src/robustprune/pruning/streams.py",
         ],
-        ["tests/unit/test_sequential.py", "tests/unit/test_branch.py", "tests/unit/test_pruning_masks.py"],
+        [
+            "tests/unit/test_sequential.py",
+            "tests/unit/test_branch.py",
+            "tests/unit/test_prune_plan.py",
+            "tests/unit/test_pruning_masks.py",
+        ],
     ),
     "sds_layer": (  # the layer-level tests (test_sds.py's model-level ones exercise the driver, sds.py)
         ["src/robustprune/sds_layer.py"],
