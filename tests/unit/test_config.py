@@ -350,9 +350,11 @@ def test_default_attack_models_follow_the_pruned_models_built():
         )
 
 
-def test_evidence_profile_is_params_yaml_with_more_attacks():
-    """params-evidence.yaml changes the attack section alone (so every model is the default run's), attacks
-    more rows than the default, and its more.models exist."""
+def test_evidence_profile_is_params_yaml_with_more_attacks_and_a_longer_robust_start():
+    """params-evidence.yaml changes the attack section, and the dense start alone (issue #24): longer
+    ingredients and a soup criterion on >= 100 validation rows; everything downstream (data, calibration,
+    pruning, SDS, CAP, evaluation) is the default's. It attacks more rows than the default, and its
+    more.models exist."""
     default = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
     evidence = _leaves(yaml.safe_load((ROOT / "params-evidence.yaml").read_text()))
     changed = {k for k in default.keys() | evidence.keys() if default.get(k) != evidence.get(k)}
@@ -362,16 +364,21 @@ def test_evidence_profile_is_params_yaml_with_more_attacks():
         "attack.models",
         "attack.more.models",
         "attack.more.num_examples",
+        "finetune.variants",
+        "soup.attack.num_examples",
     }
     p = load_params(ROOT / "params-evidence.yaml")
     assert p.attack.num_examples > default["attack.num_examples"] and p.attack.more.num_examples >= 100
+    assert p.soup.attack.num_examples >= 100
+    assert any(v.adversarial is not None and v.adversarial.max_norm == 0 for v in p.finetune.variants)
     assert len(p.more_attacked_models()) == len(p.attack.more.models)  # each one a model the run builds
 
 
 def test_a_profile_skips_exactly_the_stages_whose_tracked_params_it_leaves_alone():
     """flows/pipeline.py (plumbing/dvc_stages.py): with params-evidence.yaml a stage dvc finds up to date for params.yaml is skipped
-    only when every key dvc.yaml tracks for it is equal in both files: attack and report rerun, the rest
-    (finetune, prune, CAP, evaluate...) are the default run's; a profile that changes the prune section
+    only when every key dvc.yaml tracks for it is equal in both files: a profile that changes the attack section
+    alone reruns attack and report; the evidence profile (its own dense start) reruns all but prepare, calibrate
+    and the attack resources; a profile that changes the prune section
     reruns prune and the stages that track prune keys."""
     from flows.pipeline import STAGES
     from plumbing.dvc_stages import same_stage_params, stage_params
@@ -380,7 +387,11 @@ def test_a_profile_skips_exactly_the_stages_whose_tracked_params_it_leaves_alone
     evidence = load_params(ROOT / "params-evidence.yaml").model_dump()
     keys = {s: stage_params(ROOT / "dvc.yaml", s) for s in STAGES}
     reruns = {s for s in STAGES if not same_stage_params(root, evidence, keys[s])}
-    assert reruns == {"attack", "report"}
+    # the evidence profile's own dense start (finetune.variants, soup.attack): finetune and everything that
+    # tracks its keys rerun; the data, the calibration set and the attack resources are the default run's
+    assert reruns == {s for s in STAGES if s not in ("prepare", "calibrate", "attack_resources")}
+    attack_only = load_params(ROOT / "params.yaml", {"attack.num_examples": 500}).model_dump()
+    assert {s for s in STAGES if not same_stage_params(root, attack_only, keys[s])} == {"attack", "report"}
     changed = load_params(ROOT / "params.yaml", {"prune.sparsities": [0.5, 0.75, 0.875, "2:4"]}).model_dump()
     reruns = {s for s in STAGES if not same_stage_params(root, changed, keys[s])}
     assert reruns == {s for s in STAGES if any(k == "prune" or k.startswith("prune.") for k in keys[s])}
