@@ -1,6 +1,6 @@
 """CAP as the reference runs it, through the real cap stage, and the verdicts the issue asks for.
 
-Builds a scratch project (``.cache/cap-faithful/``: ``data/prepared``, ``models/base`` and ``models/soup``
+Builds a scratch project (``.cache/cap-faithful/``: ``data/prepared``, ``models/base``, ``models/finetuned`` and ``models/soup``
 linked read-only from ``--source``, a params file = ``--params`` with ``benchmarks/cap_faithful.yaml``'s cap
 section over it), runs ``python -m flows.cap`` there, and writes ``benchmarks/results/cap_faithful.json``:
 
@@ -40,7 +40,7 @@ OVERLAY = ROOT / "benchmarks" / "cap_faithful.yaml"
 
 
 def _scratch(source: Path, params: Path, work: Path) -> Path:
-    for rel in ("data/prepared", "models/base", "models/soup"):
+    for rel in ("data/prepared", "models/base", "models/finetuned", "models/soup"):
         link = work / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
