@@ -352,8 +352,8 @@ def test_default_attack_models_follow_the_pruned_models_built():
 
 def test_evidence_profile_is_params_yaml_with_more_attacks_and_a_longer_robust_start():
     """params-evidence.yaml changes the attack section, and the dense start alone (issue #24): longer
-    ingredients and a soup criterion on >= 100 validation rows; everything downstream (data, calibration,
-    pruning, SDS, CAP, evaluation) is the default's. It attacks more rows than the default, and its
+    ingredients and a soup criterion on >= 100 validation rows; CAP as its reference runs it (issue #26);
+    everything else downstream (data, calibration, pruning, SDS, evaluation) is the default's. It attacks more rows than the default, and its
     more.models exist."""
     default = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
     evidence = _leaves(yaml.safe_load((ROOT / "params-evidence.yaml").read_text()))
@@ -366,11 +366,18 @@ def test_evidence_profile_is_params_yaml_with_more_attacks_and_a_longer_robust_s
         "attack.more.num_examples",
         "finetune.variants",
         "soup.attack.num_examples",
-    }
+    } | {k for k in changed if k.startswith("cap.")}
     p = load_params(ROOT / "params-evidence.yaml")
     assert p.attack.num_examples > default["attack.num_examples"] and p.attack.more.num_examples >= 100
     assert p.soup.attack.num_examples >= 100
     assert any(v.adversarial is not None and v.adversarial.max_norm == 0 for v in p.finetune.variants)
+    # CAP as its reference runs it (issue #26): CAP-m from the pre-trained encoder, cls, snapshots per epoch
+    assert (p.cap.start, p.cap.criterion, p.cap.representation, p.cap.snapshots) == (
+        "pretrained",
+        "movement",
+        "cls",
+        "epoch",
+    )
     assert len(p.more_attacked_models()) == len(p.attack.more.models)  # each one a model the run builds
 
 
