@@ -57,8 +57,8 @@ def started(cmd: list[str], env: dict, cwd: Path, log: Path) -> Iterator[subproc
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # the group is the pid's: the server and its children
-            try:
-                proc.wait(timeout=20)
+            try:  # 5 s: a worker still running a triggered flow run would otherwise hold the teardown 20 s
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -123,13 +123,51 @@ def _flow_runs_of(deployment: str) -> list:
         return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
 
 
-@pytest.fixture(scope="module")
-def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
+@contextlib.contextmanager
+def pipeline_through_worker(
+    pool: str,
+    checkout: Path,
+    project: Path,
+    env: dict,
+    tmp: Path,
+    *,
+    cwd: Path,
+    ready=None,  # noqa: ANN001
+) -> Iterator[dict]:
+    """``prefect deploy --all`` from ``checkout`` (the GPU stages to ``pool``), a real process worker serving
+    that checkout, and the pipeline run on ``project`` while the worker is online (after ``ready()``, when
+    given). Yields the deploy output, the pipeline's result, its seconds and the worker's process."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
-    import flows  # noqa: F401
     from flows.pipeline import pipeline
+
+    with get_client(sync_client=True) as client:
+        for name in (pool, "cpu"):  # `cpu`: the pipeline and watch deployments' pool (may exist already)
+            with contextlib.suppress(Exception):
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+    deploy_env = {
+        **env,
+        "ROBUSTPRUNE_GPU_POOL": pool,
+        "ROBUSTPRUNE_DIR": str(checkout),
+        "PREFECT_HOME": str(tmp / "ph-deploy"),
+    }
+    deployed = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], checkout, deploy_env)
+    worker_cmd, worker_env = process_worker(pool, env, tmp / "ph-worker", checkout)
+    log = tmp / "logs" / "worker.log"
+    with started(worker_cmd, worker_env, cwd, log) as worker:
+        if ready is not None:
+            ready()
+        wait_for(lambda: _online_workers(pool), "worker online", 240, worker, log)
+        t0 = time.monotonic()
+        result = pipeline(params_path=str(project / "params.yaml"), root=str(project))
+        yield {"deployed": deployed, "result": result, "seconds": time.monotonic() - t0, "worker": worker}
+
+
+@pytest.fixture(scope="module")
+def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
+
+    import flows  # noqa: F401
     from robustprune.config import load_params
 
     src_root, src_params, _ = pipeline_run
@@ -181,20 +219,7 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
         run(["git", "add", "-A"], root, env)
         run(["git", "commit", "-qm", "tiny project"], root, env)
 
-        with get_client(sync_client=True) as client:
-            for name in (POOL, "cpu"):  # `cpu`: the pipeline and watch deployments' pool
-                with contextlib.suppress(Exception):
-                    client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-        deploy_env = {
-            **env,
-            "ROBUSTPRUNE_GPU_POOL": POOL,
-            "ROBUSTPRUNE_DIR": str(root),
-            "PREFECT_HOME": str(tmp / "ph-deploy"),
-        }
-        deployed = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, deploy_env)
-
-        worker_cmd, worker_env = process_worker(POOL, env, tmp / "ph-worker", root)
-        with started(worker_cmd, worker_env, tmp, logs / "worker.log") as worker:
+        def mlflow_up() -> None:
             wait_for(
                 lambda: _http_ok(f"http://127.0.0.1:{ml_port}/health"),
                 "mlflow server",
@@ -202,10 +227,9 @@ def scaleout(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
                 mlflow_server,
                 logs / "mlflow.log",
             )
-            wait_for(lambda: _online_workers(POOL), "worker online", 240, worker, logs / "worker.log")
-            t0 = time.monotonic()
-            result = pipeline(params_path=str(root / "params.yaml"), root=str(root))
-            seconds = time.monotonic() - t0
+
+        with pipeline_through_worker(POOL, root, root, env, tmp, cwd=tmp, ready=mlflow_up) as ran:
+            deployed, result, seconds = ran["deployed"], ran["result"], ran["seconds"]
             yield {
                 "root": root,
                 "src_root": src_root,

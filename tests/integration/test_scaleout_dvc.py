@@ -32,11 +32,8 @@ from tests.integration.conftest import copy_project, make_checkout
 from tests.integration.test_scaleout import (
     BIN,
     _flow_runs_of,
-    _online_workers,
-    process_worker,
+    pipeline_through_worker,
     run,
-    started,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,11 +50,8 @@ def _code_checkout(dst: Path, params: dict) -> Path:
 @pytest.fixture(scope="module")
 def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]:
     from dvc.utils.serialize import modify_yaml
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
 
     import flows  # noqa: F401
-    from flows.pipeline import pipeline
     from robustprune.config import load_params
 
     src_root, src_params, _ = pipeline_run
@@ -81,25 +75,10 @@ def dvc_route(pipeline_run, prefect_api_url, tmp_path_factory) -> Iterator[dict]
     run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(remote)], worker_dir, env)
     assert not any((worker_dir / d).exists() for d in ("data", "models", "reports", "dvc.lock"))
 
-    with get_client(sync_client=True) as client:
-        for name in (POOL, "cpu"):
-            with contextlib.suppress(Exception):  # `cpu` may exist already (test_scaleout.py)
-                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-    deploy_env = {
-        **env,
-        "ROBUSTPRUNE_GPU_POOL": POOL,
-        "ROBUSTPRUNE_DIR": str(worker_dir),
-        "PREFECT_HOME": str(tmp / "ph-deploy"),
-    }
-    run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], worker_dir, deploy_env)
-    worker_cmd, worker_env = process_worker(POOL, env, tmp / "ph-worker", worker_dir)
     logs = tmp / "logs"
     logs.mkdir()
-    with started(worker_cmd, worker_env, worker_dir, logs / "worker.log") as worker:
-        wait_for(lambda: _online_workers(POOL), "worker online", 240, worker, logs / "worker.log")
-        t0 = time.monotonic()
-        result = pipeline(params_path=str(parent / "params.yaml"), root=str(parent))
-        seconds = time.monotonic() - t0
+    with pipeline_through_worker(POOL, worker_dir, parent, env, tmp, cwd=worker_dir) as ran:
+        result, seconds = ran["result"], ran["seconds"]
         yield {
             "parent": parent,
             "worker": worker_dir,
