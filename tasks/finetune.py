@@ -115,7 +115,7 @@ def _train(params: Params, layout: Layout, variant: Variant, model, tok, splits,
             tagger=tagger,
             encoder=MeanPooledEncoder.from_dir(res.encoder_dir),
         )
-        return result, {"a2t": {"epochs": result.epochs, "attack_seconds": result.attack_seconds}}
+        return result, {"a2t_stats": {"epochs": result.epochs, "attack_seconds": result.attack_seconds}}
     from robustprune.attacks.bert_attack import load_mlm
     from robustprune.augment import Augmenter
 
@@ -123,7 +123,7 @@ def _train(params: Params, layout: Layout, variant: Variant, model, tok, splits,
     masked_lm = load_mlm(res.mlm_dir) if aug_settings.mix.get("mlm", 0) > 0 and res.mlm_dir else None
     augmenter = Augmenter(res, aug_settings, tagger=tagger, masked_lm=masked_lm)
     result = finetune(model, tok, texts, labels, settings, augmenter=augmenter.bind(texts), **common)
-    return result, {"augment": augmenter.stats.as_dict()}
+    return result, {"augment_stats": augmenter.stats.as_dict()}
 
 
 @task(name="finetune-variant", tags=["gpu"], retries=1)

@@ -384,6 +384,29 @@ def given_section(x: ReportInputs) -> list[str]:
     return lines
 
 
+def _adversarial_recipe(m: dict) -> str:
+    """How an ingredient was made robust (FreeLB, input-space augmentation, A2T), for the ingredient table."""
+    out = ""
+    if adv := m.get("adversarial"):
+        bound = "unbounded" if not adv["max_norm"] else f"ε={adv['max_norm']:g}"
+        shared = ", shared dropout" if adv.get("share_dropout") else ""
+        out += f", FreeLB K={adv['steps']} {bound} a={adv['step_size']:g}{shared}"
+    if (aug := m.get("augment")) and "fraction" in aug:
+        out += f", augment {aug['copies']}x{100 * aug['fraction']:.0f}% of words"
+    if (a2t := m.get("a2t")) and "num_train_adv_examples" in a2t:
+        n = a2t["num_train_adv_examples"]
+        share = f"{100 * n:g}%" if isinstance(n, float) else ("all" if n == -1 else f"{n}")
+        out += f", A2T {share} adversarial every {a2t['attack_epoch_interval']} ep"
+    return out
+
+
+def _robustness_cell(h: dict) -> str:
+    """A greedy-history row's validation robustness with its Wilson interval (issue #24) when recorded."""
+    if h.get("robustness_low") is None:
+        return _pct(h.get("robustness"))
+    return f"{_pct(h['robustness'])} [{_pct(h['robustness_low'])}, {_pct(h['robustness_high'])}]"
+
+
 def ingredients_section(x: ReportInputs) -> list[str]:
     soup = x.soup
     if soup.get("skipped"):
@@ -411,7 +434,6 @@ def ingredients_section(x: ReportInputs) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for name, m in x.finetune.items():
-        adv = m.get("adversarial")
         if m.get("given"):  # soup.ingredients: a checkpoint fine-tuned elsewhere, no recipe or time here
             recipe, train = f"given: `{m.get('source')}`", "–"
         else:
@@ -419,8 +441,7 @@ def ingredients_section(x: ReportInputs) -> list[str]:
             train = f"{m['train_seconds']:.0f} ({m.get('seconds_per_step', float('nan')):.2f})"
         if m.get("weight_decay") is not None:
             recipe += f", wd {m['weight_decay']:g}"
-        if adv:
-            recipe += f", FreeLB K={adv['steps']} ε={adv['max_norm']:g} a={adv['step_size']:g}"
+        recipe += _adversarial_recipe(m)
         rob = ing.get(name, {}).get("robustness")
         ev = by_eval.get(name)
         lines.append(
@@ -442,13 +463,14 @@ def ingredients_section(x: ReportInputs) -> list[str]:
             "",
             "Greedy history (in ranking order):",
             "",
-            "| step | candidate | soup members if kept | validation acc % | validation under attack % | kept |",
+            "| step | candidate | soup members if kept | validation acc % | validation under attack % [95% CI] "
+            "| kept |",
             "|---|---|---|---|---|---|",
         ]
         for i, h in enumerate(history):
             lines.append(
                 f"| {i} | {h['candidate']} | {', '.join(h.get('members', []))} | {_pct(h.get('accuracy'))} | "
-                f"{_pct(h.get('robustness'))} | {'yes' if h.get('kept') else 'no'} |"
+                f"{_robustness_cell(h)} | {'yes' if h.get('kept') else 'no'} |"
             )
     return lines
 

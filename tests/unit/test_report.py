@@ -480,3 +480,47 @@ def test_matched_baseline_skips_rather_than_stops_and_ties_go_to_the_first():
     bal = _balance({"magnitude_0.875"}, models)
     assert matched_baseline(models[0], models, "textfooler", attacks, bal) == "sparsegpt_0.875"
     assert matched_baseline(models[0], models, "clean", attacks, bal) == "wanda_0.875"
+
+
+def test_ingredient_table_names_each_robust_recipe_and_the_history_carries_intervals():
+    """Issue #24: the ingredient table says how each ingredient was made robust (FreeLB unbounded with shared
+    dropout, input-space augmentation, A2T), and the greedy history shows each candidate's validation
+    robustness with its Wilson interval (a bare 0.00 hides whether 25 or 100 rows were attacked)."""
+    from robustprune.report import ingredients_section
+    from robustprune.soup import SoupScore as Score
+
+    base = {"validation_accuracy": 0.8, "test_accuracy": 0.8, "learning_rate": 5e-5, "epochs": 2, "seed": 0}
+    base |= {"train_seconds": 10.0, "seconds_per_step": 1.0}
+    adv = {"steps": 2, "step_size": 0.1, "max_norm": 0.0, "init_mag": 0.6, "share_dropout": True}
+    finetune = {
+        "plain": base,
+        "freelb": {**base, "adversarial": adv},
+        "aug": {**base, "augment": {"copies": 1, "fraction": 0.2}, "augment_stats": {"copies": 6000}},
+        "a2t": {**base, "a2t": {"num_train_adv_examples": 0.05, "attack_epoch_interval": 1}},
+    }
+    s1, s2 = Score(0.8, 0.05, 100), Score(0.81, 0.0, 100)
+    history = [
+        {"candidate": "freelb", "members": ["freelb"], "kept": True, **s1.row()},
+        {"candidate": "plain", "members": ["freelb", "plain"], "kept": False, **s2.row()},
+    ]
+    soup = {
+        "criterion": "robustness",
+        "attack": {"recipe": "textfooler", "num_examples": 100},
+        "best_ingredient": "freelb",
+        "ingredients": {n: {"robustness": 0.05} for n in finetune},
+        "greedy": {
+            "members": ["freelb"],
+            "history": history,
+            "validation_accuracy": 0.8,
+            "test_accuracy": 0.8,
+        },
+    }
+    x = ReportInputs(prepare={}, finetune=finetune, soup=soup, evaluation={"models": []}, prune={})
+    lines = ingredients_section(x)
+    row = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert "FreeLB K=2 unbounded a=0.1, shared dropout" in row["freelb"]
+    assert "augment 1x20% of words" in row["aug"] and "FreeLB" not in row["aug"]
+    assert "A2T 5% adversarial every 1 ep" in row["a2t"]
+    assert row["plain"].split(" | ")[1] == "adamw lr 5e-05, 2 ep, seed 0"
+    assert "| 0 | freelb | freelb | 80.00 | 5.00 [2.15, 11.18] | yes |" in lines  # Wilson 5/100
+    assert "| 1 | plain | freelb, plain | 81.00 | 0.00 [0.00, 3.70] | no |" in lines
