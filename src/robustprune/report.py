@@ -9,7 +9,7 @@ only when the interval excludes 0, else "no measurable difference". Nothing here
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,16 @@ def sparsity_value(label: str) -> float:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A Markdown table's lines: the ``header`` cells, the ``|---|`` rule, then one line a row (each cell as
+    ``str`` writes it, as an f-string would)."""
+    return [_md_row(header), "|" + "---|" * len(header), *(_md_row(r) for r in rows)]
+
+
+def _md_row(cells: Sequence[object]) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 RECIPE_TITLES = registry.RECIPE_TITLES
@@ -342,25 +352,17 @@ def degeneracy_section(x: ReportInputs) -> list[str]:
         "on some class (`report.near_constant_recall`): such a model gets no robustness verdict anywhere in "
         "this report.",
         "",
-        "| model | "
-        + " | ".join(f"recall {n} %" for n in names)
-        + " | "
-        + " | ".join(f"predicted {n} %" for n in names)
-        + " | κ | near-constant |",
-        "|---|" + "---|" * (2 * k + 2),
     ]
+    header = ["model", *(f"recall {n} %" for n in names), *(f"predicted {n} %" for n in names)]
+    rows = []
     for m in x.models:
         b = x.balance.get(m["name"])
-        if b is None:
-            continue
-        lines.append(
-            f"| {m['name']} | "
-            + " | ".join(_pct(r) for r in b.recall)
-            + " | "
-            + " | ".join(_pct(r) for r in b.predicted_share)
-            + f" | {b.kappa:.2f} | {'**yes** †' if b.near_constant else 'no'} |"
-        )
-    return lines
+        if b is not None:
+            rows.append(
+                [m["name"], *(_pct(r) for r in b.recall), *(_pct(r) for r in b.predicted_share)]
+                + [f"{b.kappa:.2f}", "**yes** †" if b.near_constant else "no"]
+            )
+    return lines + md_table([*header, "κ", "near-constant"], rows)
 
 
 def given_section(x: ReportInputs) -> list[str]:
@@ -372,16 +374,13 @@ def given_section(x: ReportInputs) -> list[str]:
         "",
         "The classifier given as `model.finetuned` is pruned as it is: nothing was fine-tuned, no soup was made.",
         "",
-        "| model | source | validation acc % | test acc % [95% CI] |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for name, m in x.finetune.items():
         ev = by_eval.get(name)
-        lines.append(
-            f"| {name} | `{m.get('source')}` | {_pct(m['validation_accuracy'])} | "
-            f"{model_rate(ev).pct(2) if ev else _pct(m['test_accuracy'])} |"
-        )
-    return lines
+        test = model_rate(ev).pct(2) if ev else _pct(m["test_accuracy"])
+        rows.append([name, f"`{m.get('source')}`", _pct(m["validation_accuracy"]), test])
+    return lines + md_table(["model", "source", "validation acc %", "test acc % [95% CI]"], rows)
 
 
 def _adversarial_recipe(m: dict) -> str:
@@ -494,32 +493,44 @@ def clean_section(x: ReportInputs) -> list[str]:
             else ""
         ),
         "",
-        "| method | " + " | ".join(sparsities) + " |",
-        "|---|" + "---|" * len(sparsities),
     ]
-    for method in methods:
-        cells = [
-            model_rate(by[(method, s)]).pct(1) + (" †" if x.near_constant(by[(method, s)]["name"]) else "")
-            if (method, s) in by
-            else "–"
-            for s in sparsities
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "| model | method | target sparsity | measured sparsity % | accuracy % [95% CI] | prune / train time s |",
-        "|---|---|---|---|---|---|",
-    ]
+
+    def cell(method: str, s: str) -> str:
+        if (method, s) not in by:
+            return "–"
+        return model_rate(by[(method, s)]).pct(1) + (" †" if x.near_constant(by[(method, s)]["name"]) else "")
+
+    lines += md_table(
+        ["method", *sparsities], ([method, *(cell(method, s) for s in sparsities)] for method in methods)
+    )
+    rows = []
     for m in models:
         if m["kind"] not in ("pruned", "sds", "cap"):
             continue
         secs = {**x.prune, **(x.sds or {})}.get(m["name"], {}).get(
             "prune_seconds", x.cap_seconds.get(m["name"])
         )
-        lines.append(
-            f"| {x.mark(m['name'])} | {m['method']} | {m['sparsity']} | {_pct(m['measured_sparsity'])} | "
-            f"{model_rate(m).pct(2)} | {'–' if secs is None else f'{secs:.1f}'} |"
+        rows.append(
+            [
+                x.mark(m["name"]),
+                m["method"],
+                m["sparsity"],
+                _pct(m["measured_sparsity"]),
+                model_rate(m).pct(2),
+            ]
+            + ["–" if secs is None else f"{secs:.1f}"]
         )
+    lines += [""] + md_table(
+        [
+            "model",
+            "method",
+            "target sparsity",
+            "measured sparsity %",
+            "accuracy % [95% CI]",
+            "prune / train time s",
+        ],
+        rows,
+    )
     if x.cap_seconds:
         lines += [
             "",
@@ -572,27 +583,23 @@ def attack_section(x: ReportInputs) -> list[str]:
         "predicts; such models are marked † and get no robustness verdict."
         + (f" TextFooler's part-of-speech check: {', '.join(taggers)}." if taggers else ""),
         "",
-        "| model | n | method | sparsity | clean on attacked rows % | "
-        + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes)
-        + " |",
-        "|---|---|---|---|---|" + "---|" * len(recipes),
     ]
+
+    def cell(m: str, rec: str) -> str:
+        r, o = by.get((m, rec)), x.outcomes.get((m, rec))
+        if r is None or o is None:
+            return "–"
+        return f"**{attack_rate(o).pct(1)}** · {_pct(r['attack_success_rate'])} · {r['avg_queries']:.0f}"
+
+    rows = []
     for m in models:
         first = next(r for r in x.attack if r["model"] == m)
-        cells = []
-        for rec in recipes:
-            r = by.get((m, rec))
-            o = x.outcomes.get((m, rec))
-            if r is None or o is None:
-                cells.append("–")
-                continue
-            cells.append(
-                f"**{attack_rate(o).pct(1)}** · {_pct(r['attack_success_rate'])} · {r['avg_queries']:.0f}"
-            )
-        lines.append(
-            f"| {x.mark(m)} | {first.get('num_examples', '?')} | {first['method']} | {first['sparsity']} | "
-            f"{_pct(first['original_accuracy'])} | " + " | ".join(cells) + " |"
+        rows.append(
+            [x.mark(m), first.get("num_examples", "?"), first["method"], first["sparsity"]]
+            + [_pct(first["original_accuracy"]), *(cell(m, rec) for rec in recipes)]
         )
+    header = ["model", "n", "method", "sparsity", "clean on attacked rows %"]
+    lines += md_table(header + [RECIPE_TITLES.get(r, r) for r in recipes], rows)
     if x.row_labels:
         names = list(x.label_names)
         lines += [
@@ -600,9 +607,8 @@ def attack_section(x: ReportInputs) -> list[str]:
             "Accuracy under attack per true class (%, 95% CI; the rows of that class among the model's attacked "
             "rows). A model whose robustness sits in one class is predicting that class, not resisting:",
             "",
-            "| model | recipe | " + " | ".join(f"class {n}" for n in names) + " |",
-            "|---|---|" + "---|" * len(names),
         ]
+        rows = []
         for m in models:
             for rec in recipes:
                 o = x.outcomes.get((m, rec))
@@ -610,7 +616,8 @@ def attack_section(x: ReportInputs) -> list[str]:
                     continue
                 pc = per_class_under_attack(o, x.row_labels)
                 cells = [f"{pc[k].pct(1)} (n = {pc[k].n})" if k in pc else "–" for k in range(len(names))]
-                lines.append(f"| {x.mark(m)} | {RECIPE_TITLES.get(rec, rec)} | " + " | ".join(cells) + " |")
+                rows.append([x.mark(m), RECIPE_TITLES.get(rec, rec), *cells])
+        lines += md_table(["model", "recipe", *(f"class {n}" for n in names)], rows)
     if x.attack_note:
         lines += ["", x.attack_note]
     lines += [
@@ -667,33 +674,35 @@ def validity_section(x: ReportInputs) -> list[str]:
         "paired comparisons above cover both (metric “valid attacks only”). Lexical checks see only "
         "lexical polarity: negation, sarcasm and context escape them, so both accuracies are bounds of a kind.",
         "",
-        "| model | recipe | successes | "
-        + " | ".join(f"{t} %" for t in _VALIDITY_CHECKS.values())
-        + " | label-changing % | acc. under attack % | acc. under valid attacks % |",
-        "|---|---|---|" + "---|" * (len(_VALIDITY_CHECKS) + 3),
     ]
-    for a in x.validity:
-        lines.append(
-            f"| {a['model']} | {RECIPE_TITLES.get(a['recipe'], a['recipe'])} | {a['successes']} | "
-            + " | ".join(share(a, c) for c in _VALIDITY_CHECKS)
-            + f" | {share(a, 'rule')} | {Rate(**a['accuracy_under_attack']).pct(1)} | "
-            f"**{Rate(**a['accuracy_under_valid_attack']).pct(1)}** |"
-        )
+    header = ["model", "recipe", "successes", *(f"{t} %" for t in _VALIDITY_CHECKS.values())]
+    header += ["label-changing %", "acc. under attack %", "acc. under valid attacks %"]
+    lines += md_table(
+        header,
+        (
+            [a["model"], RECIPE_TITLES.get(a["recipe"], a["recipe"]), a["successes"]]
+            + [share(a, c) for c in [*_VALIDITY_CHECKS, "rule"]]
+            + [
+                Rate(**a["accuracy_under_attack"]).pct(1),
+                f"**{Rate(**a['accuracy_under_valid_attack']).pct(1)}**",
+            ]
+            for a in x.validity
+        ),
+    )
     reference = [a for a in x.validity if a["model"] == x.reference] or list(x.validity)
     lines += [
         "",
         f"Examples flagged by each check ({reference[0]['model']}; every model's are in metrics.json, "
         "`validity`):",
         "",
-        "| recipe | " + " | ".join(_VALIDITY_CHECKS.values()) + " |",
-        "|---|" + "---|" * len(_VALIDITY_CHECKS),
     ]
-    for a in reference:
-        if a["model"] != reference[0]["model"]:
-            continue
-        cells = ["; ".join(a["examples"].get(c, [])) or "–" for c in _VALIDITY_CHECKS]
-        lines.append(f"| {RECIPE_TITLES.get(a['recipe'], a['recipe'])} | " + " | ".join(cells) + " |")
-    return lines
+    rows = (
+        [RECIPE_TITLES.get(a["recipe"], a["recipe"])]
+        + ["; ".join(a["examples"].get(c, [])) or "–" for c in _VALIDITY_CHECKS]
+        for a in reference
+        if a["model"] == reference[0]["model"]
+    )
+    return lines + md_table(["recipe", *_VALIDITY_CHECKS.values()], rows)
 
 
 def transfer_section(x: ReportInputs) -> list[str]:
@@ -721,19 +730,24 @@ def transfer_section(x: ReportInputs) -> list[str]:
         f"from {len({t['test_row'] for t in x.evaluation.get('transfer', [])})} source rows (up to one per "
         "recipe): the intervals resample source rows (Rao-Scott design effect), not texts.",
         "",
-        "| model | method | sparsity | "
-        + " | ".join(RECIPE_TITLES.get(k, "all recipes" if k == "all" else k) for k in keys)
-        + " | all, given clean correct |",
-        "|---|---|---|" + "---|" * (len(keys) + 1),
     ]
     clusters = transfer_clusters(x.evaluation.get("transfer", []))
+    rows = []
     for m in models:
         cells = [transfer_rate(m, k, clusters).pct(1) for k in keys]
         t = m["transfer"]["all"]
         cells.append(rate(t["kept"], t["clean_correct"]).pct(1) if "kept" in t else "–")
-        lines.append(f"| {x.mark(m['name'])} | {m['method']} | {m['sparsity']} | " + " | ".join(cells) + " |")
+        rows.append([x.mark(m["name"]), m["method"], m["sparsity"], *cells])
+    titles = [RECIPE_TITLES.get(k, "all recipes" if k == "all" else k) for k in keys]
+    lines += md_table(["model", "method", "sparsity", *titles, "all, given clean correct"], rows)
     lines += ["", "![transferred accuracy vs sparsity](plots/transfer_vs_sparsity.png)"]
     return lines
+
+
+_VERDICT_HEADER = (
+    "A", "B", "metric", "n", "A % [CI]", "B % [CI]", "A − B pts [CI]", "A-only / B-only", "p", "mde pts",
+    "ASR both-right pts [CI] (n)", "verdict",
+)  # fmt: skip
 
 
 def verdict_section(comparisons: Sequence[Comparison], mark: Callable[[str], str] = str) -> list[str]:
@@ -754,14 +768,7 @@ def verdict_section(comparisons: Sequence[Comparison], mark: Callable[[str], str
         rows = [c for c in comparisons if c.relation == relation]
         if not rows:
             continue
-        lines += [
-            "",
-            f"### {relation[0].upper() + relation[1:]}",
-            "",
-            "| A | B | metric | n | A % [CI] | B % [CI] | A − B pts [CI] | A-only / B-only | p | mde pts "
-            "| ASR both-right pts [CI] (n) | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        table = []
         for c in rows:
             d = c.diff
             mde = "–" if d.mde is None else f"{100 * d.mde:.1f}"
@@ -771,11 +778,12 @@ def verdict_section(comparisons: Sequence[Comparison], mark: Callable[[str], str
             both = "–"
             if c.both_correct is not None:
                 both = f"{c.both_correct.pts(1).removesuffix(' pts')} ({c.both_correct.n})"
-            lines.append(
-                f"| {mark(c.a)} | {mark(c.b)} | {metric_title(c.metric)} | {n} | {c.a_rate.pct(1)} | "
-                f"{c.b_rate.pct(1)} | {d.pts(1).removesuffix(' pts')} | {d.a_only} / {d.b_only} | "
-                f"{d.p_value:.3g} | {mde} | {both} | {_verdict_md(c)} |"
+            table.append(
+                [mark(c.a), mark(c.b), metric_title(c.metric), n, c.a_rate.pct(1), c.b_rate.pct(1)]
+                + [d.pts(1).removesuffix(" pts"), f"{d.a_only} / {d.b_only}", f"{d.p_value:.3g}", mde, both]
+                + [_verdict_md(c)]
             )
+        lines += ["", f"### {relation[0].upper() + relation[1:]}", ""] + md_table(_VERDICT_HEADER, table)
     tally: dict[str, int] = {}
     for c in comparisons:
         tally[c.verdict] = tally.get(c.verdict, 0) + 1
@@ -871,22 +879,20 @@ def fidelity_section(x: ReportInputs) -> list[str]:
         "text (mean over layers). Near-constant models and the reference are left out. A rank correlation "
         "across a handful of models describes these models; it does not show a mechanism.",
         "",
-        "| model | fidelity (last) | transferred acc % | "
-        + " | ".join(f"{RECIPE_TITLES.get(r, r)}: under attack % (n) / adv. similarity" for r in recipes)
-        + " |",
-        "|---|---|---|" + "---|" * len(recipes),
     ]
+    rows = []
     for p in pts:
         cells = []
         for r in recipes:
             a, s = p.get(f"attack:{r}"), p.get(f"adv_similarity:{r}")
             n = len(p.get(f"rows:{r}", {}))
             cells.append("–" if a is None else f"{_pct(a)} ({n})" + (f" / {s:.3f}" if s is not None else ""))
-        lines.append(
-            f"| {p['name']} | {p['fidelity']:.4f} ({p['fidelity_last']:.4f}) | {_pct(p.get('transfer'))} | "
-            + " | ".join(cells)
-            + " |"
+        rows.append(
+            [p["name"], f"{p['fidelity']:.4f} ({p['fidelity_last']:.4f})", _pct(p.get("transfer")), *cells]
         )
+    header = ["model", "fidelity (last)", "transferred acc %"]
+    header += [f"{RECIPE_TITLES.get(r, r)}: under attack % (n) / adv. similarity" for r in recipes]
+    lines += md_table(header, rows)
     lines += [
         "",
         "Spearman's ρ between fidelity and robustness across models (two-sided permutation p; under attack "
@@ -917,16 +923,15 @@ def attack_cost_table(rows: Sequence[dict]) -> list[str]:
         "",
         "Wall time vs the forward floor (victim + constraint-model forward time):",
         "",
-        "| model | recipe | s / example | wall s | floor s | wall / floor |",
-        "|---|---|---|---|---|---|",
     ]
+    cells = []
     for r in rows:
         ratio = r.get("wall_over_floor")
-        lines.append(
-            f"| {r['model']} | {r['recipe']} | {r['seconds_per_example']:.2f} | {r['wall_seconds']:.1f} | "
-            f"{r['floor_seconds']:.1f} | {'–' if ratio is None else f'{ratio:.2f}'} |"
+        cells.append(
+            [r["model"], r["recipe"], f"{r['seconds_per_example']:.2f}", f"{r['wall_seconds']:.1f}"]
+            + [f"{r['floor_seconds']:.1f}", "–" if ratio is None else f"{ratio:.2f}"]
         )
-    return lines
+    return lines + md_table(["model", "recipe", "s / example", "wall s", "floor s", "wall / floor"], cells)
 
 
 def sds_table(sds: dict, rows: Sequence[dict]) -> list[str]:
@@ -939,18 +944,25 @@ def sds_table(sds: dict, rows: Sequence[dict]) -> list[str]:
         "",
         "## SDS: prune → reactivate → re-prune (test accuracy %)",
         "",
-        "| first pass | one-shot | reactivated (dense) | re-pruned (SDS) [95% CI] | Δ SDS vs one-shot (points; paired verdict below) | SDS time s |",
-        "|---|---|---|---|---|---|",
     ]
+    cells = []
     for name, m in sds.items():
         base = acc.get(m.get("source", ""))
         final = acc.get(name, m.get("accuracy"))
         delta = "–" if base is None or final is None else f"{100 * (final - base):+.2f}"
-        lines.append(
-            f"| {m.get('source')} | {_pct(base)} | {_pct(m.get('reactivated_accuracy'))} | {ci.get(name, _pct(final))} | {delta} "
-            f"| {m.get('seconds', 0):.1f} |"
+        cells.append(
+            [
+                m.get("source"),
+                _pct(base),
+                _pct(m.get("reactivated_accuracy")),
+                ci.get(name, _pct(final)),
+                delta,
+            ]
+            + [f"{m.get('seconds', 0):.1f}"]
         )
-    return lines
+    header = ["first pass", "one-shot", "reactivated (dense)", "re-pruned (SDS) [95% CI]"]
+    header += ["Δ SDS vs one-shot (points; paired verdict below)", "SDS time s"]
+    return lines + md_table(header, cells)
 
 
 def block_table(prune: dict) -> list[str]:
@@ -963,16 +975,14 @@ def block_table(prune: dict) -> list[str]:
         "",
         "## Per-block output error vs the dense model (RAKP: chosen α in brackets)",
         "",
-        "| model | " + " | ".join(f"block {i}" for i in range(n)) + " |",
-        "|---" * (n + 1) + "|",
     ]
-    for name, m in combos:
-        cells = []
-        for b in m["blocks"]:
-            a = b.get("alpha")
-            cells.append(f"{b['output_error']:.4f}" + ("" if a is None else f" [{a:g}]"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+
+    def cell(b: Mapping) -> str:
+        a = b.get("alpha")
+        return f"{b['output_error']:.4f}" + ("" if a is None else f" [{a:g}]")
+
+    rows = ([name, *(cell(b) for b in m["blocks"])] for name, m in combos)
+    return lines + md_table(["model", *(f"block {i}" for i in range(n))], rows)
 
 
 def plot_rows(rows: Sequence[dict]) -> list[dict]:

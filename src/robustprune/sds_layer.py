@@ -298,17 +298,10 @@ def reactivate_layer(
     t0 = time.perf_counter()
     mask = mask.to(weight.device).bool()
     pen = penalty_weights(weight, mask, stats.H.to(weight.device), opts.l1) if opts.l1 > 0 else None
-    W = fit_layer(
-        weight,
-        stats,
-        steps=opts.steps,
-        lr=opts.lr,
-        optimizer=opts.optimizer,
-        penalty=pen,
-        group_size=opts.group_size if opts.regularizer == "group" else None,
-        seed=opts.seed,
+    group_size = opts.group_size if opts.regularizer == "group" else None
+    return _fit_timed(
+        weight, mask, stats, opts, name, t0, steps=opts.steps, lr=opts.lr, penalty=pen, group_size=group_size
     )
-    return W, _fit_report(name, weight.float(), W, mask, stats, opts.steps, t0)
 
 
 def adjust_layer(
@@ -317,13 +310,25 @@ def adjust_layer(
     """Step 3's optional weight adjustment for one Linear: refit the kept weights (``mask`` True) only."""
     t0 = time.perf_counter()
     mask = mask.to(weight.device).bool()
-    W = fit_layer(
-        weight,
-        stats,
-        steps=opts.final_adjust_steps,
-        lr=opts.adjust_lr,
-        optimizer=opts.optimizer,
-        free=mask,
-        seed=opts.seed,
+    return _fit_timed(
+        weight, mask, stats, opts, name, t0, steps=opts.final_adjust_steps, lr=opts.adjust_lr, free=mask
     )
-    return W, _fit_report(name, weight.float(), W, mask, stats, opts.final_adjust_steps, t0)
+
+
+def _fit_timed(
+    weight: Tensor,
+    mask: Tensor,
+    stats: LayerStats,
+    opts: SDSOptions,
+    name: str,
+    t0: float,
+    *,
+    steps: int,
+    lr: float,
+    **fit: Tensor | int | None,
+) -> tuple[Tensor, LayerFit]:
+    """The body :func:`reactivate_layer` and :func:`adjust_layer` share: :func:`fit_layer` with the options'
+    optimizer and seed plus that step's ``steps``, ``lr`` and ``fit`` arguments (penalty or free mask), then the
+    report of the fit timed from ``t0``."""
+    W = fit_layer(weight, stats, steps=steps, lr=lr, optimizer=opts.optimizer, seed=opts.seed, **fit)
+    return W, _fit_report(name, weight.float(), W, mask, stats, steps, t0)
