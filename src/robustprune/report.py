@@ -458,19 +458,14 @@ def ingredients_section(x: ReportInputs) -> list[str]:
             )
     history = soup.get("greedy", {}).get("history", [])
     if history:
-        lines += [
-            "",
-            "Greedy history (in ranking order):",
-            "",
-            "| step | candidate | soup members if kept | validation acc % | validation under attack % [95% CI] "
-            "| kept |",
-            "|---|---|---|---|---|---|",
+        header = ["step", "candidate", "soup members if kept", "validation acc %"]
+        header += ["validation under attack % [95% CI]", "kept"]
+        rows = [
+            [i, h["candidate"], ", ".join(h.get("members", [])), _pct(h.get("accuracy"))]
+            + [_robustness_cell(h), "yes" if h.get("kept") else "no"]
+            for i, h in enumerate(history)
         ]
-        for i, h in enumerate(history):
-            lines.append(
-                f"| {i} | {h['candidate']} | {', '.join(h.get('members', []))} | {_pct(h.get('accuracy'))} | "
-                f"{_robustness_cell(h)} | {'yes' if h.get('kept') else 'no'} |"
-            )
+        lines += ["", "Greedy history (in ranking order):", "", *md_table(header, rows)]
     return lines
 
 
