@@ -216,10 +216,16 @@ def test_finetune_task_trains_augment_and_a2t_ingredients(ta, tok, resources, tm
     m_plain = finetune_variant.fn(params, layout, plain)
     m = finetune_variant.fn(params, layout, special)
     assert m["train_seconds"] > 0 and m["seconds_per_step"] > 0 and m["steps"] > 0
+    # the variant's settings stay in its metrics beside the run's statistics (the report describes the recipe)
+    assert m[kind] == special.model_dump()[kind]
     if kind == "augment":
-        assert m["steps"] == 2 * 4 and sum(m["augment"]["copies"].values()) == 2 * 16  # 32 texts an epoch
+        assert m["augment"]["fraction"] == 0.5
+        assert (
+            m["steps"] == 2 * 4 and sum(m["augment_stats"]["copies"].values()) == 2 * 16
+        )  # 32 texts an epoch
     else:
-        assert [e for e in m["a2t"]["epochs"] if "adversarial_examples" in e]  # the attack epoch ran
+        assert m["a2t"]["num_train_adv_examples"] == 2
+        assert [e for e in m["a2t_stats"]["epochs"] if "adversarial_examples" in e]  # the attack epoch ran
     a = load_tensors(layout.finetuned / "plain" / "model.safetensors")
     b = load_tensors(layout.finetuned / kind / "model.safetensors")
     assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)

@@ -30,7 +30,10 @@ ALLOWED = {
     ("src/robustprune/cap/report.py", "magnitude"): (2, "CAP's mask criterion (cap.criterion)"),
     ("src/robustprune/config.py", "magnitude"): (2, "CAP's mask criterion (cap.criterion)"),
     ("src/robustprune/config.py", "rakp"): (1, "the lm.rakp params section (a field name)"),
-    ("tasks/finetune.py", "a2t"): (1, "the A2T fine-tuning kind (finetune.variants), not the proxy recipe"),
+    ("src/robustprune/report.py", "a2t"): (
+        1,
+        "an A2T ingredient's settings in its metrics (finetune.variants), not the proxy recipe",
+    ),
 }
 
 
