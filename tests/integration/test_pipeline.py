@@ -59,8 +59,9 @@ def test_finetuned_variants_learn_and_the_robust_soup_follows_its_rule(pipeline_
     assert finetune["c"]["adversarial"]["steps"] == 2 and finetune["c"]["optimizer"] == "adam"
     # c also trains on one perturbed copy of every training text per epoch (FreeLB + augment): 4 epochs
     n_train = len(pd.read_parquet(root / "data" / "prepared" / "train.parquet"))
-    aug = finetune["c"]["augment"]
+    aug = finetune["c"]["augment_stats"]
     assert sum(aug["copies"].values()) == 4 * n_train and 0 < aug["changed_word_fraction"] <= 0.5
+    assert finetune["c"]["augment"]["copies"] == 1  # the variant's settings, beside the run's statistics
     assert finetune["c"]["steps"] == 4 * math.ceil(2 * n_train / 16)
     assert finetune["a"]["steps"] == 5 * math.ceil(n_train / 16)
     ing = soup["ingredients"]
