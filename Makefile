@@ -51,6 +51,7 @@ run-evidence: setup  ## the `evidence` profile (params-evidence.yaml, ~5 h): its
 	$(BIN)/python -m flows.pipeline --params params-evidence.yaml
 	@mkdir -p reports/evidence/plots
 	cp reports/summary.md reports/metrics.json reports/attack.json reports/eval.json reports/evidence/
+	cp reports/prepare.json reports/finetune.json reports/soup.json reports/prune.json reports/sds.json reports/cap.json reports/evidence/
 	cp reports/plots/accuracy_vs_sparsity.png reports/plots/attack_vs_sparsity.png reports/plots/transfer_vs_sparsity.png reports/plots/fidelity_vs_robustness.png reports/plots/robustness_frontier.png reports/evidence/plots/
 	rm -rf reports/evidence/attacks && cp -r reports/attacks reports/evidence/attacks
 	@echo "evidence report: reports/evidence/summary.md (reports/ now holds the evidence run; make run restores the default)"

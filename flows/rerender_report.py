@@ -2,9 +2,10 @@
 (``python -m flows.rerender_report reports/evidence``; ``make report-evidence``).
 
 A committed run directory such as ``reports/evidence/`` holds the outputs its profile changed (``eval.json``,
-``attack.json``, ``attacks/<model>/<recipe>.csv``); the stage outputs it shares with the default run
-(``prepare.json``, ``finetune.json``, ``soup.json``, ``prune.json``, ``sds.json``, ``cap.json``) come from
-``reports/``. The report task runs on a temporary copy of both and its ``summary.md``, ``metrics.json`` and
+``attack.json``, ``attacks/<model>/<recipe>.csv``, and since the evidence profile trains its own dense start,
+its own ``finetune.json``, ``soup.json``, ``prune.json``, ... as ``make run-evidence`` copies them); a stage
+output it does not hold (``prepare.json``, ``finetune.json``, ``soup.json``, ``prune.json``, ``sds.json``,
+``cap.json``) is the default run's, from ``reports/``. The report task runs on a temporary copy of both and its ``summary.md``, ``metrics.json`` and
 plots replace the directory's (atomically, one file at a time). No model is loaded; nothing else changes.
 """
 
@@ -21,6 +22,11 @@ OWN = ("eval.json", "attack.json")
 RENDERED = ("summary.md", "metrics.json")
 
 
+def shared_inputs(run_dir: Path, base: Path) -> dict[str, Path]:
+    """Where each stage output the report reads comes from: the run directory's own copy, else ``base``'s."""
+    return {f: run_dir / f if (run_dir / f).is_file() else base / f for f in SHARED}
+
+
 def rerender(run_dir: Path, base: Path, params_path: Path) -> Path:
     """Render ``run_dir``'s report again; returns its summary path."""
     from robustprune.checkpoints import write_text
@@ -28,9 +34,8 @@ def rerender(run_dir: Path, base: Path, params_path: Path) -> Path:
 
     params = load_params(params_path)
     missing = [str(run_dir / f) for f in OWN if not (run_dir / f).is_file()]
-    missing += [
-        str(base / f) for f in SHARED if not (base / f).is_file() and f not in ("sds.json", "cap.json")
-    ]
+    shared = shared_inputs(run_dir, base)
+    missing += [str(p) for f, p in shared.items() if not p.is_file() and f not in ("sds.json", "cap.json")]
     if missing or not (run_dir / "attacks").is_dir():
         raise SystemExit(
             f"error: cannot re-render {run_dir}: missing {missing or [str(run_dir / 'attacks')]}"
@@ -41,9 +46,9 @@ def rerender(run_dir: Path, base: Path, params_path: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="rerender-") as tmp:
         reports = Path(tmp) / "reports"
         reports.mkdir()
-        for f in SHARED:
-            if (base / f).is_file():
-                shutil.copy(base / f, reports / f)
+        for f, path in shared.items():
+            if path.is_file():
+                shutil.copy(path, reports / f)
         for f in OWN:
             shutil.copy(run_dir / f, reports / f)
         shutil.copytree(run_dir / "attacks", reports / "attacks")
