@@ -23,7 +23,7 @@ from pathlib import Path
 
 from robustprune.config import ATTACK_RECIPES, parse_sparsity
 from robustprune.registry import METHODS
-from robustprune.report import RECIPE_TITLES
+from robustprune.report import RECIPE_TITLES, md_table
 from robustprune.stats import Rate
 
 START = "<!-- results-table:start -->"
@@ -99,15 +99,10 @@ def clean_table(metrics: Mapping) -> list[str]:
         return []
     cols = sorted({c for r in cells.values() for c in r}, key=sparsity_key)
     n = sorted({m["accuracy"]["n"] for m in models.values() if m.get("accuracy")})
-    lines = [
-        f"| clean test accuracy % [95% CI], n = {'/'.join(map(str, n))} | "
-        + " | ".join(sparsity_title(c) for c in cols)
-        + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for row in sorted(cells, key=row_keys.__getitem__):
-        lines.append(f"| {row} | " + " | ".join(cells[row].get(c, "–") for c in cols) + " |")
-    return lines
+    return md_table(
+        [f"clean test accuracy % [95% CI], n = {'/'.join(map(str, n))}", *map(sparsity_title, cols)],
+        ([row, *(cells[row].get(c, "–") for c in cols)] for row in sorted(cells, key=row_keys.__getitem__)),
+    )
 
 
 def attack_table(metrics: Mapping) -> list[str]:
@@ -138,20 +133,20 @@ def attack_table(metrics: Mapping) -> list[str]:
 
     sizes = sorted({d["n"] for v in by.values() for d in v.values() if d})
     near = {n for n, m in models.items() if m.get("near_constant")}
-    lines = [
-        f"| accuracy under attack % [95% CI], n = {'/'.join(map(str, sizes))} seeded test rows | n | "
-        "clean on those rows % | " + " | ".join(RECIPE_TITLES.get(r, r) for r in recipes) + " |",
-        "|---|---|---|" + "---|" * len(recipes),
-    ]
-    for name in sorted(by, key=key):
+
+    def row(name: str) -> list[object]:
         label = f"{name} (best ingredient)" if name == best else name
         label += " †" if name in near else ""
         n = max((d["n"] for d in by[name].values() if d), default=0)
         clean = clean_attacked.get(name)
         clean_text = "–" if clean is None else f"{100 * clean:.1f}"
-        lines.append(
-            f"| {label} | {n} | {clean_text} | " + " | ".join(_rate(by[name].get(r)) for r in recipes) + " |"
-        )
+        return [label, n, clean_text, *(_rate(by[name].get(r)) for r in recipes)]
+
+    header = f"accuracy under attack % [95% CI], n = {'/'.join(map(str, sizes))} seeded test rows"
+    lines = md_table(
+        [header, "n", "clean on those rows %", *(RECIPE_TITLES.get(r, r) for r in recipes)],
+        map(row, sorted(by, key=key)),
+    )
     if near & set(by):
         lines += [
             "",
