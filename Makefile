@@ -47,7 +47,7 @@ run-lm: setup  ## the causal-LM track (params-lm.yaml): SmolLM2-135M perplexity,
 run-paper: setup  ## the `paper` profile (params-paper.yaml): every model attacked on 1000 examples (GPU worker)
 	$(BIN)/python -m flows.pipeline --params params-paper.yaml
 
-run-evidence: setup  ## the `evidence` profile (params-evidence.yaml, ~5 h): its own robust dense start, CAP-m as the reference, 500 attacked rows x 6 models + 100 x 4; report to reports/evidence/
+run-evidence: setup  ## the `evidence` profile (params-evidence.yaml, ~4 h): its own robust dense start, CAP-m as the reference, 500 attacked rows x 6 models + 100 x 4; report to reports/evidence/
 	$(BIN)/python -m flows.pipeline --params params-evidence.yaml
 	@mkdir -p reports/evidence/plots
 	cp reports/summary.md reports/metrics.json reports/attack.json reports/eval.json reports/evidence/
