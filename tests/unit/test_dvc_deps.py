@@ -488,3 +488,18 @@ def test_the_code_a_cache_key_hashes_is_code_dvc_yaml_lists_for_its_stage():
                             if not any(rel == d or rel.startswith(d + "/") for d in deps):
                                 wrong.setdefault(stage.name, []).append(f"{mod.name}: {arg.value}")
     assert not wrong, f"cache keys hash code their stage's dvc.yaml deps do not list: {wrong}"
+
+
+def test_dvc_hashes_a_package_dependency_without_its_byte_code():
+    """A package dep (``src/robustprune/attacks``, ``.../pruning``) is hashed as a directory; the ``__pycache__``
+    a run writes inside it (unless PYTHONDONTWRITEBYTECODE) must not count, or a clone's first ``make run``
+    finds a committed dvc.lock's stages "modified" and re-runs them. Source files must still count."""
+    from dvc.repo import Repo
+
+    repo = Repo(str(ROOT))
+    dirs = {d for stage in STAGES.values() for d in dvc_stages.code_deps(stage) if (ROOT / d).is_dir()}
+    assert "src/robustprune/pruning" in dirs  # the packages the check is about are there
+    for d in sorted(dirs):
+        pyc = ROOT / d / "__pycache__" / "x.cpython-311.pyc"
+        assert repo.dvcignore.is_ignored(repo.fs, str(pyc)), f"{d}: DVC hashes its __pycache__ (.dvcignore)"
+        assert not repo.dvcignore.is_ignored(repo.fs, str(ROOT / d / "x.py")), f"{d}: .dvcignore hides source"
