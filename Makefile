@@ -43,6 +43,7 @@ run: setup  ## run the default pipeline (Prefect flow; DVC-cached stages skipped
 run-lm: setup  ## the causal-LM track (params-lm.yaml): SmolLM2-135M perplexity, one-shot and SDS
 	@$(BIN)/python -m robustprune.resources fetch smollm2
 	$(BIN)/python -m flows.lm --params params-lm.yaml
+	$(BIN)/dvc commit -q -f lm/dvc.yaml  # record the run in lm/dvc.lock, as `dvc repro lm/dvc.yaml` would
 
 run-paper: setup  ## the `paper` profile (params-paper.yaml): every model attacked on 1000 examples (GPU worker)
 	$(BIN)/python -m flows.pipeline --params params-paper.yaml
